@@ -1,0 +1,1 @@
+"""The `sslsearch` command line: a thin Typer layer over the library (see app.py)."""

@@ -1,0 +1,39 @@
+"""Option types and output helpers shared by the command modules."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+DeviceOption = typer.Option("auto", "--device", help="auto (CUDA when torch sees a GPU), cpu or cuda.")
+JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON on stdout instead of a table.")
+
+
+def print_json(obj: Any) -> None:
+    """Print ``obj`` as JSON on stdout (dataclasses should be converted with their ``to_dict``)."""
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def info(message: str) -> None:
+    """A human-readable status line on stderr (stdout stays clean for data)."""
+    typer.echo(message, err=True)
+
+
+def table(rows: list[list[Any]], headers: list[str]) -> str:
+    """Format rows as a plain left-aligned text table."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def existing_path(value: str) -> Path:
+    return Path(value).expanduser()
+
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
