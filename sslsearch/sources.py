@@ -377,6 +377,8 @@ def _lacks_end_marker(data: bytes, fmt: str) -> bool:
         return b"\xff\xd9" not in tail
     if fmt == "GIF":
         return not data.rstrip(b"\x00").endswith(b";")
+    if fmt == "WEBP":
+        return len(data) < 8 + int.from_bytes(data[4:8], "little")  # RIFF chunk size
     return False
 
 
@@ -387,8 +389,8 @@ def _damaged(name: str, error: BaseException, fmt: str, data: bytes) -> BadImage
         return BadImageError(f"{name}: {text}", "decompression_bomb")
     if isinstance(error, MemoryError):
         return BadImageError(f"{name}: out of memory while decoding", "unreadable")
-    truncated = any(s in lowered for s in ("truncat", "broken data stream", "premature end", "unexpected end",
-                                           "could not create decoder", "end of file", "eof"))
+    # "broken data stream" is also what a complete but corrupt file gives: only the end marker tells those apart.
+    truncated = any(s in lowered for s in ("truncat", "premature end", "unexpected end", "end of file"))
     if truncated or isinstance(error, EOFError) or _lacks_end_marker(data, fmt.upper()):
         return BadImageError(f"{name}: {fmt} data is truncated ({text})", "truncated")
     return BadImageError(f"{name}: cannot decode {fmt} data ({type(error).__name__}: {text})", "unreadable")
