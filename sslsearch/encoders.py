@@ -169,6 +169,8 @@ class EncoderFingerprint:
     preprocessing: dict[str, Any]
     dim: int
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # How to rebuild this encoder (spec as given, absolute weights path, image size); not part of the id.
+    source: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def id(self) -> str:
@@ -284,8 +286,10 @@ def create_encoder(spec: str | os.PathLike[str], *, weights: str | os.PathLike[s
     channels_last = _is_convnet(module)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
+    source = {"spec": spec if spec.startswith("timm:") else str(Path(spec).resolve()),
+              "weights": str(Path(weights).resolve()) if weights is not None else None, "image_size": image_size}
     fingerprint = EncoderFingerprint(spec=canonical_spec, weights_sha256=weights_id,
-                                     preprocessing=preprocessing.to_dict(), dim=dim, model_kwargs=kwargs)
+                                     preprocessing=preprocessing.to_dict(), dim=dim, model_kwargs=kwargs, source=source)
     return Encoder(module=module, dim=dim, preprocessing=preprocessing, fingerprint=fingerprint,
                    device=torch_device, channels_last=channels_last)
 
@@ -329,3 +333,28 @@ def save_encoder(directory: str | os.PathLike[str], module: torch.nn.Module, *, 
         "sslsearch_version": __version__,
     })
     return directory
+
+
+def encoder_from_fingerprint(fingerprint: dict[str, Any], *, device: str | torch.device = "auto") -> Encoder:
+    """Rebuild the encoder that a store or index was made with (to embed query images the same way).
+
+    Raises:
+        EncoderMismatchError: the encoder cannot be rebuilt identically (weights moved or changed).
+    """
+    from .errors import EncoderMismatchError
+
+    source = fingerprint.get("source") or {}
+    if not source.get("spec"):
+        raise EncoderMismatchError(f"the index does not record how to rebuild its encoder {fingerprint.get('spec')}; "
+                                   "embed the queries yourself and search with --vectors")
+    try:
+        encoder = create_encoder(source["spec"], weights=source.get("weights"), image_size=source.get("image_size"),
+                                 device=device)
+    except (InputNotFoundError, CheckpointError) as error:
+        raise EncoderMismatchError(f"cannot rebuild the encoder {fingerprint.get('spec')} the index was built with "
+                                   f"({error}); embed the queries yourself and search with --vectors") from None
+    if encoder.fingerprint.id != fingerprint.get("id"):
+        raise EncoderMismatchError(
+            f"the encoder at {source['spec']} has changed since the index was built (now {encoder.fingerprint.id}, "
+            f"index has {fingerprint.get('id')}); re-embed and rebuild the index, or search with --vectors")
+    return encoder
