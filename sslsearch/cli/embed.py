@@ -1,0 +1,58 @@
+"""`sslsearch embed`: images → embedding store (Parquet shards + manifest)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import DeviceOption, JsonOption, info, print_json
+
+HELP = """Embed every image of DATA (a folder, a .txt/.csv/.parquet list of paths, or one image) into an
+embedding store at --out: Parquet shards + manifest.json, L2-normalised vectors.
+
+ENCODER is timm:<model-name> (random init unless --weights gives a local state dict) or a run
+directory written by `sslsearch train`. Files that cannot be decoded are skipped and recorded
+with their reason (--strict makes them an error). A run that is interrupted keeps its complete
+shards: run the same command with --resume to finish it.
+
+Example: sslsearch embed images/ --encoder timm:resnet18 --image-size 112 --out emb/
+"""
+
+
+def embed_command(
+    data: Path = typer.Argument(..., help="Folder of images, a .txt/.csv/.parquet list of paths, or one image."),
+    encoder: str = typer.Option(..., "--encoder", "-e", help="timm:<model-name> or a `sslsearch train` run directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output store directory (new or empty)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Local .safetensors/.pth state dict for a timm: encoder."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size in px (default: the model's)."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w",
+                                          help="Decode processes (default: one per core, at most 8; 0 = in-process)."),
+    dtype: str = typer.Option("float16", "--dtype", help="Storage dtype of the vectors: float16 or float32."),
+    device: str = DeviceOption,
+    resume: bool = typer.Option(False, "--resume", help="Finish an interrupted store at --out (same encoder and images)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store at --out, or write into a non-empty folder."),
+    strict: bool = typer.Option(False, "--strict", help="Fail on the first file that cannot be decoded instead of skipping it."),
+    shard_rows: int = typer.Option(50_000, "--shard-rows", help="Rows per Parquet shard."),
+    as_json: bool = JsonOption,
+) -> None:
+    from ..embed import embed_images
+
+    result = embed_images(data, encoder, out, weights=weights, image_size=image_size, batch_size=batch_size,
+                          workers=workers, dtype=dtype, device=device, resume=resume, overwrite=overwrite,
+                          strict=strict, shard_rows=shard_rows)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    for skipped in result.skipped[:10]:
+        info(f"skipped {skipped.path}: {skipped.reason}")
+    if len(result.skipped) > 10:
+        info(f"... and {len(result.skipped) - 10} more (all listed in {result.directory / 'manifest.json'})")
+    typer.echo(result.summary())
+    typer.echo(f"store {result.directory}: {result.rows} rows, dim {result.dim}, "
+               f"{result.encoder.get('spec')} ({result.encoder.get('id')}), {result.images_per_second:.1f} images/s")
+
+
+def register(app: typer.Typer, index_app: typer.Typer, bench_app: typer.Typer) -> None:
+    app.command("embed", help=HELP)(embed_command)
