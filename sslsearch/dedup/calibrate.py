@@ -1,0 +1,272 @@
+"""Self-calibrated thresholds: edited copies of the user's own images tell which similarity means "duplicate".
+
+The method: take a seeded sample of the store's images, make edited copies of each (see
+``edits.py``), embed the copies with the store's encoder and search them against the whole
+store. A copy matching its original is a true match; a copy matching any other stored image is
+a false match, except that stored images as close to the original as a typical copy (at least
+the 5th percentile of copy similarities) or with the same file bytes are taken to be duplicates
+already in the data and left out. The threshold is the lowest similarity at which the
+precision of these matches stays at least the target at every higher threshold; recall is the
+fraction of copies that reach it.
+
+This estimates how well the encoder tells an edited copy from the rest of *your* collection.
+It assumes the edits resemble your duplicates, and it counts every copy as having one true
+match, so when duplicates are rare in a very large collection the precision of the final pair
+list can be lower than estimated; choose a higher ``precision`` (or a ``threshold``) then.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..encoders import Encoder
+from ..errors import BadImageError, InputNotFoundError, InvalidArgumentError
+from ..progress import progress_bar
+from ..sources import load_image
+from .edits import edited_copy
+
+DEFAULT_PRECISION = 0.99
+DEFAULT_SAMPLE_SIZE = 300  # edited copies made (fewer images, several copies each, for small stores)
+MAX_COPIES_PER_IMAGE = 3
+CALIBRATION_NEIGHBORS = 20  # stored images each copy is compared with
+AMBIGUOUS_QUANTILE = 0.05  # stored images closer to the original than this quantile of copies: probably real duplicates
+EMBED_BATCH = 64
+CURVE_POINTS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A threshold chosen on edited copies of the user's images.
+
+    Attributes:
+        threshold: the cosine similarity at or above which two images are duplicates.
+        target_precision: the precision asked for.
+        estimated_precision: precision of copy matches at ``threshold``.
+        estimated_recall: fraction of copies whose similarity to their original reaches ``threshold``.
+        reached: false when no threshold reaches the target; ``threshold`` then maximises precision.
+        images: distinct images the copies were made from.
+        copies: edited copies made (true pairs).
+        negatives: comparisons of a copy with another stored image (false-pair candidates).
+        ambiguous: stored images left out as probably duplicates already in the data.
+        unreadable: sampled images that could not be read (skipped).
+        seed: the seed of the sample and edits.
+        seconds: wall time, embedding included.
+        curve: (threshold, precision, recall) at a few fixed thresholds.
+    """
+
+    threshold: float
+    target_precision: float
+    estimated_precision: float
+    estimated_recall: float
+    reached: bool
+    images: int
+    copies: int
+    negatives: int
+    ambiguous: int
+    unreadable: int
+    seed: int
+    seconds: float
+    curve: tuple[tuple[float, float, float], ...] = ()
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["curve"] = [{"threshold": t, "precision": round(p, 4), "recall": round(r, 4)} for t, p, r in self.curve]
+        for key in ("threshold", "estimated_precision", "estimated_recall", "seconds"):
+            data[key] = round(float(data[key]), 4)
+        return data
+
+
+def check_precision(precision: float) -> float:
+    """Return ``precision`` if in (0, 1), else raise InvalidArgumentError."""
+    if not (isinstance(precision, (int, float)) and 0.0 < precision < 1.0):
+        raise InvalidArgumentError(f"--precision must be in (0, 1), got {precision!r}; e.g. 0.99 "
+                                   "(or give a fixed --threshold instead)")
+    return float(precision)
+
+
+def calibrate_threshold(vectors: np.ndarray, image_paths: Sequence[str | Path], encoder: Encoder, *,
+                        precision: float = DEFAULT_PRECISION, sample_size: int = DEFAULT_SAMPLE_SIZE,
+                        file_sha256: Sequence[str | None] | None = None, seed: int = 0,
+                        progress: bool | None = None) -> Calibration:
+    """Choose the duplicate threshold on edited copies of a sample of the store's own images.
+
+    Args:
+        vectors: (n, d) float32 L2-normalised store vectors, row i embedding ``image_paths[i]``.
+        image_paths: absolute path of each row's image.
+        encoder: the encoder that made ``vectors`` (``encoder_from_fingerprint(store.encoder)``).
+        precision: target precision in (0, 1).
+        sample_size: edited copies to make (spread over at most that many images).
+        file_sha256: the store's file hashes by row (stored files with the original's bytes are
+            left out of the false pairs), or None.
+        seed: seed of the image sample and the edits; the same seed gives the same threshold.
+        progress: progress bar on stderr (default: when stderr is a terminal).
+
+    Returns:
+        The threshold with its estimated precision and recall (see the module docstring).
+
+    Raises:
+        InvalidArgumentError: a precision outside (0, 1), ``sample_size < 1``, mismatched inputs.
+        InputNotFoundError: none of the sampled images can be read (moved or deleted).
+
+    Example:
+        >>> result = calibrate_threshold(vectors, paths, encoder, precision=0.99)  # doctest: +SKIP
+        >>> result.threshold, result.estimated_recall  # doctest: +SKIP
+        (0.912, 0.97)
+    """
+    start = time.perf_counter()
+    check_precision(precision)
+    if sample_size < 1:
+        raise InvalidArgumentError(f"calibration sample size must be >= 1, got {sample_size}")
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if len(vectors) != len(image_paths):
+        raise InvalidArgumentError(f"{len(vectors)} vectors but {len(image_paths)} image paths; pass one path per row")
+    if vectors.shape[1] != encoder.dim:
+        raise InvalidArgumentError(f"store vectors have dim {vectors.shape[1]} but the encoder gives {encoder.dim}; "
+                                   "calibrate with the encoder that made the store")
+    rows, copies, unreadable = _make_copies(image_paths, sample_size, seed, encoder, progress)
+    if len(rows) == 0:
+        raise InputNotFoundError(
+            f"cannot calibrate the threshold: none of the {unreadable} sampled images could be read (e.g. "
+            f"{image_paths[0]}); restore the images, or pass a fixed --threshold T")
+    positives = np.einsum("id,id->i", copies, vectors[rows])
+    negatives, ambiguous = _false_pair_scores(vectors, rows, copies, positives, file_sha256)
+    threshold, reached = choose_threshold(positives, negatives, precision)
+    estimated_precision, estimated_recall = precision_recall(positives, negatives, threshold)
+    curve = tuple((t, *precision_recall(positives, negatives, t)) for t in CURVE_POINTS)
+    return Calibration(threshold=threshold, target_precision=float(precision),
+                       estimated_precision=estimated_precision, estimated_recall=estimated_recall, reached=reached,
+                       images=len(set(rows.tolist())), copies=len(rows), negatives=len(negatives), ambiguous=ambiguous,
+                       unreadable=unreadable, seed=seed, seconds=time.perf_counter() - start, curve=curve)
+
+
+def _make_copies(image_paths: Sequence[str | Path], sample_size: int, seed: int, encoder: Encoder,
+                 progress: bool | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Edited copies of a seeded sample: (rows (m,) int64, copy vectors (m, d) float32, unreadable count)."""
+    n = len(image_paths)
+    per_image = min(MAX_COPIES_PER_IMAGE, max(1, math.ceil(sample_size / n)))
+    wanted_images = math.ceil(sample_size / per_image)
+    order = np.random.default_rng([seed, 0]).permutation(n)
+    rows: list[int] = []
+    vectors: list[np.ndarray] = []
+    pending: list = []
+    pending_rows: list[int] = []
+    unreadable = 0
+    with progress_bar(wanted_images * per_image, "calibration copies", unit="img", enabled=progress) as bar:
+        for row in order.tolist():
+            if len(set(rows + pending_rows)) >= wanted_images:
+                break
+            try:
+                image = load_image(image_paths[row]).image
+            except (BadImageError, OSError):
+                unreadable += 1
+                continue
+            rng = np.random.default_rng([seed, 1, row])
+            for _ in range(per_image):
+                pending.append(edited_copy(image, rng)[0])
+                pending_rows.append(row)
+            if len(pending) >= EMBED_BATCH:
+                vectors.append(encoder.embed_pil(pending))
+                rows += pending_rows
+                bar.update(len(pending))
+                pending, pending_rows = [], []
+        if pending:
+            vectors.append(encoder.embed_pil(pending))
+            rows += pending_rows
+            bar.update(len(pending))
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros((0, encoder.dim), np.float32), unreadable
+    return np.asarray(rows, dtype=np.int64), np.concatenate(vectors).astype(np.float32), unreadable
+
+
+def _false_pair_scores(vectors: np.ndarray, rows: np.ndarray, copies: np.ndarray, positives: np.ndarray,
+                       file_sha256: Sequence[str | None] | None) -> tuple[np.ndarray, int]:
+    """Similarities of each copy to its nearest stored images other than its original (probable duplicates left out)."""
+    import faiss
+
+    k = min(CALIBRATION_NEIGHBORS + 1, len(vectors))
+    scores, labels = faiss.knn(copies, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
+    ambiguous_floor = float(np.quantile(positives, AMBIGUOUS_QUANTILE))
+    kept: list[float] = []
+    ambiguous: set[tuple[int, int]] = set()
+    for i, row in enumerate(rows.tolist()):
+        original = vectors[row]
+        for score, label in zip(scores[i].tolist(), labels[i].tolist()):
+            if label < 0 or label == row:
+                continue
+            same_file = file_sha256 is not None and file_sha256[row] and file_sha256[label] == file_sha256[row]
+            if same_file or float(original @ vectors[label]) >= ambiguous_floor:
+                ambiguous.add((row, label))
+                continue
+            kept.append(score)
+    return np.asarray(kept, dtype=np.float32), len(ambiguous)
+
+
+def precision_recall(positives: np.ndarray, negatives: np.ndarray, threshold: float) -> tuple[float, float]:
+    """(precision, recall) of "similarity >= threshold" on true-pair and false-pair similarities.
+
+    Precision is 1.0 when nothing reaches the threshold.
+
+    Example:
+        >>> precision_recall(np.array([0.9, 0.95, 0.7]), np.array([0.8, 0.92]), 0.9)
+        (0.6666666666666666, 0.6666666666666666)
+    """
+    true = int(np.count_nonzero(positives >= threshold))
+    false = int(np.count_nonzero(negatives >= threshold))
+    precision = true / (true + false) if true + false else 1.0
+    return float(precision), float(true / len(positives)) if len(positives) else 0.0
+
+
+def choose_threshold(positives: np.ndarray, negatives: np.ndarray, target: float) -> tuple[float, bool]:
+    """The lowest threshold whose precision, and that of every higher threshold, is at least ``target``.
+
+    The threshold is placed halfway between the lowest accepted similarity and the next lower
+    observed one, so both sides keep a margin. When no threshold reaches the target, the one
+    with the best precision (then the best recall) is returned with ``reached=False``.
+
+    Args:
+        positives: (p,) similarities of true pairs.
+        negatives: (q,) similarities of false pairs.
+        target: precision in (0, 1).
+
+    Returns:
+        (threshold, reached).
+
+    Example:
+        >>> choose_threshold(np.array([0.95, 0.9, 0.8]), np.array([0.85, 0.5]), 0.99)
+        (0.875, True)
+    """
+    scores = np.concatenate([positives, negatives]).astype(np.float64)
+    is_true = np.r_[np.ones(len(positives), bool), np.zeros(len(negatives), bool)]
+    order = np.argsort(-scores, kind="stable")
+    scores, is_true = scores[order], is_true[order]
+    true_counts, false_counts = np.cumsum(is_true), np.cumsum(~is_true)
+    # One candidate per distinct similarity: everything at or above it is called a duplicate.
+    last_of_group = np.r_[scores[1:] != scores[:-1], True]
+    group_scores = scores[last_of_group]
+    true_at, false_at = true_counts[last_of_group], false_counts[last_of_group]
+    precision = np.where(true_at + false_at > 0, true_at / np.maximum(true_at + false_at, 1), 1.0)
+    ok = (precision >= target) & (true_at > 0)
+    failing = np.flatnonzero(~ok)
+    if ok.all() or failing[0] > 0:
+        passing = len(group_scores) if ok.all() else int(failing[0])  # groups before the first failure pass
+        # Stop at the lowest passing group that adds a true pair: lower has no support in the data.
+        adds_true = np.flatnonzero(np.diff(np.r_[0, true_at[:passing]]) > 0)
+        accepted = int(adds_true[-1])
+    else:
+        useful = np.flatnonzero(true_at > 0)
+        best = precision[useful].max()
+        accepted = int(useful[np.flatnonzero(precision[useful] >= best)[-1]])
+        return _between(group_scores, accepted), False
+    return _between(group_scores, accepted), True
+
+
+def _between(group_scores: np.ndarray, accepted: int) -> float:
+    low = float(group_scores[accepted])
+    if accepted + 1 < len(group_scores):
+        return float(np.float32((low + float(group_scores[accepted + 1])) / 2))
+    return float(np.float32(low))

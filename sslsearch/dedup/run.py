@@ -1,0 +1,285 @@
+"""``deduplicate``: store → threshold → k-NN graph + exact hashes → clusters → keep/remove lists, summary, report."""
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import EncoderMismatchError, InvalidArgumentError, StoreError
+from ..files import DirectoryLock
+from ..store import EmbeddingStore
+from .calibrate import DEFAULT_PRECISION, DEFAULT_SAMPLE_SIZE, calibrate_threshold, check_precision
+from .clusters import DEFAULT_KEEP, KEEP_POLICIES, ImageFacts, check_keep_policy, choose_keeper, connected_groups
+from .exact import EXACT_CANDIDATE_SIMILARITY, ContentHasher, chain_pairs, file_size, hash_groups, identical_pairs, match_kind
+from .graph import DEFAULT_NEIGHBORS, SimilarPairs, resolve_method, similar_pairs
+from .outputs import prepare_dedup_dir, write_clusters, write_list, write_summary
+from .result import ClusterMember, DedupResult, DuplicateCluster, ThresholdChoice
+
+DEFAULT_REPORT_CLUSTERS = 500  # clusters shown in report.html (largest first); all are in clusters.parquet
+
+
+def check_threshold(threshold: float) -> float:
+    """Return ``threshold`` if in (0, 1], else raise InvalidArgumentError."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0 \
+            or math.isnan(threshold):
+        raise InvalidArgumentError(f"--threshold must be a cosine similarity in (0, 1], got {threshold!r}; e.g. 0.9 "
+                                   "(or leave it out to calibrate one with --precision)")
+    return float(threshold)
+
+
+@dataclass(frozen=True)
+class _StoreRows:
+    """The store read into memory, row-aligned."""
+
+    store: EmbeddingStore
+    ids: np.ndarray  # (n,) int64
+    vectors: np.ndarray  # (n, d) float32, L2-normalised
+    paths: list[str]  # relative to the source root
+    width: np.ndarray | None
+    height: np.ndarray | None
+    sha256: list[str | None] | None
+
+    def absolute(self, row: int) -> Path:
+        return self.store.source_root / self.paths[row]
+
+
+def _read_store(embeddings: str | os.PathLike[str]) -> _StoreRows:
+    store = EmbeddingStore.open(embeddings)
+    if len(store) == 0:
+        skipped = len(store.manifest.skipped)
+        detail = f" ({skipped} file(s) were skipped as unreadable when it was embedded)" if skipped else ""
+        raise StoreError(f"embedding store {store.directory} holds no images{detail}; nothing to deduplicate — embed "
+                         "a folder with images first")
+    if not store.encoder.get("id"):
+        raise StoreError(f"embedding store {store.directory} records no encoder fingerprint; re-create it with "
+                         "`sslsearch embed`")
+    optional = [c for c in ("width", "height", "sha256") if c in store.manifest.columns]
+    table = store.read_all(("id", "embedding", "path", *optional))
+    vectors = np.ascontiguousarray(table.embeddings, dtype=np.float32)
+    if not store.manifest.normalized:
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    columns = table.columns
+    return _StoreRows(store=store, ids=table.ids, vectors=vectors, paths=list(columns["path"]),
+                      width=np.asarray(columns["width"]) if "width" in columns else None,
+                      height=np.asarray(columns["height"]) if "height" in columns else None,
+                      sha256=list(columns["sha256"]) if "sha256" in columns else None)
+
+
+def _calibrate(rows: _StoreRows, precision: float, sample_size: int, seed: int, device: str,
+               progress: bool | None) -> ThresholdChoice:
+    from ..encoders import encoder_from_fingerprint
+
+    fingerprint = rows.store.encoder
+    try:
+        encoder = encoder_from_fingerprint(fingerprint, device=device)
+    except EncoderMismatchError as error:
+        reason = str(error).split(";")[0]
+        raise EncoderMismatchError(f"cannot calibrate the threshold: the encoder {fingerprint.get('spec', '?')} that made "
+                                   f"store {rows.store.directory} cannot be rebuilt here ({reason}); pass a fixed "
+                                   "--threshold T (e.g. 0.9)") from None
+    paths = [rows.absolute(i) for i in range(len(rows.paths))]
+    calibration = calibrate_threshold(rows.vectors, paths, encoder, precision=precision, sample_size=sample_size,
+                                      file_sha256=rows.sha256, seed=seed, progress=progress)
+    return ThresholdChoice(calibration.threshold, "calibrated", calibration)
+
+
+def _image_facts(rows: _StoreRows, row: int) -> ImageFacts:
+    size_bytes, mtime = file_size(rows.absolute(row))
+    if rows.width is not None and rows.height is not None:
+        width, height = int(rows.width[row]), int(rows.height[row])
+    else:
+        width, height = _header_size(rows.absolute(row))
+    return ImageFacts(id=int(rows.ids[row]), width=width, height=height, size_bytes=size_bytes, mtime=mtime)
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return -1, -1
+
+
+def _build_clusters(rows: _StoreRows, groups: Sequence[np.ndarray], keep: str, hasher: ContentHasher) -> list[DuplicateCluster]:
+    clusters = []
+    for cluster_id, group in enumerate(groups):
+        facts = {int(row): _image_facts(rows, int(row)) for row in group}
+        keeper_id = choose_keeper(list(facts.values()), keep)
+        keeper_row = next(row for row, f in facts.items() if f.id == keeper_id)
+        similarities = rows.vectors[group] @ rows.vectors[keeper_row]
+        members = []
+        for row, similarity in zip(group.tolist(), similarities.tolist()):
+            f = facts[row]
+            members.append(ClusterMember(id=f.id, path=rows.paths[row], similarity=float(min(similarity, 1.0)),
+                                         keep=row == keeper_row, match=match_kind(row, keeper_row, hasher, similarity),
+                                         width=f.width, height=f.height, size_bytes=f.size_bytes))
+        members.sort(key=lambda m: (not m.keep, -m.similarity, m.id))
+        clusters.append(DuplicateCluster(cluster_id, tuple(members)))
+    return clusters
+
+
+def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str], *, threshold: float | None = None,
+                precision: float = DEFAULT_PRECISION, keep: str = DEFAULT_KEEP, neighbors: int = DEFAULT_NEIGHBORS,
+                method: str = "auto", device: str = "auto", sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0,
+                report: bool = False, report_max_clusters: int = DEFAULT_REPORT_CLUSTERS, overwrite: bool = False,
+                progress: bool | None = None, _allowed_in_out: Sequence[str] = ()) -> DedupResult:
+    """Find exact and near-duplicate images in an embedding store and say which to keep.
+
+    Near duplicates come from the k-NN graph of the store (never an N×N matrix; see
+    ``graph.similar_pairs``) cut at a cosine-similarity threshold; exact duplicates from the
+    store's file sha256 and, for pairs similar enough to be candidates, the decoded pixels.
+    Union-find joins them into clusters; the keep policy picks one image per cluster.
+
+    Writes to ``out``: ``clusters.parquet`` (cluster_id, id, path, similarity to the keeper,
+    keep, match, width, height, size_bytes, source), ``keep.txt`` and ``remove.txt`` (absolute
+    paths, one per line, in id order), ``summary.json``, and with ``report`` ``report.html``.
+
+    Args:
+        embeddings: an embedding store directory (``sslsearch embed``).
+        out: the output directory; refused if it exists and is not empty, unless ``overwrite``.
+        threshold: a fixed cosine similarity in (0, 1]; None calibrates one for ``precision``.
+        precision: target precision in (0, 1) of the self-calibration (see ``calibrate.py``).
+        keep: keep policy, one of ``KEEP_POLICIES`` (default: largest resolution, then larger
+            file, then smallest id).
+        neighbors: k of the k-NN graph.
+        method: "auto", "exact" or "partitioned" k-NN graph.
+        device: "auto", "cpu" or "cuda" for the graph and the calibration encoder.
+        sample_size: edited copies made for calibration.
+        seed: seed of the calibration sample and the partitioned graph's k-means.
+        report: also write the self-contained HTML report.
+        report_max_clusters: clusters shown in the report (largest first).
+        overwrite: replace earlier results in ``out``.
+        progress: progress bars on stderr (default: when stderr is a terminal).
+
+    Returns:
+        A ``DedupResult``; ``result.describe()`` is a one-line report.
+
+    Raises:
+        InvalidArgumentError: threshold outside (0, 1], precision outside (0, 1), bad neighbors.
+        UnknownNameError: an unknown keep policy or graph method.
+        InputNotFoundError, StoreError: a missing or empty store.
+        OutputExistsError: ``out`` holds files and ``overwrite`` is false.
+        EncoderMismatchError: calibration cannot rebuild the store's encoder.
+
+    Example:
+        >>> result = deduplicate("emb/", "dups/", precision=0.99, report=True)  # doctest: +SKIP
+        >>> print(result.describe())  # doctest: +SKIP
+    """
+    started = time.perf_counter()
+    if threshold is not None:
+        check_threshold(threshold)
+    else:
+        check_precision(precision)
+    check_keep_policy(keep)
+    resolve_method(method, 0, "cpu")
+    if neighbors < 1:
+        raise InvalidArgumentError(f"--neighbors must be >= 1, got {neighbors}")
+    if report_max_clusters < 1:
+        raise InvalidArgumentError(f"report_max_clusters must be >= 1, got {report_max_clusters}")
+    timings: dict[str, float] = {}
+
+    rows = _read_store(embeddings)
+    out = prepare_dedup_dir(out, overwrite=overwrite, allowed=_allowed_in_out)
+    with DirectoryLock(out):
+        timings["load"] = time.perf_counter() - started
+        n = len(rows.ids)
+        mark = time.perf_counter()
+        if threshold is not None:
+            choice = ThresholdChoice(float(threshold), "given")
+        elif n < 2:
+            choice = ThresholdChoice(None, "not needed")
+        else:
+            choice = _calibrate(rows, precision, sample_size, seed, device, progress)
+        timings["calibration"] = time.perf_counter() - mark
+
+        mark = time.perf_counter()
+        cut = choice.value if choice.value is not None else 1.0
+        pairs = similar_pairs(rows.vectors, min(cut, EXACT_CANDIDATE_SIMILARITY), neighbors=neighbors, method=method,
+                              device=device, seed=seed, progress=progress)
+        timings["graph"] = time.perf_counter() - mark
+
+        mark = time.perf_counter()
+        hasher = ContentHasher(rows.absolute, rows.sha256)
+        near = pairs.above(cut)
+        firsts, seconds = [near.first], [near.second]
+        if rows.sha256 is not None:
+            file_first, file_second = chain_pairs(hash_groups(rows.sha256))
+            firsts.append(file_first)
+            seconds.append(file_second)
+        if cut > EXACT_CANDIDATE_SIMILARITY:  # pairs below the threshold join only when their pixels are identical
+            below = pairs.similarity < cut
+            same_first, same_second = identical_pairs(pairs.first[below], pairs.second[below], hasher)
+            firsts.append(same_first)
+            seconds.append(same_second)
+        groups = connected_groups(n, np.concatenate(firsts), np.concatenate(seconds))
+        clusters = _build_clusters(rows, groups, keep, hasher)
+        timings["clusters"] = time.perf_counter() - mark
+
+        mark = time.perf_counter()
+        removed_rows = _removed_rows(rows, clusters)
+        write_clusters(out / "clusters.parquet", clusters)
+        write_list(out / "keep.txt", (str(rows.absolute(r)) for r in range(n) if r not in removed_rows))
+        write_list(out / "remove.txt", (str(rows.absolute(r)) for r in sorted(removed_rows)))
+        timings["write"] = time.perf_counter() - mark
+
+        report_path = None
+        if report:
+            from .report import write_report
+
+            mark = time.perf_counter()
+            report_path = write_report(out / "report.html", clusters, rows.store.source_root,
+                                       max_clusters=report_max_clusters, title=f"Duplicates in {rows.store.directory}",
+                                       subtitle=choice.describe())
+            timings["report"] = time.perf_counter() - mark
+        timings["total"] = time.perf_counter() - started
+        summary = _summary(rows, clusters, len(removed_rows), choice, keep, pairs, near, timings, out, report_path)
+        write_summary(out / "summary.json", summary)
+    return DedupResult(out=out, images=n, clusters=tuple(clusters), removed=len(removed_rows), threshold=choice,
+                       keep_policy=keep, summary=summary, report=report_path)
+
+
+def _removed_rows(rows: _StoreRows, clusters: Sequence[DuplicateCluster]) -> set[int]:
+    row_of = {int(i): r for r, i in enumerate(rows.ids.tolist())}
+    return {row_of[m.id] for c in clusters for m in c.removed}
+
+
+def _summary(rows: _StoreRows, clusters: Sequence[DuplicateCluster], removed: int, choice: ThresholdChoice, keep: str,
+             pairs: SimilarPairs, near: SimilarPairs, timings: dict[str, float], out: Path,
+             report_path: Path | None) -> dict[str, Any]:
+    from .. import __version__
+
+    by_match = {"file": 0, "pixels": 0, "near": 0}
+    for cluster in clusters:
+        for member in cluster.removed:
+            by_match[member.match] = by_match.get(member.match, 0) + 1
+    n = len(rows.ids)
+    return {
+        "store": str(rows.store.directory.resolve()),
+        "source_root": str(rows.store.source_root),
+        "encoder": {"spec": rows.store.encoder.get("spec"), "id": rows.store.encoder.get("id")},
+        "images": n,
+        "skipped_when_embedded": len(rows.store.manifest.skipped),
+        "clusters": len(clusters),
+        "images_in_clusters": sum(len(c) for c in clusters),
+        "largest_cluster": max((len(c) for c in clusters), default=0),
+        "kept": n - removed,
+        "removed": removed,
+        "removed_by_match": by_match,
+        "threshold": choice.to_dict(),
+        "keep_policy": {"name": keep, "rule": KEEP_POLICIES[keep]},
+        "graph": {"method": pairs.method, "neighbors": pairs.neighbors, "device": pairs.device, "cells": pairs.cells,
+                  "candidate_pairs": len(pairs), "pairs_at_threshold": len(near), "seconds": round(pairs.seconds, 3)},
+        "seconds": {name: round(value, 3) for name, value in timings.items()},
+        "outputs": {"clusters": "clusters.parquet", "keep": "keep.txt", "remove": "remove.txt",
+                    "report": report_path.name if report_path else None},
+        "sslsearch_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
