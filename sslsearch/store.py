@@ -381,7 +381,7 @@ class StoreWriter:
                 shards.append(ShardInfo(path.name, pq.ParquetFile(path).metadata.num_rows))
             except (pa.ArrowException, OSError):
                 path.unlink()  # cannot happen through rename; a foreign or damaged file is not ours to keep
-        for tmp in self.directory.glob(".part-*.tmp"):
+        for tmp in [*self.directory.glob(".part-*.tmp"), *self.directory.glob(f".{MANIFEST_NAME}.*.tmp")]:
             tmp.unlink(missing_ok=True)
         manifest = dataclasses.replace(manifest, shards=tuple(sorted(shards, key=lambda s: s.name)),
                                        rows=sum(s.rows for s in shards), complete=False)

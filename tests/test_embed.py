@@ -331,3 +331,20 @@ def test_forward_runs_in_inference_mode(encoder, images, tmp_path):
     finally:
         handle.remove()
     assert seen == [(True, False)] * 3
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("size", [32, 100])
+def test_batched_preprocessing_equals_the_encoder_transform(encoder, images, channels_last, size):
+    from sslsearch.embed import BatchPreprocessing
+
+    encoder = create_encoder(SPEC, image_size=size, device="cpu")
+    pre = BatchPreprocessing.of(encoder)
+    pre = BatchPreprocessing(pre.resize_size, pre.image_size, pre.interpolation, pre.mean, pre.std, channels_last)
+    pictures = [load_image(p).image for p in sorted(images.rglob("*.*"))[:5]]
+    assert len({p.size for p in pictures}) == 2  # square and wide
+    batch = pre.per_batch(torch.from_numpy(np.stack([pre.per_image(p) for p in pictures])))
+    expected = torch.stack([encoder.transform(p) for p in pictures])
+    assert batch.dtype == torch.float32 and batch.shape == expected.shape == (5, 3, size, size)
+    assert batch.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert torch.equal(batch, expected)
