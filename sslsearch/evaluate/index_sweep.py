@@ -1,0 +1,299 @@
+"""Index recall against exact search and QPS over a sweep of search parameters (nprobe / efSearch)."""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import IndexFileError, InputNotFoundError, InvalidArgumentError
+from ..files import atomic_write_json
+from ..store import EmbeddingStore, check_same_encoder
+from .labels import unit_rows
+from .neighbors import exact_neighbors
+
+INDEX_FILE = "index.faiss"
+CARD_FILE = "index.json"
+NPROBE_GRID: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+EF_SEARCH_GRID: tuple[int, ...] = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+@dataclass(frozen=True)
+class SweepSetting:
+    """One search setting measured: recall@k against exact search and queries per second.
+
+    Attributes:
+        parameter: "nprobe", "efSearch" or "" (an index without a search parameter).
+        value: its value (0 when there is none).
+        recall: mean |approximate top-k ∩ exact top-k| / k.
+        qps_batch: queries/s searching all queries in one call.
+        qps_single: queries/s searching them one at a time.
+    """
+
+    parameter: str
+    value: int
+    recall: float
+    qps_batch: float
+    qps_single: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.parameter}={self.value}" if self.parameter else "(no parameter)"
+
+
+@dataclass(frozen=True)
+class IndexSweepResult:
+    """The recall–QPS table of an index and the fastest setting that meets the target recall."""
+
+    index_dir: str
+    factory: str
+    ntotal: int
+    k: int
+    n_queries: int
+    n_single_queries: int
+    target_recall: float
+    settings: tuple[SweepSetting, ...]
+    operating_point: SweepSetting | None
+    queries_from: str
+    exact_qps: float
+    applied: bool = False
+    notes: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        def as_dict(s: SweepSetting | None) -> dict[str, Any] | None:
+            return None if s is None else {**vars(s), "label": s.label}
+
+        return {"index_dir": self.index_dir, "factory": self.factory, "ntotal": self.ntotal, "k": self.k,
+                "n_queries": self.n_queries, "n_single_queries": self.n_single_queries,
+                "target_recall": self.target_recall, "settings": [as_dict(s) for s in self.settings],
+                "operating_point": as_dict(self.operating_point), "queries_from": self.queries_from,
+                "exact_qps": self.exact_qps, "applied": self.applied, "notes": list(self.notes),
+                "seconds": self.seconds}
+
+
+@dataclass(frozen=True)
+class OpenedIndex:
+    """A faiss index read from an index directory, with its card (a dict as in ``index.json``)."""
+
+    directory: Path
+    index: Any  # faiss.Index
+    card: dict[str, Any]
+
+
+def open_index(directory: str | os.PathLike[str]) -> OpenedIndex:
+    """Read ``index.faiss`` and the ``index.json`` card of an index directory.
+
+    Raises:
+        InputNotFoundError: the directory or its index file is missing.
+        IndexFileError: the card or the index file cannot be read.
+    """
+    import faiss
+
+    directory = Path(directory)
+    path = directory / INDEX_FILE
+    if not path.is_file():
+        raise InputNotFoundError(f"{directory} is not an index directory (no {INDEX_FILE}); build one with "
+                                 "`sslsearch index build EMB --out DIR`")
+    card_path = directory / CARD_FILE
+    try:
+        card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    except ValueError as error:
+        raise IndexFileError(f"{card_path} is not valid JSON ({error}); rebuild the index") from None
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as error:
+        raise IndexFileError(f"{path} cannot be read by faiss ({str(error).splitlines()[0][:120]}); rebuild the "
+                             "index") from None
+    return OpenedIndex(directory=directory, index=index, card=card)
+
+
+def _hnsw_of(index: Any) -> Any | None:
+    """The HNSW index inside ID-map / pre-transform / refine wrappers, if any."""
+    import faiss
+
+    current = faiss.downcast_index(index)
+    for _ in range(8):
+        if hasattr(current, "hnsw"):
+            return current
+        inner = getattr(current, "index", None) or getattr(current, "base_index", None)
+        if inner is None:
+            return None
+        current = faiss.downcast_index(inner)
+    return None
+
+
+def search_parameter(index: Any) -> tuple[str, tuple[int, ...]]:
+    """The search parameter of an index and the values worth sweeping: ("nprobe", ...), ("efSearch", ...) or ("", (0,))."""
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        return "nprobe", tuple(v for v in NPROBE_GRID if v <= ivf.nlist) + (() if ivf.nlist in NPROBE_GRID else (ivf.nlist,))
+    if _hnsw_of(index) is not None:
+        return "efSearch", EF_SEARCH_GRID
+    return "", (0,)
+
+
+def set_search_parameter(index: Any, parameter: str, value: int) -> None:
+    """Set nprobe or efSearch on an index, through any wrapper (IDMap, pre-transform, refine)."""
+    import faiss
+
+    if parameter == "nprobe":
+        faiss.extract_index_ivf(index).nprobe = int(value)
+    elif parameter == "efSearch":
+        _hnsw_of(index).hnsw.efSearch = int(value)
+    elif parameter:
+        faiss.ParameterSpace().set_index_parameter(index, parameter, float(value))
+
+
+def _median_seconds(run: Any, repeats: int) -> float:
+    run()  # warm-up: caches, thread pool
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _drop_self(ids: np.ndarray, self_ids: np.ndarray | None, k: int) -> np.ndarray:
+    """(q, k) ids without each query's own id (searched with k + 1 when the queries are database rows)."""
+    if self_ids is None:
+        return ids[:, :k]
+    is_self = ids == self_ids[:, None]
+    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), ids.shape[1] - 1)
+    keep = np.ones_like(ids, dtype=bool)
+    keep[np.arange(len(ids)), drop] = False
+    return ids[keep].reshape(len(ids), -1)[:, :k]
+
+
+def recall_at_k(approximate_ids: np.ndarray, exact_ids: np.ndarray) -> float:
+    """Mean |approximate ∩ exact| / k over queries, both (q, k) int64 (-1 entries never match).
+
+    Same measure as ``faiss.contrib.evaluation.knn_intersection_measure``.
+    """
+    k = exact_ids.shape[1]
+    hits = sum(len(np.intersect1d(a[a >= 0], e)) for a, e in zip(approximate_ids, exact_ids))
+    return hits / (len(exact_ids) * k)
+
+
+def sweep_index(index_dir: str | os.PathLike[str], store: str | os.PathLike[str] | EmbeddingStore, *,
+                queries: np.ndarray | None = None, k: int = 10, n_queries: int = 1000, n_single_queries: int = 200,
+                target_recall: float = 0.95, values: Sequence[int] | None = None, repeats: int = 3, seed: int = 0,
+                apply: bool = False, device: str = "auto") -> IndexSweepResult:
+    """Measure recall@k against exact search and QPS (batch and one-by-one) for each search setting.
+
+    Ground truth is an exact search over the store the index was built from. Queries are
+    ``queries`` if given, else ``n_queries`` rows sampled from the store (seeded), whose own id is
+    left out of both the exact and the approximate results.
+
+    Args:
+        index_dir: an index directory (``index.faiss`` + ``index.json``).
+        store: the embedding store the index holds (faiss ids = store ids).
+        queries: (q, d) float32 query vectors, or None to sample store rows.
+        k: neighbours compared.
+        n_queries: sampled queries for the recall and batch QPS.
+        n_single_queries: how many of them are also searched one at a time.
+        target_recall: the operating point is the fastest (batch QPS) setting with recall >= this.
+        values: the parameter values to sweep (default: a grid that fits the index).
+        repeats: timed repeats per measurement (median), after one warm-up.
+        apply: write the operating point's setting into the card's ``search_params``.
+
+    Raises:
+        InvalidArgumentError: k or the target out of range; index and store of different sizes or dims;
+            ``apply`` when no setting meets the target.
+        EncoderMismatchError: the card names another encoder than the store's.
+    """
+    started = time.perf_counter()
+    if not 0.0 < target_recall <= 1.0:
+        raise InvalidArgumentError(f"target recall must be in (0, 1], got {target_recall}")
+    opened = open_index(index_dir)
+    database = store if isinstance(store, EmbeddingStore) else EmbeddingStore.open(store)
+    index = opened.index
+    if index.d != database.dim:
+        raise InvalidArgumentError(f"index {opened.directory} has dim {index.d} but store {database.directory} has dim "
+                                   f"{database.dim}; pass the store the index was built from")
+    if opened.card.get("encoder"):
+        check_same_encoder(opened.card["encoder"], database.encoder, index.d, what=f"store {database.directory}",
+                           where=f"index {opened.directory}")
+    if index.ntotal != len(database):
+        raise InvalidArgumentError(f"index {opened.directory} holds {index.ntotal} vectors but store {database.directory} "
+                                   f"has {len(database)} rows; pass the store the index was built from")
+    batch = database.read_all(("id", "embedding"))
+    vectors = unit_rows(batch.embeddings)
+    if queries is None:
+        rows = np.sort(np.random.default_rng(seed).choice(len(vectors), size=min(n_queries, len(vectors)), replace=False))
+        query_vectors, self_ids = vectors[rows], batch.ids[rows]
+        queries_from = f"{len(rows)} rows sampled from {database.directory} (own id left out)"
+    else:
+        query_vectors, self_ids = unit_rows(queries), None
+        queries_from = f"{len(query_vectors)} given query vectors"
+    available = len(vectors) - (1 if self_ids is not None else 0)
+    if not 1 <= k <= available:
+        raise InvalidArgumentError(f"k={k} is outside 1..{available} (the database size); choose a smaller k")
+    search_k = k + (1 if self_ids is not None else 0)
+    exact_started = time.perf_counter()
+    exact = exact_neighbors(query_vectors, vectors, search_k, device=device)
+    exact_qps = len(query_vectors) / max(time.perf_counter() - exact_started, 1e-9)
+    exact_ids = _drop_self(batch.ids[exact.positions], self_ids, k)
+    parameter, grid = search_parameter(index)
+    grid = tuple(values) if values is not None and parameter else grid
+    single = query_vectors[:n_single_queries]
+    settings = []
+    for value in grid:
+        set_search_parameter(index, parameter, value)
+        _, ids = index.search(query_vectors, search_k)
+        recall = recall_at_k(_drop_self(ids, self_ids, k), exact_ids)
+        batch_seconds = _median_seconds(lambda: index.search(query_vectors, search_k), repeats)
+        single_seconds = _median_seconds(lambda: [index.search(single[i:i + 1], search_k) for i in range(len(single))],
+                                         repeats)
+        settings.append(SweepSetting(parameter, int(value), recall, len(query_vectors) / max(batch_seconds, 1e-9),
+                                     len(single) / max(single_seconds, 1e-9)))
+    meeting = [s for s in settings if s.recall >= target_recall]
+    point = max(meeting, key=lambda s: s.qps_batch) if meeting else None
+    notes = []
+    if point is None:
+        best = max(settings, key=lambda s: s.recall)
+        notes.append(f"no setting reaches recall@{k} {target_recall} (best {best.recall:.3f} at {best.label}); "
+                     "build a finer index or lower the target")
+    restored = opened.card.get("search_params", {}).get(parameter) if parameter else None
+    if restored is not None:
+        set_search_parameter(index, parameter, restored)
+    result = IndexSweepResult(
+        index_dir=str(opened.directory), factory=str(opened.card.get("factory", type(index).__name__)),
+        ntotal=int(index.ntotal), k=k, n_queries=len(query_vectors), n_single_queries=len(single),
+        target_recall=target_recall, settings=tuple(settings), operating_point=point, queries_from=queries_from,
+        exact_qps=exact_qps, notes=tuple(notes), seconds=time.perf_counter() - started)
+    if apply:
+        if point is None:
+            raise InvalidArgumentError(f"--apply: {notes[0]}; nothing was written")
+        if point.parameter:
+            apply_search_setting(opened.directory, point, k=k, target_recall=target_recall)
+        result = replace(result, applied=True)
+    return result
+
+
+def apply_search_setting(index_dir: str | os.PathLike[str], setting: SweepSetting, *, k: int,
+                         target_recall: float) -> dict[str, Any]:
+    """Write a measured setting into the card's ``search_params`` (atomically) and return the new card.
+
+    The card keeps every other field; ``operating_point`` records what was measured.
+    """
+    path = Path(index_dir) / CARD_FILE
+    try:
+        card = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError as error:
+        raise IndexFileError(f"{path} is not valid JSON ({error}); rebuild the index") from None
+    card["search_params"] = {**card.get("search_params", {}), setting.parameter: setting.value}
+    card["operating_point"] = {"parameter": setting.parameter, "value": setting.value, "k": k,
+                               "recall": setting.recall, "target_recall": target_recall,
+                               "qps_batch": setting.qps_batch, "qps_single": setting.qps_single,
+                               "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    atomic_write_json(path, card)
+    return card
