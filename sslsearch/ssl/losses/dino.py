@@ -1,0 +1,64 @@
+"""DINO's self-distillation loss: cross entropy from a centred, sharpened teacher to the student over all crop pairs."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..distributed import all_reduce_sum, world_size
+
+
+class DINOLoss(nn.Module):
+    """Cross entropy H(P_teacher(global v), P_student(crop u)) for every pair u ≠ v (Caron et al. 2021,
+    arXiv:2104.14294, eq. 3 and algorithm 1), with the teacher centred (``center``, an EMA of the
+    teacher's batch mean, all-reduced across processes) and sharpened by a low temperature.
+
+    Args:
+        prototypes: K, the head's output dim.
+        center_momentum: EMA momentum of the center.
+
+    Buffers:
+        center: (1, K) float32.
+    """
+
+    def __init__(self, prototypes: int, center_momentum: float = 0.9) -> None:
+        super().__init__()
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, prototypes))
+
+    def teacher_probabilities(self, teacher_logits: torch.Tensor, teacher_temperature: float) -> torch.Tensor:
+        """(n, K) teacher logits → (n, K) float32 centred, sharpened probabilities (no gradient)."""
+        return F.softmax((teacher_logits.detach().float() - self.center) / teacher_temperature, dim=-1)
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, student_temperature: float,
+                teacher_temperature: float, global_crops: int = 2) -> torch.Tensor:
+        """The loss (the center is not updated here; call ``update_center`` after).
+
+        Args:
+            student_logits: (C·B, K) for C crops, crop-major (all of crop 0, then crop 1, ...);
+                the first ``global_crops`` crops are the global ones.
+            teacher_logits: (global_crops·B, K), crop-major.
+            student_temperature, teacher_temperature: softmax temperatures.
+
+        Returns:
+            Scalar float32 loss, the mean over crop pairs of the batch-mean cross entropy.
+        """
+        teacher = self.teacher_probabilities(teacher_logits, teacher_temperature).chunk(global_crops)
+        crops = student_logits.shape[0] // teacher[0].shape[0]
+        student = F.log_softmax(student_logits.float() / student_temperature, dim=-1).chunk(crops)
+        total = student_logits.new_zeros((), dtype=torch.float32)
+        pairs = 0
+        for v, q in enumerate(teacher):
+            for u, log_p in enumerate(student):
+                if u == v:
+                    continue
+                total = total + (-(q * log_p).sum(dim=-1)).mean()
+                pairs += 1
+        return total / pairs
+
+    @torch.no_grad()
+    def update_center(self, teacher_logits: torch.Tensor) -> None:
+        """center ← m·center + (1-m)·mean of the teacher logits over this step's batch on all processes."""
+        batch_sum = all_reduce_sum(teacher_logits.detach().float().sum(dim=0, keepdim=True))
+        batch_center = batch_sum / (teacher_logits.shape[0] * world_size())
+        self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)

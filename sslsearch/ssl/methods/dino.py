@@ -1,0 +1,113 @@
+"""DINO: self-distillation from an EMA teacher on global crops to a student on all crops, no labels."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import AugmentationConfig, TrainConfig
+from ..heads import DINOHead
+from ..losses import DINOLoss
+from ..schedules import StepContext, cosine, linear_ramp
+from ..transforms import DINOTransform
+from .base import Method, MethodOutput, OptimizerDefaults, frozen_copy, short_run_momentum, update_momentum
+
+FREEZE_LAST_LAYER_MAX_FRACTION = 0.2
+
+
+def is_vision_transformer(backbone: nn.Module) -> bool:
+    return getattr(backbone, "patch_embed", None) is not None
+
+
+class DINO(Method):
+    """DINO (Caron et al. 2021, "Emerging Properties in Self-Supervised Vision Transformers",
+    arXiv:2104.14294).
+
+    The student (backbone + DINO head) sees all crops; the teacher, an EMA of the student with a
+    cosine momentum schedule towards 1, sees the two global crops. The teacher's output is
+    centred (EMA of its batch mean) and sharpened (temperature warmed up from
+    ``teacher_temperature_start``). The head's last layer is frozen for the first epoch. Crops of
+    one size go through the backbone as one batch. The teacher backbone is the exported encoder.
+    """
+
+    name = "dino"
+    min_batch_size = 1
+    optimizer_defaults = OptimizerDefaults(lr={"sgd": 0.2, "lars": 1.0, "adamw": 5e-4},
+                                           weight_decay={"sgd": 1e-5, "lars": 1e-6, "adamw": 0.04},
+                                           weight_decay_final={"adamw": 0.4}, clip_grad_norm=3.0)
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, config: TrainConfig) -> None:
+        super().__init__(backbone, feature_dim, config)
+        section = config.dino
+        self.section = section
+        batch_norm = section.head_batch_norm if section.head_batch_norm is not None \
+            else not is_vision_transformer(backbone)
+        self.head = DINOHead(feature_dim, section.prototypes, hidden_dim=section.hidden_dim,
+                             bottleneck_dim=section.bottleneck_dim, num_layers=section.head_layers,
+                             batch_norm=batch_norm, norm_last_layer=section.norm_last_layer)
+        self.teacher_backbone = frozen_copy(self.backbone)
+        self.teacher_head = frozen_copy(self.head)
+        self.loss = DINOLoss(section.prototypes, section.center_momentum)
+
+    @classmethod
+    def build_transform(cls, image_size: int, augmentation: AugmentationConfig, mean: tuple[float, ...],
+                        std: tuple[float, ...]) -> DINOTransform:
+        return DINOTransform(image_size, augmentation, mean, std)
+
+    def trainable_modules(self) -> list[nn.Module]:
+        return [self.backbone, self.head]
+
+    def export_backbone(self) -> nn.Module:
+        return self.teacher_backbone
+
+    # -- schedules ---------------------------------------------------------------------------------
+
+    def teacher_temperature(self, ctx: StepContext) -> float:
+        ramp = int(self.section.teacher_temperature_warmup_fraction * ctx.plan.total_steps)
+        return linear_ramp(ctx.step, ramp, self.section.teacher_temperature_start, self.section.teacher_temperature)
+
+    def teacher_momentum(self, ctx: StepContext) -> float:
+        start = short_run_momentum(self.section.teacher_momentum, ctx.plan.total_steps)
+        return cosine(ctx.step, ctx.plan.total_steps, start, 1.0)
+
+    def freeze_last_layer_steps(self, ctx: StepContext) -> int:
+        steps = int(self.section.freeze_last_layer_epochs * ctx.plan.steps_per_epoch)
+        return min(steps, int(FREEZE_LAST_LAYER_MAX_FRACTION * ctx.plan.total_steps))
+
+    # -- the step ----------------------------------------------------------------------------------
+
+    def forward_loss(self, views: list[torch.Tensor], ctx: StepContext) -> MethodOutput:
+        global_views = torch.cat(views[:2])  # (2B, 3, S, S)
+        with torch.no_grad():
+            teacher_logits = self.teacher_head(self.teacher_backbone(global_views))  # (2B, K)
+        features = [self.backbone(global_views)]
+        if len(views) > 2:
+            features.append(self.backbone(torch.cat(views[2:])))  # (N·B, dim): locals share one size
+        student_logits = self.head(torch.cat(features))  # ((2+N)·B, K)
+        teacher_temperature = self.teacher_temperature(ctx)
+        loss = self.loss(student_logits, teacher_logits, student_temperature=self.section.student_temperature,
+                         teacher_temperature=teacher_temperature)
+        with torch.no_grad():
+            probabilities = self.loss.teacher_probabilities(teacher_logits, teacher_temperature)
+            entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum(-1).mean()
+            mean_probability = probabilities.mean(0)
+            mean_entropy = -(mean_probability * mean_probability.clamp_min(1e-12).log()).sum()
+        self.loss.update_center(teacher_logits)
+        batch = views[0].shape[0]
+        logs = {"teacher_temperature": teacher_temperature, "teacher_momentum": self.teacher_momentum(ctx),
+                "teacher_entropy": entropy, "teacher_mean_entropy": mean_entropy,
+                "log_prototypes": math.log(self.section.prototypes)}
+        embeddings = F.normalize(student_logits[:batch].detach().float(), dim=1)
+        return MethodOutput(loss=loss, logs=logs, embeddings=embeddings)
+
+    def before_optimizer_step(self, ctx: StepContext) -> None:
+        if ctx.step < self.freeze_last_layer_steps(ctx):
+            for parameter in self.head.last_layer.parameters():
+                parameter.grad = None
+
+    def on_step_end(self, ctx: StepContext) -> None:
+        momentum = self.teacher_momentum(ctx)
+        update_momentum(self.teacher_backbone, self.backbone, momentum)
+        update_momentum(self.teacher_head, self.head, momentum)

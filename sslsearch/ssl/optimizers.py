@@ -1,0 +1,97 @@
+"""Optimisers for pretraining: SGD and LARS for CNNs, AdamW for ViTs; the choice and its defaults."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import unknown_name
+from .config import OptimizerConfig
+
+OPTIMIZERS = ("sgd", "lars", "adamw")
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise adaptive rate scaling (You et al. 2017, arXiv:1708.03888).
+
+    Each parameter's update is scaled by ``η·‖w‖ / ‖∇w + λw‖``; groups with ``lars_exclude``
+    (biases, norm weights) get plain SGD with momentum and no weight decay, as in SimCLR.
+    """
+
+    def __init__(self, params: Any, lr: float, *, weight_decay: float = 0.0, momentum: float = 0.9,
+                 trust_coefficient: float = 0.001) -> None:
+        defaults = {"lr": lr, "weight_decay": weight_decay, "momentum": momentum,
+                    "trust_coefficient": trust_coefficient, "lars_exclude": False}
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for parameter in group["params"]:
+                if parameter.grad is None:
+                    continue
+                update = parameter.grad
+                if not group["lars_exclude"]:
+                    update = update.add(parameter, alpha=group["weight_decay"])
+                    parameter_norm = torch.linalg.vector_norm(parameter)
+                    update_norm = torch.linalg.vector_norm(update)
+                    ratio = group["trust_coefficient"] * parameter_norm / update_norm
+                    scale = torch.where((parameter_norm > 0) & (update_norm > 0), ratio, torch.ones_like(ratio))
+                    update = update.mul(scale)
+                state = self.state[parameter]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.clone(update).detach()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(update)
+                parameter.add_(state["momentum_buffer"], alpha=-group["lr"])
+        return loss
+
+
+def choose_optimizer(config: OptimizerConfig, *, is_transformer: bool, cnn_default: str) -> str:
+    """``auto`` → AdamW for ViTs, the method's choice for CNNs; other names are checked."""
+    if config.name == "auto":
+        return "adamw" if is_transformer else cnn_default
+    if config.name not in OPTIMIZERS:
+        raise unknown_name("optimizer", config.name, ("auto",) + OPTIMIZERS)
+    return config.name
+
+
+def build_optimizer(groups: list[dict[str, Any]], name: str, config: OptimizerConfig) -> torch.optim.Optimizer:
+    """An optimizer over ``groups`` (lr and weight decay are set per step by the trainer's schedules)."""
+    groups = [dict(g) for g in groups if g["params"]]
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=0.0, betas=tuple(config.betas), weight_decay=0.0, foreach=True)
+    if name == "lars":
+        return LARS(groups, lr=0.0, momentum=config.momentum, trust_coefficient=config.lars_trust_coefficient)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=0.0, momentum=config.momentum, weight_decay=0.0, foreach=True)
+    raise unknown_name("optimizer", name, OPTIMIZERS)
+
+
+def set_hyperparameters(optimizer: torch.optim.Optimizer, *, lr: float, weight_decay: float) -> None:
+    """Apply this step's lr to every group and its weight decay to the groups that take decay."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        if group.get("apply_weight_decay", True):
+            group["weight_decay"] = weight_decay
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def resolve_optimizer_config(config: OptimizerConfig, defaults: Any, *, is_transformer: bool) -> OptimizerConfig:
+    """Fill ``auto`` and ``None`` fields from the method's ``OptimizerDefaults`` for the chosen optimizer."""
+    import dataclasses
+
+    name = choose_optimizer(config, is_transformer=is_transformer, cnn_default=defaults.cnn_optimizer)
+    weight_decay = config.weight_decay if config.weight_decay is not None else defaults.weight_decay[name]
+    final = config.weight_decay_final
+    if final is None:
+        final = defaults.weight_decay_final.get(name)
+    return dataclasses.replace(
+        config, name=name, lr=config.lr if config.lr is not None else defaults.lr[name], weight_decay=weight_decay,
+        weight_decay_final=final if final is not None else weight_decay,
+        clip_grad_norm=config.clip_grad_norm if config.clip_grad_norm is not None else defaults.clip_grad_norm)

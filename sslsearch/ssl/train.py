@@ -1,0 +1,554 @@
+"""The method-agnostic trainer: plan the run, step the method, monitor, checkpoint, resume, export the encoder."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..devices import resolve_device
+from ..encoders import default_preprocessing, save_encoder
+from ..errors import InvalidArgumentError, SSLSearchError, unknown_name
+from ..files import DirectoryLock
+from ..progress import progress_bar, progress_enabled
+from ..sources import list_images
+from . import distributed
+from .backbone import build_backbone, check_input_sizes, is_vision_transformer
+from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from .config import TrainConfig, to_dict
+from .data import StepBatchSampler, ViewDataset, default_workers, load_training_images, make_loader
+from .methods import Method, get_method
+from .monitor import CollapseMonitor, KNNMonitor
+from .optimizers import build_optimizer, resolve_optimizer_config, set_hyperparameters
+from .rundir import RunDirectory
+from .schedules import StepContext, TrainingPlan, cosine, warmup_cosine
+from .transforms import resolve_augmentation
+
+DEFAULT_EPOCHS = 100.0
+CALIBRATION_STEPS = 3  # timed steps (after one untimed) that size a --max-minutes run
+BUDGET_SAFETY = 0.93  # plan for this fraction of the time left, so the run ends inside the budget
+BUDGET_HARD_STOP = 1.10  # stop (checkpoint, export) if the run overshoots its budget by this factor
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+class TrainingDivergedError(SSLSearchError, RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a ``train`` call did.
+
+    Attributes:
+        run_dir: the run directory.
+        steps: optimizer steps done so far in the run (all sessions).
+        planned_steps: steps the schedules were sized for.
+        epochs: passes over the data done.
+        images_seen: images (global, each counted once per step however many views) trained on.
+        final_loss: mean loss over the last logging interval.
+        seconds: wall-clock seconds of this call.
+        images_per_second: training throughput of this call (global).
+        knn_accuracy: the last online k-NN accuracy (``--val``), or None.
+        warnings: collapse warnings raised during this call.
+        skipped_images: unreadable training files left out.
+        encoder_exported: ``encoder.safetensors`` + ``encoder.json`` were written.
+        finished: the run reached its planned steps (False when stopped early).
+    """
+
+    run_dir: Path
+    method: str
+    backbone: str
+    steps: int
+    planned_steps: int
+    epochs: float
+    images_seen: int
+    final_loss: float
+    seconds: float
+    images_per_second: float
+    knn_accuracy: float | None
+    warnings: tuple[str, ...]
+    skipped_images: int
+    encoder_exported: bool
+    finished: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["run_dir"] = str(self.run_dir)
+        data["warnings"] = list(self.warnings)
+        return data
+
+
+def validate_config(config: TrainConfig) -> type[Method]:
+    """Checks that need no data or model; returns the method class.
+
+    Raises:
+        UnknownNameError, InvalidArgumentError: with the value seen and what to pass instead.
+    """
+    method_cls = get_method(config.method)
+    if not config.data:
+        raise InvalidArgumentError("no training data given; pass DATA (a folder of images or a list file)")
+    if not config.out:
+        raise InvalidArgumentError("no run directory given; pass --out RUN")
+    if config.batch_size < method_cls.min_batch_size:
+        raise InvalidArgumentError(f"--batch-size {config.batch_size} is too small for {config.method}: a contrastive "
+                                   f"method needs at least {method_cls.min_batch_size} images per step "
+                                   "(other images are the negatives); use 32 or more")
+    if config.image_size < 8:
+        raise InvalidArgumentError(f"--image-size {config.image_size} is too small; use at least 32 px")
+    for name in ("epochs", "max_minutes"):
+        value = getattr(config, name)
+        if value is not None and not value > 0:
+            raise InvalidArgumentError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if config.precision not in PRECISIONS:
+        raise unknown_name("precision", config.precision, PRECISIONS)
+    for name in ("checkpoint_every_steps", "log_every_steps", "keep_checkpoints"):
+        if getattr(config, name) < 1:
+            raise InvalidArgumentError(f"{name} must be at least 1, got {getattr(config, name)}")
+    a = config.augmentation
+    if not 0 < (a.crop_scale_min or 0.01) <= a.crop_scale_max <= 1:
+        raise InvalidArgumentError(f"augmentation crop scale must satisfy 0 < min ≤ max ≤ 1, got "
+                                   f"[{a.crop_scale_min}, {a.crop_scale_max}]")
+    return method_cls
+
+
+def train(config: TrainConfig, *, resume: bool = False, log: Callable[[str], None] | None = None) -> TrainResult:
+    """Pretrain ``config.backbone`` with ``config.method`` on ``config.data`` into the run directory ``config.out``.
+
+    Under torchrun (WORLD_SIZE > 1) every process calls this; the job trains with DDP and only
+    rank 0 writes files. ``resume`` continues the run in ``config.out`` exactly where its last
+    checkpoint left it; the config must match the run's (runtime fields aside).
+
+    Returns:
+        A ``TrainResult`` (on every process).
+
+    Raises:
+        UnknownNameError: unknown method, backbone or optimizer.
+        InvalidArgumentError: sizes or batch the backbone or method cannot take.
+        InputNotFoundError: missing data, or no readable image.
+        OutputExistsError: ``out`` holds another run and ``resume`` is false.
+        CheckpointError: resume with a different config, or a corrupt checkpoint.
+        TrainingDivergedError: the loss became NaN.
+
+    Example:
+        >>> from sslsearch.ssl import TrainConfig, train
+        >>> result = train(TrainConfig(data="sample-data", out="runs/quick", max_minutes=3))  # doctest: +SKIP
+    """
+    return Trainer(config, resume=resume, log=log).run()
+
+
+class Trainer:
+    """One training session (see ``train``)."""
+
+    def __init__(self, config: TrainConfig, *, resume: bool, log: Callable[[str], None] | None) -> None:
+        self.start_time = time.perf_counter()
+        self.method_cls = validate_config(config)
+        self.config = dataclasses.replace(config, data=str(Path(config.data).expanduser().resolve()),
+                                          out=str(Path(config.out).expanduser()))
+        if config.val:
+            self.config = dataclasses.replace(self.config, val=str(Path(config.val).expanduser().resolve()))
+        self.resume = resume
+        self.device = resolve_device(config.device)
+        self.owns_process_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+        self.process = distributed.init_process_group(self.device)
+        if self.device.type == "cuda" and self.process.distributed:
+            self.device = torch.device("cuda", self.process.local_rank)
+        self._log = log
+        self.run_dir = RunDirectory(self.config.out)
+        self.warnings: list[str] = []
+
+    # -- console -----------------------------------------------------------------------------------
+
+    def log(self, message: str) -> None:
+        if not self.process.is_main:
+            return
+        if self._log is not None:
+            self._log(message)
+        else:
+            from tqdm import tqdm
+
+            tqdm.write(message, file=sys.stderr)
+
+    # -- setup -------------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        lock = DirectoryLock(self.run_dir.path) if self.process.is_main else nullcontext()
+        if self.process.is_main:
+            if self.resume:
+                self.run_dir.load_config()  # a clear error before anything else if it is not a run
+            else:
+                self.run_dir.check_fresh()
+        try:
+            with lock:
+                self.setup()
+                return self.loop()
+        finally:
+            if self.owns_process_group and self.process.distributed:
+                torch.distributed.destroy_process_group()
+
+    def setup(self) -> None:
+        config = self.config
+        torch.manual_seed(config.seed + self.process.rank)
+        source = list_images(config.data)
+        show = progress_enabled(config.progress) and self.process.is_main
+        self.images = load_training_images(source, strict=config.strict, preload_megabytes=config.preload_megabytes,
+                                           progress=show)
+        if self.images.skipped:
+            self.log(f"{self.images.skipped_summary()}; e.g. {self.images.skipped[0].path} "
+                     "(use --strict to stop on bad files instead)")
+        self.global_batch = config.batch_size * self.process.world_size
+        self.steps_per_epoch = len(self.images) // self.global_batch
+        if self.steps_per_epoch < 1:
+            raise InvalidArgumentError(f"{config.data} has {len(self.images)} readable images, fewer than one global "
+                                       f"batch ({config.batch_size} × {self.process.world_size} processes); "
+                                       "lower --batch-size or add images")
+        backbone, dim, model_kwargs = build_backbone(config.backbone, config.model_kwargs,
+                                                     image_size=config.image_size,
+                                                     multi_size=config.method == "dino")
+        augmentation = resolve_augmentation(config.augmentation, config.method, config.image_size)
+        sizes = {"--image-size": config.image_size}
+        if config.method == "dino" and augmentation.local_crop_count > 0:
+            sizes["augmentation.local_crop_size"] = augmentation.local_crop_size
+        check_input_sizes(backbone, config.backbone, sizes)
+        self.is_transformer = is_vision_transformer(backbone)
+        optimizer_config = resolve_optimizer_config(config.optimizer, self.method_cls.optimizer_defaults,
+                                                    is_transformer=self.is_transformer)
+        config = dataclasses.replace(config, model_kwargs=model_kwargs, augmentation=augmentation,
+                                     optimizer=optimizer_config,
+                                     epochs=config.epochs if config.epochs or config.max_minutes else DEFAULT_EPOCHS,
+                                     channels_last=config.channels_last if config.channels_last is not None
+                                     else not self.is_transformer)
+        config = self.method_cls.resolve_config(config, dataset_size=len(self.images),
+                                                global_batch_size=self.global_batch)
+        self.config = config
+        if self.resume and self.process.is_main:
+            self.run_dir.check_same_config(config)
+        distributed.barrier()
+
+        self.method = self.method_cls(backbone, dim, config).to(self.device)
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        if config.channels_last:
+            self.method = self.method.to(memory_format=torch.channels_last)
+        self.autocast_dtype = torch.bfloat16 if (config.precision == "bf16" or
+                                                 (config.precision == "auto" and self.device.type == "cuda")) else None
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.model: nn.Module = self.method
+        if self.process.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.method, device_ids=ids)
+        self.optimizer = build_optimizer(self.method.parameter_groups(), optimizer_config.name, optimizer_config)
+        self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.preprocessing = default_preprocessing(backbone, config.image_size)
+        self.transform = self.method_cls.build_transform(config.image_size, augmentation,
+                                                         self.preprocessing.mean, self.preprocessing.std)
+        self.dataset = ViewDataset(self.images, self.transform, config.seed)
+        self.workers = config.workers if config.workers is not None else default_workers()
+        self.knn = None
+        if config.val and self.process.is_main:
+            self.knn = KNNMonitor(config.val, self.preprocessing.transform(), max_images=config.val_max_images,
+                                  k=config.knn_k, temperature=config.knn_temperature)
+        self.step = 0
+        self.images_seen = 0
+        self.elapsed_before = 0.0
+        self.knn_accuracy: float | None = None
+        if self.resume:
+            self.restore()
+        else:
+            if self.process.is_main:
+                self.run_dir.path.mkdir(parents=True, exist_ok=True)
+                self.run_dir.save_config(config)
+            self.plan = self.make_plan()
+
+    # -- planning ----------------------------------------------------------------------------------
+
+    def make_plan(self) -> TrainingPlan:
+        config = self.config
+        epoch_steps = math.ceil(config.epochs * self.steps_per_epoch) if config.epochs else None
+        eval_seconds = self.initial_knn() if config.val else 0.0  # every process joins (barrier inside)
+        eval_seconds = float(distributed.broadcast_object(eval_seconds))
+        budget = config.max_minutes * 60 if config.max_minutes else None
+        total = epoch_steps
+        if budget is not None:
+            step_seconds = self.calibrate()
+            val_every = self.val_every_steps()
+            per_step = step_seconds + eval_seconds / val_every
+            used = time.perf_counter() - self.start_time
+            reserve = eval_seconds + 2.0  # the final k-NN, checkpoint and export
+            fit = int(max(budget - used - reserve, 0.0) * BUDGET_SAFETY / per_step)
+            if fit < 1:
+                self.log(f"warning: --max-minutes {config.max_minutes} leaves time for no full step "
+                         f"(one takes ~{per_step:.1f} s); running 1 step")
+                fit = 1
+            total = min(fit, epoch_steps) if epoch_steps else fit
+            total = int(distributed.broadcast_object(total))
+            self.log(f"budget {config.max_minutes:g} min: ~{step_seconds:.2f} s/step → {total} steps "
+                     f"({total / self.steps_per_epoch:.1f} epochs of {len(self.images)} images)")
+        warmup = int(config.optimizer.warmup_fraction * total)
+        return TrainingPlan(total_steps=total, steps_per_epoch=self.steps_per_epoch, warmup_steps=warmup,
+                            dataset_size=len(self.images), global_batch_size=self.global_batch,
+                            budget_seconds=budget)
+
+    def val_every_steps(self) -> int:
+        return max(1, round(self.config.val_every_epochs * self.steps_per_epoch))
+
+    def initial_knn(self) -> float:
+        """k-NN accuracy of the random-init backbone (logged at step 0); returns the seconds it took."""
+        began = time.perf_counter()
+        self.evaluate_knn()
+        return time.perf_counter() - began
+
+    def calibrate(self) -> float:
+        """Median seconds of a training step (data included), measured without changing the model."""
+        snapshot = copy.deepcopy(self.method.state_dict())
+        provisional = TrainingPlan(total_steps=max(10 * self.steps_per_epoch, 1000),
+                                   steps_per_epoch=self.steps_per_epoch, warmup_steps=0,
+                                   dataset_size=len(self.images), global_batch_size=self.global_batch)
+        sampler = StepBatchSampler(len(self.images), self.config.batch_size, steps_per_epoch=self.steps_per_epoch,
+                                   start_step=0, total_steps=CALIBRATION_STEPS + 1, seed=self.config.seed,
+                                   rank=self.process.rank, world_size=self.process.world_size)
+        durations = []
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            loader = make_loader(self.dataset, sampler, workers=self.workers, pin_memory=self.device.type == "cuda",
+                             seed=self.config.seed)
+            began = time.perf_counter()
+            for i, (views, _) in enumerate(loader):
+                output = self.forward(views, StepContext(i, provisional))
+                output.loss.backward()
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                now = time.perf_counter()
+                if i > 0:
+                    durations.append(now - began)
+                began = now
+        self.method.load_state_dict(snapshot)
+        seconds = statistics.median(durations) if durations else 1.0
+        return float(distributed.all_reduce_mean(torch.tensor(seconds, dtype=torch.float64)))
+
+    # -- resume ------------------------------------------------------------------------------------
+
+    def restore(self) -> None:
+        payload = load_checkpoint(self.run_dir.path, map_location="cpu")
+        if int(payload.get("world_size", 1)) != self.process.world_size:
+            raise InvalidArgumentError(f"cannot resume {self.run_dir.path}: it was trained with "
+                                       f"{payload.get('world_size', 1)} process(es), now {self.process.world_size}; "
+                                       "resume with the same number of processes")
+        self.plan = TrainingPlan.from_dict(payload["plan"])
+        if self.plan.dataset_size != len(self.images):
+            raise InvalidArgumentError(f"cannot resume {self.run_dir.path}: it was planned for {self.plan.dataset_size} "
+                                       f"readable images, {self.config.data} now has {len(self.images)}; "
+                                       "resume with the same data")
+        self.method.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.step = int(payload["step"])
+        self.images_seen = int(payload.get("images_seen", 0))
+        self.elapsed_before = float(payload.get("elapsed_seconds", 0.0))
+        self.knn_accuracy = payload.get("knn_accuracy")
+        states = payload["rng"]
+        restore_rng_state(states[self.process.rank] if isinstance(states, list) else states)
+        if self.process.is_main:
+            self.run_dir.truncate_metrics(self.step)
+        self.log(f"resumed {self.run_dir.path} at step {self.step}/{self.plan.total_steps}")
+
+    def save(self) -> None:
+        states = distributed.all_gather_object(rng_state())
+        if not self.process.is_main:
+            distributed.barrier()
+            return
+        payload = {
+            "step": self.step, "plan": self.plan.to_dict(), "world_size": self.process.world_size,
+            "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": states,
+            "config": to_dict(self.config), "images_seen": self.images_seen,
+            "elapsed_seconds": self.elapsed(), "knn_accuracy": self.knn_accuracy,
+        }
+        try:
+            save_checkpoint(self.run_dir.path, self.step, payload, keep=self.config.keep_checkpoints)
+        finally:
+            distributed.barrier()
+        self.saved_step = self.step
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.session_start
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def forward(self, views: list[torch.Tensor], ctx: StepContext):  # -> MethodOutput
+        views = [v.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format) for v in views]
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            return self.model(views, ctx)
+
+    def train_step(self, views: list[torch.Tensor]) -> Any:
+        ctx = StepContext(self.step, self.plan)
+        optimizer_config = self.config.optimizer
+        lr = warmup_cosine(self.step, self.plan.total_steps, self.base_lr, self.base_lr * optimizer_config.final_lr_ratio,
+                           self.plan.warmup_steps)
+        weight_decay = cosine(self.step, self.plan.total_steps, optimizer_config.weight_decay,
+                              optimizer_config.weight_decay_final)
+        set_hyperparameters(self.optimizer, lr=lr, weight_decay=weight_decay)
+        output = self.forward(views, ctx)
+        self.optimizer.zero_grad(set_to_none=True)
+        output.loss.backward()
+        self.method.before_optimizer_step(ctx)
+        if optimizer_config.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.trainable, optimizer_config.clip_grad_norm, foreach=True)
+        self.optimizer.step()
+        self.method.on_step_end(ctx)
+        self.current_lr, self.current_weight_decay = lr, weight_decay
+        return output
+
+    def loop(self) -> TrainResult:
+        config, plan = self.config, self.plan
+        self.session_start = time.perf_counter()
+        self.base_lr = config.optimizer.lr * self.global_batch / 256
+        self.saved_step = self.step
+        self.current_lr = self.current_weight_decay = 0.0
+        stop_at = plan.total_steps if config.stop_after_steps is None else min(plan.total_steps, config.stop_after_steps)
+        hard_limit = plan.budget_seconds * BUDGET_HARD_STOP + 10 if plan.budget_seconds else None
+        monitor = CollapseMonitor(grace_steps=plan.warmup_steps)
+        val_every = self.val_every_steps()
+        sampler = StepBatchSampler(len(self.images), config.batch_size, steps_per_epoch=plan.steps_per_epoch,
+                                   start_step=self.step, total_steps=stop_at, seed=config.seed,
+                                   rank=self.process.rank, world_size=self.process.world_size)
+        loader = make_loader(self.dataset, sampler, workers=self.workers, pin_memory=self.device.type == "cuda",
+                             seed=self.config.seed)
+        interval: dict[str, list[Any]] = {}
+        interval_start, interval_steps = time.perf_counter(), 0
+        session_images, final_loss, stopped_by_budget = 0, float("nan"), False
+        bad_seen: set[str] = set()
+        show = progress_enabled(config.progress) and self.process.is_main
+        bar = progress_bar(plan.total_steps, f"train {config.method} {config.backbone}", unit="step", enabled=show)
+        bar.update(self.step)
+        try:
+            for views, bad in loader:
+                for note in bad:
+                    if note not in bad_seen:
+                        bad_seen.add(note)
+                        self.log(f"skipped unreadable image {note.replace(chr(9), ': ')} (replaced by the next one)")
+                output = self.train_step(views)
+                self.step += 1
+                self.images_seen += self.global_batch
+                session_images += self.global_batch
+                interval_steps += 1
+                bar.update(1)
+                interval.setdefault("loss", []).append(output.loss.detach())
+                if output.embeddings is not None and output.embeddings.shape[0] > 1:
+                    z = torch.nn.functional.normalize(output.embeddings.float(), dim=1)
+                    interval.setdefault("spread", []).append(z.std(dim=0).mean() * math.sqrt(z.shape[1]))
+                for name, value in output.logs.items():
+                    interval.setdefault(name, []).append(value.detach() if torch.is_tensor(value) else value)
+                last = self.step >= stop_at
+                if self.step % config.log_every_steps == 0 or last:
+                    now = time.perf_counter()
+                    means = self.reduce_interval(interval)
+                    images_per_second = interval_steps * self.global_batch / max(now - interval_start, 1e-9)
+                    interval, interval_start, interval_steps = {}, now, 0
+                    final_loss = means["loss"]
+                    if not math.isfinite(final_loss):
+                        raise TrainingDivergedError(
+                            f"the loss became {final_loss} at step {self.step}; lower the learning rate "
+                            f"(--set optimizer.lr=...; now {config.optimizer.lr:g} per 256 images) or raise "
+                            "optimizer.warmup_fraction, then start a new run")
+                    record = {"step": self.step, "epoch": round(self.step / plan.steps_per_epoch, 4),
+                              "loss": final_loss, "lr": self.current_lr, "weight_decay": self.current_weight_decay,
+                              "images_per_second": round(images_per_second, 2), **{k: v for k, v in means.items()
+                                                                                 if k != "loss"},
+                              "elapsed_seconds": round(self.elapsed(), 2)}
+                    self.write_metrics(record)
+                    bar.set_postfix(loss=f"{final_loss:.4f}", img_s=f"{images_per_second:.0f}")
+                    monitor.observe(**means)
+                    for warning in monitor.check(self.step):
+                        self.warnings.append(warning["message"])
+                        self.write_metrics(warning)
+                        self.log(f"warning: {warning['message']}. Hint: {warning['hint']}")
+                if config.val and self.step % val_every == 0 and not last:
+                    self.evaluate_knn()
+                if self.step % config.checkpoint_every_steps == 0 and not last:
+                    self.save()
+                if hard_limit is not None and not last and self.step % config.log_every_steps == 0:
+                    # rank 0 decides, so every process stops at the same step
+                    if distributed.broadcast_object(self.elapsed() > hard_limit):
+                        stopped_by_budget = True
+                        self.log(f"stopping at step {self.step}/{plan.total_steps}: the {config.max_minutes:g}-minute"
+                                 " budget is spent (the machine ran slower than measured at the start)")
+                        break
+        except KeyboardInterrupt:
+            if self.step > self.saved_step:
+                bar.close()
+                self.log(f"interrupted: saving a checkpoint at step {self.step} (continue with --resume)")
+                self.save()
+            raise
+        finally:
+            bar.close()
+        if config.val:
+            self.evaluate_knn()
+        if self.step > self.saved_step or self.step == 0:
+            self.save()
+        finished = self.step >= plan.total_steps
+        exported = False
+        if finished or stopped_by_budget:
+            exported = self.export(finished=finished)
+        seconds = time.perf_counter() - self.start_time
+        session_seconds = time.perf_counter() - self.session_start
+        result = TrainResult(run_dir=self.run_dir.path, method=config.method, backbone=config.backbone,
+                             steps=self.step, planned_steps=plan.total_steps,
+                             epochs=round(self.step / plan.steps_per_epoch, 3), images_seen=self.images_seen,
+                             final_loss=final_loss, seconds=round(seconds, 2),
+                             images_per_second=round(session_images / max(session_seconds, 1e-9), 2),
+                             knn_accuracy=self.knn_accuracy, warnings=tuple(self.warnings),
+                             skipped_images=len(self.images.skipped) + len(bad_seen), encoder_exported=exported,
+                             finished=finished)
+        self.write_metrics({"step": self.step, "event": "end", **{k: v for k, v in result.to_dict().items()
+                                                                  if k not in ("run_dir", "warnings")}})
+        return result
+
+    def reduce_interval(self, interval: dict[str, list[Any]]) -> dict[str, float]:
+        """Means over the logging interval and over processes (one device sync per interval)."""
+        names = sorted(interval)
+        values = torch.stack([torch.as_tensor(sum(float(v) if not torch.is_tensor(v) else v.float().cpu()
+                                                  for v in interval[name]) / len(interval[name]),
+                                              dtype=torch.float64) for name in names])
+        values = distributed.all_reduce_mean(values)
+        return {name: float(v) for name, v in zip(names, values.tolist())}
+
+    def write_metrics(self, record: dict[str, Any]) -> None:
+        if self.process.is_main:
+            self.run_dir.append_metrics(record)
+
+    def evaluate_knn(self) -> None:
+        if self.knn is not None:
+            backbone = self.method.export_backbone()
+            self.knn_accuracy = self.knn.accuracy(backbone, self.device, channels_last=bool(self.config.channels_last),
+                                                  autocast_dtype=self.autocast_dtype)
+            self.write_metrics({"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
+                                "knn_accuracy": self.knn_accuracy})
+            self.log(f"step {self.step}: k-NN accuracy on --val {self.knn_accuracy:.4f} "
+                     f"(leave-one-out, k={self.config.knn_k}, {len(self.knn)} images)")
+        distributed.barrier()
+
+    def export(self, *, finished: bool) -> bool:
+        """Write encoder.safetensors + encoder.json (rank 0) from the method's export backbone."""
+        if self.process.is_main:
+            backbone = copy.deepcopy(self.method.export_backbone()).float().cpu()
+            backbone = backbone.to(memory_format=torch.contiguous_format)
+            metadata = {"method": self.config.method, "steps": self.step, "planned_steps": self.plan.total_steps,
+                        "epochs": round(self.step / self.plan.steps_per_epoch, 3), "images_seen": self.images_seen,
+                        "finished": finished, "image_size": self.config.image_size, "data": self.config.data,
+                        "knn_accuracy": self.knn_accuracy}
+            save_encoder(self.run_dir.path, backbone, backbone=self.config.backbone,
+                         model_kwargs=dict(self.config.model_kwargs), preprocessing=self.preprocessing,
+                         metadata=metadata)
+        distributed.barrier()
+        return True

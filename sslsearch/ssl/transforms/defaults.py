@@ -1,0 +1,39 @@
+"""Augmentation defaults that scale with the image size and the method; every one can be overridden."""
+from __future__ import annotations
+
+import dataclasses
+
+from ..config import AugmentationConfig
+
+SMALL_IMAGE_PX = 96  # below this, blur destroys most of the signal and tiny crops miss the object
+CROP_SCALE_MIN = {"simclr": 0.08, "moco": 0.2, "dino": 0.4}
+SMALL_CROP_SCALE_MIN = {"simclr": 0.2, "moco": 0.2, "dino": 0.4}
+
+
+def local_crop_size(image_size: int) -> int:
+    """DINO's local/global size ratio (96/224), rounded to a multiple of 8, at least 32 px."""
+    return max(32, 8 * round(image_size * 96 / 224 / 8))
+
+
+def resolve_augmentation(config: AugmentationConfig, method: str, image_size: int) -> AugmentationConfig:
+    """Fill every ``None`` knob with its default for ``method`` at ``image_size``; explicit values are kept.
+
+    Example:
+        >>> resolve_augmentation(AugmentationConfig(), "simclr", 64).blur_probability
+        0.0
+    """
+    small = image_size < SMALL_IMAGE_PX
+    table = SMALL_CROP_SCALE_MIN if small else CROP_SCALE_MIN
+    crop_scale_min = config.crop_scale_min if config.crop_scale_min is not None else table.get(method, 0.2)
+    values = {
+        "crop_scale_min": crop_scale_min,
+        "blur_probability": config.blur_probability if config.blur_probability is not None else (0.0 if small else 0.5),
+        "global_blur_probabilities": config.global_blur_probabilities if config.global_blur_probabilities is not None
+        else ((0.0, 0.0) if small else (1.0, 0.1)),
+        "local_crop_size": config.local_crop_size or local_crop_size(image_size),
+        "local_crop_scale_max": config.local_crop_scale_max if config.local_crop_scale_max is not None
+        else crop_scale_min,
+        "local_blur_probability": config.local_blur_probability if config.local_blur_probability is not None
+        else (0.0 if small else 0.5),
+    }
+    return dataclasses.replace(config, **values)
