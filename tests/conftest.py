@@ -47,7 +47,7 @@ def sample_dataset(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def sample_dir(sample_dataset) -> Path:
-    """The root folder of ``sample_dataset`` (``<class>/<class>_NNNNN.png|jpg`` + near_duplicates.csv)."""
+    """The root folder of ``sample_dataset`` (``<class>/img_NNNNN.png|jpg`` + near_duplicates.csv)."""
     return sample_dataset.root
 
 

@@ -181,7 +181,7 @@ def test_listing_errors(tmp_path: Path) -> None:
         list_images(empty)
     _save(tmp_path / "ok.png")
     (tmp_path / "list.txt").write_text("ok.png\nnope1.png\nsub/nope2.png\n")
-    with pytest.raises(InputNotFoundError, match=r"2 of 3 listed file\(s\) do not exist \(first: 'nope1.png'"):
+    with pytest.raises(InputNotFoundError, match=r"2 of 3 listed file\(s\) do not exist or are not files \(first: 'nope1.png'"):
         list_images(tmp_path / "list.txt")
     (tmp_path / "blank.txt").write_text("# nothing\n\n")
     with pytest.raises(InputNotFoundError, match="holds no image paths"):
