@@ -7,6 +7,7 @@ import typer
 
 # One entry per module in sslsearch/cli/ that defines commands. Add yours when it exists.
 COMMAND_MODULES: tuple[str, ...] = (
+    "bench",
     "data",
     "embed",
 )

@@ -201,3 +201,26 @@ def make_split(database: LabelledEmbeddings, *, queries: LabelledEmbeddings | No
             raise InvalidArgumentError(f"the {side} side of the {split.kind} split is empty ({split.describe()}); "
                                        "use a larger store, another --holdout fraction, or --leave-one-out")
     return split
+
+
+def load_split(store: str | os.PathLike[str], *, queries: str | os.PathLike[str] | None = None,
+               labels_file: str | os.PathLike[str] | None = None, drop_unlabelled: bool = False,
+               holdout: float | None = None, leave_one_out: bool | None = None, seed: int = 0,
+               require_labels: bool = True) -> EvaluationSplit:
+    """Open the store(s), attach labels and split: the one call behind each ``bench`` command.
+
+    With neither ``queries`` nor ``holdout``, the split is leave-one-out unless ``leave_one_out``
+    is False, in which case 20 % of each class is held out.
+
+    Raises:
+        the errors of ``load_labelled`` and ``make_split``.
+    """
+    database = load_labelled(store, labels_file=labels_file, drop_unlabelled=drop_unlabelled,
+                             require_labels=require_labels)
+    query_rows = None
+    if queries is not None:
+        query_rows = load_labelled(queries, labels_file=labels_file, drop_unlabelled=drop_unlabelled,
+                                   require_labels=require_labels)
+    if leave_one_out is None:
+        leave_one_out = queries is None and holdout is None
+    return make_split(database, queries=query_rows, holdout=holdout, leave_one_out=leave_one_out, seed=seed)

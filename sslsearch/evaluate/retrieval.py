@@ -31,7 +31,7 @@ class RetrievalResult:
         precision: {k: mean share of positives among the top k}.
         mean_average_precision: mean over queries of AP@depth = Σ_{i<=depth} P@i·rel_i / min(positives, depth);
             with depth = the database size this is the usual (full) mAP.
-        map_depth: the ranking depth of the mAP, or the database size for full mAP.
+        map_depth: the ranking depth of the mAP; map_full: it covers every candidate (the usual mAP).
         n_queries: queries evaluated; n_without_positives: queries skipped (no positive in the database).
         n_database: database rows; ground_truth: "class" or "instance"; split: how queries were chosen.
     """
@@ -46,18 +46,19 @@ class RetrievalResult:
     n_database: int
     ground_truth: str
     split: str
+    map_full: bool = False
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
 
     @property
     def map_label(self) -> str:
-        return "mAP" if self.map_depth >= self.n_database else f"mAP@{self.map_depth}"
+        return "mAP" if self.map_full else f"mAP@{self.map_depth}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"ks": list(self.ks), "recall": {str(k): v for k, v in self.recall.items()},
                 "precision": {str(k): v for k, v in self.precision.items()},
                 "mean_average_precision": self.mean_average_precision, "map_depth": self.map_depth,
-                "map_label": self.map_label, "n_queries": self.n_queries,
+                "map_label": self.map_label, "map_full": self.map_full, "n_queries": self.n_queries,
                 "n_without_positives": self.n_without_positives, "n_database": self.n_database,
                 "ground_truth": self.ground_truth, "split": self.split, "notes": list(self.notes),
                 "seconds": self.seconds}
@@ -86,8 +87,8 @@ def average_precision(relevance: np.ndarray, n_positives: np.ndarray | int) -> n
 
 
 def metrics_from_relevance(relevance: np.ndarray, n_positives: np.ndarray, ks: Sequence[int], *, n_database: int,
-                           map_depth: int, ground_truth: str, split: str, notes: Sequence[str] = (),
-                           seconds: float = 0.0) -> RetrievalResult:
+                           map_depth: int, ground_truth: str, split: str, map_full: bool = False,
+                           notes: Sequence[str] = (), seconds: float = 0.0) -> RetrievalResult:
     """Recall@k, precision@k and mAP from a (q, K) relevance matrix of ranked results.
 
     Raises:
@@ -105,7 +106,8 @@ def metrics_from_relevance(relevance: np.ndarray, n_positives: np.ndarray, ks: S
     return RetrievalResult(ks=tuple(ks), recall=recall, precision=precision, mean_average_precision=mean_ap,
                            map_depth=map_depth, n_queries=int(evaluated.sum()),
                            n_without_positives=int((~evaluated).sum()), n_database=n_database,
-                           ground_truth=ground_truth, split=split, notes=tuple(notes), seconds=seconds)
+                           ground_truth=ground_truth, split=split, map_full=map_full, notes=tuple(notes),
+                           seconds=seconds)
 
 
 def _depths(ks: Sequence[int], map_depth: int | None, available: int) -> tuple[tuple[int, ...], int]:
@@ -150,7 +152,7 @@ def class_retrieval(database_embeddings: np.ndarray, database_labels: np.ndarray
     counts = np.bincount(database_codes, minlength=int(query_codes.max()) + 1)
     n_positives = counts[query_codes] - (1 if leave_one_out else 0)
     return metrics_from_relevance(relevance, n_positives, chosen, n_database=len(database_codes), map_depth=depth,
-                                  ground_truth="class", split=split, notes=notes,
+                                  ground_truth="class", split=split, map_full=depth == available, notes=notes,
                                   seconds=time.perf_counter() - started)
 
 
@@ -209,7 +211,8 @@ def instance_retrieval(database: LabelledEmbeddings, queries: LabelledEmbeddings
     relevance = np.isin(with_positive[:, None] * n_database + positions, encoded)
     n_positives = np.bincount(encoded // n_database, minlength=len(queries))[with_positive]
     result = metrics_from_relevance(relevance, n_positives, chosen, n_database=n_database, map_depth=depth,
-                                    ground_truth="instance", split=split, seconds=time.perf_counter() - started)
+                                    ground_truth="instance", split=split, map_full=depth == available,
+                                    seconds=time.perf_counter() - started)
     return replace(result, n_without_positives=len(queries) - len(with_positive))
 
 

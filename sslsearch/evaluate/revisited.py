@@ -178,3 +178,13 @@ def revisited_evaluate(database: LabelledEmbeddings, ground_truth: RevisitedGrou
     return RevisitedResult(mean_average_precision=maps, mean_precision=precisions,
                            n_queries=len(ground_truth.query_names), n_database=len(order), queries_from=queries_from,
                            notes=tuple(notes), seconds=time.perf_counter() - started)
+
+
+def revisited_from_stores(store: str | os.PathLike[str], ground_truth_file: str | os.PathLike[str], *,
+                          queries: str | os.PathLike[str] | None = None, device: str = "auto") -> RevisitedResult:
+    """``revisited_evaluate`` on store directories and a ``gnd_*.pkl`` file (the CLI's one call)."""
+    from .labels import load_labelled
+
+    return revisited_evaluate(load_labelled(store, require_labels=False), read_revisited_ground_truth(ground_truth_file),
+                              queries=load_labelled(queries, require_labels=False) if queries is not None else None,
+                              device=device)
