@@ -170,13 +170,14 @@ Recall@k against exact search over the store, and queries/s (batch and one at a 
 operating-point table and the fastest setting that meets --target-recall; --apply writes that
 setting into the index card (index.json), so `sslsearch search` uses it.
 
-Example: sslsearch bench index idx/ --store emb/ --target-recall 0.95 --plot recall.png --apply
+Example: sslsearch bench index idx/ --target-recall 0.95 --plot recall.png --apply
 """
 
 
 def index_command(
     index_dir: Path = typer.Argument(..., metavar="IDX", help="Index directory (index.faiss + index.json)."),
-    store: Path = typer.Option(..., "--store", "-s", help="The embedding store the index was built from."),
+    store: Optional[Path] = typer.Option(None, "--store", "-s", help="The embedding store the index was built from "
+                                         "(default: the store named in the index card)."),
     k: int = typer.Option(10, "--k", "-k", help="Neighbours compared with exact search."),
     n_queries: int = typer.Option(1000, "--n-queries", help="Store rows sampled as queries."),
     target_recall: float = typer.Option(0.95, "--target-recall", help="Recall@k the operating point must reach."),

@@ -9,7 +9,7 @@ suite (`bench all`).
 from __future__ import annotations
 
 from .datasets import ArrayDataset, export_cifar, image_folder_labels, read_cifar, read_label_table, write_image_folder
-from .index_sweep import IndexSweepResult, SweepSetting, apply_search_setting, recall_at_k, sweep_index
+from .index_sweep import IndexSweepResult, SweepSetting, apply_search_setting, sweep_index
 from .knn import DINO_KS, DINO_TEMPERATURE, KNNResult, knn_accuracy, knn_evaluate, knn_predict
 from .labels import EvaluationSplit, LabelledEmbeddings, load_labelled, make_split
 from .linear import LinearProbeResult, linear_evaluate, linear_probe
@@ -30,7 +30,7 @@ __all__ = [
     "class_retrieval", "export_cifar", "image_folder_labels", "instance_retrieval", "knn_accuracy", "knn_evaluate",
     "knn_predict", "linear_evaluate", "linear_probe", "load_labelled", "load_pickle", "make_split",
     "plot_knn_accuracy", "plot_recall_qps", "plot_training_curves", "read_cifar", "read_label_table",
-    "read_positive_pairs", "read_revisited_ground_truth", "read_training_curves", "recall_at_k", "render_markdown",
+    "read_positive_pairs", "read_revisited_ground_truth", "read_training_curves", "render_markdown",
     "retrieval_evaluate", "revisited_average_precision", "revisited_evaluate", "run_benchmarks", "sweep_index",
     "write_image_folder", "write_report",
 ]

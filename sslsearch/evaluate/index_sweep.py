@@ -1,7 +1,6 @@
 """Index recall against exact search and QPS over a sweep of search parameters (nprobe / efSearch)."""
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
@@ -11,14 +10,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import IndexFileError, InputNotFoundError, InvalidArgumentError
+from ..errors import InvalidArgumentError
 from ..files import atomic_write_json
+from ..index.exact import recall_at_k
+from ..index.io import CARD_FILE, IndexCard, read_card, read_index_files
+from ..index.search import apply_search_params, drop_self_matches
 from ..store import EmbeddingStore, check_same_encoder
 from .labels import unit_rows
 from .neighbors import exact_neighbors
 
-INDEX_FILE = "index.faiss"
-CARD_FILE = "index.json"
 NPROBE_GRID: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 EF_SEARCH_GRID: tuple[int, ...] = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
@@ -77,42 +77,6 @@ class IndexSweepResult:
                 "seconds": self.seconds}
 
 
-@dataclass(frozen=True)
-class OpenedIndex:
-    """A faiss index read from an index directory, with its card (a dict as in ``index.json``)."""
-
-    directory: Path
-    index: Any  # faiss.Index
-    card: dict[str, Any]
-
-
-def open_index(directory: str | os.PathLike[str]) -> OpenedIndex:
-    """Read ``index.faiss`` and the ``index.json`` card of an index directory.
-
-    Raises:
-        InputNotFoundError: the directory or its index file is missing.
-        IndexFileError: the card or the index file cannot be read.
-    """
-    import faiss
-
-    directory = Path(directory)
-    path = directory / INDEX_FILE
-    if not path.is_file():
-        raise InputNotFoundError(f"{directory} is not an index directory (no {INDEX_FILE}); build one with "
-                                 "`sslsearch index build EMB --out DIR`")
-    card_path = directory / CARD_FILE
-    try:
-        card = json.loads(card_path.read_text()) if card_path.is_file() else {}
-    except ValueError as error:
-        raise IndexFileError(f"{card_path} is not valid JSON ({error}); rebuild the index") from None
-    try:
-        index = faiss.read_index(str(path))
-    except RuntimeError as error:
-        raise IndexFileError(f"{path} cannot be read by faiss ({str(error).splitlines()[0][:120]}); rebuild the "
-                             "index") from None
-    return OpenedIndex(directory=directory, index=index, card=card)
-
-
 def _hnsw_of(index: Any) -> Any | None:
     """The HNSW index inside ID-map / pre-transform / refine wrappers, if any."""
     import faiss
@@ -142,14 +106,8 @@ def search_parameter(index: Any) -> tuple[str, tuple[int, ...]]:
 
 def set_search_parameter(index: Any, parameter: str, value: int) -> None:
     """Set nprobe or efSearch on an index, through any wrapper (IDMap, pre-transform, refine)."""
-    import faiss
-
-    if parameter == "nprobe":
-        faiss.extract_index_ivf(index).nprobe = int(value)
-    elif parameter == "efSearch":
-        _hnsw_of(index).hnsw.efSearch = int(value)
-    elif parameter:
-        faiss.ParameterSpace().set_index_parameter(index, parameter, float(value))
+    if parameter:
+        apply_search_params(index, {parameter: int(value)})
 
 
 def _median_seconds(run: Any, repeats: int, min_seconds: float = 0.05) -> float:
@@ -166,28 +124,11 @@ def _median_seconds(run: Any, repeats: int, min_seconds: float = 0.05) -> float:
     return statistics.median(times)
 
 
-def _drop_self(ids: np.ndarray, self_ids: np.ndarray | None, k: int) -> np.ndarray:
-    """(q, k) ids without each query's own id (searched with k + 1 when the queries are database rows)."""
-    if self_ids is None:
-        return ids[:, :k]
-    is_self = ids == self_ids[:, None]
-    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), ids.shape[1] - 1)
-    keep = np.ones_like(ids, dtype=bool)
-    keep[np.arange(len(ids)), drop] = False
-    return ids[keep].reshape(len(ids), -1)[:, :k]
+def _without_self(ids: np.ndarray, self_ids: np.ndarray | None, k: int) -> np.ndarray:
+    return ids[:, :k] if self_ids is None else drop_self_matches(ids, self_ids, k)
 
 
-def recall_at_k(approximate_ids: np.ndarray, exact_ids: np.ndarray) -> float:
-    """Mean |approximate ∩ exact| / k over queries, both (q, k) int64 (-1 entries never match).
-
-    Same measure as ``faiss.contrib.evaluation.knn_intersection_measure``.
-    """
-    k = exact_ids.shape[1]
-    hits = sum(len(np.intersect1d(a[a >= 0], e)) for a, e in zip(approximate_ids, exact_ids))
-    return hits / (len(exact_ids) * k)
-
-
-def sweep_index(index_dir: str | os.PathLike[str], store: str | os.PathLike[str] | EmbeddingStore, *,
+def sweep_index(index_dir: str | os.PathLike[str], store: str | os.PathLike[str] | EmbeddingStore | None = None, *,
                 queries: np.ndarray | None = None, k: int = 10, n_queries: int = 1000, n_single_queries: int = 200,
                 target_recall: float = 0.95, values: Sequence[int] | None = None, repeats: int = 3, seed: int = 0,
                 apply: bool = False, device: str = "auto") -> IndexSweepResult:
@@ -195,11 +136,11 @@ def sweep_index(index_dir: str | os.PathLike[str], store: str | os.PathLike[str]
 
     Ground truth is an exact search over the store the index was built from. Queries are
     ``queries`` if given, else ``n_queries`` rows sampled from the store (seeded), whose own id is
-    left out of both the exact and the approximate results.
+    left out of both the exact and the approximate results (as the card's build-time recall).
 
     Args:
         index_dir: an index directory (``index.faiss`` + ``index.json``).
-        store: the embedding store the index holds (faiss ids = store ids).
+        store: the embedding store the index holds (faiss ids = store ids); default: the card's store path.
         queries: (q, d) float32 query vectors, or None to sample store rows.
         k: neighbours compared.
         n_queries: sampled queries for the recall and batch QPS.
@@ -208,28 +149,40 @@ def sweep_index(index_dir: str | os.PathLike[str], store: str | os.PathLike[str]
             nprobe / efSearch that reaches it (search cost grows with the value; timings are noisy).
         values: the parameter values to sweep (default: a grid that fits the index).
         repeats: timed repeats per measurement (median), after one warm-up.
-        apply: write the operating point's setting into the card's ``search_params``.
+        apply: write the operating point into the card (``search_params``, and ``recall_at_10`` when
+            k is the card's ``recall_k``).
 
     Raises:
         InvalidArgumentError: k or the target out of range; index and store of different sizes or dims;
             ``apply`` when no setting meets the target.
         EncoderMismatchError: the card names another encoder than the store's.
+        IndexFileError / StoreError: unreadable index or store.
+
+    Example:
+        >>> result = sweep_index("idx/", target_recall=0.95)  # doctest: +SKIP
+        >>> result.operating_point.label  # doctest: +SKIP
+        'efSearch=48'
     """
     started = time.perf_counter()
     if not 0.0 < target_recall <= 1.0:
         raise InvalidArgumentError(f"target recall must be in (0, 1], got {target_recall}")
-    opened = open_index(index_dir)
+    index, card = read_index_files(index_dir)
+    if store is None:
+        store = card.store.get("path")
+        if not store:
+            raise InvalidArgumentError(f"the card of {index_dir} names no store; pass --store EMB")
     database = store if isinstance(store, EmbeddingStore) else EmbeddingStore.open(store)
-    index = opened.index
+    where = f"index {index_dir} ({card.factory})"
     if index.d != database.dim:
-        raise InvalidArgumentError(f"index {opened.directory} has dim {index.d} but store {database.directory} has dim "
-                                   f"{database.dim}; pass the store the index was built from")
-    if opened.card.get("encoder"):
-        check_same_encoder(opened.card["encoder"], database.encoder, index.d, what=f"store {database.directory}",
-                           where=f"index {opened.directory}")
+        raise InvalidArgumentError(f"{where} has dim {index.d} but store {database.directory} has dim {database.dim}; "
+                                   "pass the store the index was built from")
+    check_same_encoder(card.encoder, database.encoder, index.d, what=f"the vectors of store {database.directory}",
+                       where=where)
     if index.ntotal != len(database):
-        raise InvalidArgumentError(f"index {opened.directory} holds {index.ntotal} vectors but store {database.directory} "
-                                   f"has {len(database)} rows; pass the store the index was built from")
+        raise InvalidArgumentError(f"{where} holds {index.ntotal} vectors but store {database.directory} has "
+                                   f"{len(database)} rows; pass the store the index was built from")
+    if apply and k != card.recall_k:
+        raise InvalidArgumentError(f"--apply needs k = {card.recall_k}, the k of the card's recall; got k = {k}")
     batch = database.read_all(("id", "embedding"))
     vectors = unit_rows(batch.embeddings)
     if queries is None:
@@ -246,7 +199,7 @@ def sweep_index(index_dir: str | os.PathLike[str], store: str | os.PathLike[str]
     exact_started = time.perf_counter()
     exact = exact_neighbors(query_vectors, vectors, search_k, device=device)
     exact_qps = len(query_vectors) / max(time.perf_counter() - exact_started, 1e-9)
-    exact_ids = _drop_self(batch.ids[exact.positions], self_ids, k)
+    exact_ids = _without_self(batch.ids[exact.positions], self_ids, k)
     parameter, grid = search_parameter(index)
     grid = tuple(values) if values is not None and parameter else grid
     single = query_vectors[:n_single_queries]
@@ -254,7 +207,7 @@ def sweep_index(index_dir: str | os.PathLike[str], store: str | os.PathLike[str]
     for value in grid:
         set_search_parameter(index, parameter, value)
         _, ids = index.search(query_vectors, search_k)
-        recall = recall_at_k(_drop_self(ids, self_ids, k), exact_ids)
+        recall = recall_at_k(_without_self(ids, self_ids, k), exact_ids)
         batch_seconds = _median_seconds(lambda: index.search(query_vectors, search_k), repeats)
         single_seconds = _median_seconds(lambda: [index.search(single[i:i + 1], search_k) for i in range(len(single))],
                                          repeats)
@@ -269,38 +222,33 @@ def sweep_index(index_dir: str | os.PathLike[str], store: str | os.PathLike[str]
         best = max(settings, key=lambda s: s.recall)
         notes.append(f"no setting reaches recall@{k} {target_recall} (best {best.recall:.3f} at {best.label}); "
                      "build a finer index or lower the target")
-    restored = opened.card.get("search_params", {}).get(parameter) if parameter else None
-    if restored is not None:
-        set_search_parameter(index, parameter, restored)
     result = IndexSweepResult(
-        index_dir=str(opened.directory), factory=str(opened.card.get("factory", type(index).__name__)),
-        ntotal=int(index.ntotal), k=k, n_queries=len(query_vectors), n_single_queries=len(single),
-        target_recall=target_recall, settings=tuple(settings), operating_point=point, queries_from=queries_from,
-        exact_qps=exact_qps, notes=tuple(notes), seconds=time.perf_counter() - started)
+        index_dir=str(index_dir), factory=card.factory, ntotal=int(index.ntotal), k=k, n_queries=len(query_vectors),
+        n_single_queries=len(single), target_recall=target_recall, settings=tuple(settings), operating_point=point,
+        queries_from=queries_from, exact_qps=exact_qps, notes=tuple(notes), seconds=time.perf_counter() - started)
     if apply:
         if point is None:
             raise InvalidArgumentError(f"--apply: {notes[0]}; nothing was written")
         if point.parameter:
-            apply_search_setting(opened.directory, point, k=k, target_recall=target_recall)
+            apply_search_setting(index_dir, point, n_queries=len(query_vectors))
         result = replace(result, applied=True)
     return result
 
 
-def apply_search_setting(index_dir: str | os.PathLike[str], setting: SweepSetting, *, k: int,
-                         target_recall: float) -> dict[str, Any]:
-    """Write a measured setting into the card's ``search_params`` (atomically) and return the new card.
+def apply_search_setting(index_dir: str | os.PathLike[str], setting: SweepSetting, *, n_queries: int) -> IndexCard:
+    """Write a measured setting into the index card atomically: ``search_params`` and its recall.
 
-    The card keeps every other field; ``operating_point`` records what was measured.
+    ``recall_at_10`` becomes the setting's measured recall (at the card's ``recall_k``), and the
+    point is added to ``tuning``; every other field is kept.
+
+    Returns:
+        The new card.
     """
-    path = Path(index_dir) / CARD_FILE
-    try:
-        card = json.loads(path.read_text()) if path.is_file() else {}
-    except ValueError as error:
-        raise IndexFileError(f"{path} is not valid JSON ({error}); rebuild the index") from None
-    card["search_params"] = {**card.get("search_params", {}), setting.parameter: setting.value}
-    card["operating_point"] = {"parameter": setting.parameter, "value": setting.value, "k": k,
-                               "recall": setting.recall, "target_recall": target_recall,
-                               "qps_batch": setting.qps_batch, "qps_single": setting.qps_single,
-                               "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    atomic_write_json(path, card)
-    return card
+    card = read_card(index_dir)
+    point = {"search_params": {setting.parameter: setting.value}, "recall": round(setting.recall, 4),
+             "qps_batch": round(setting.qps_batch, 1), "qps_single": round(setting.qps_single, 1),
+             "source": "sslsearch bench index --apply"}
+    updated = replace(card, search_params={**card.search_params, setting.parameter: setting.value},
+                      recall_at_10=setting.recall, n_eval_queries=n_queries, tuning=card.tuning + (point,))
+    atomic_write_json(Path(index_dir) / CARD_FILE, updated.to_dict())
+    return updated
