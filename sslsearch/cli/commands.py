@@ -9,6 +9,7 @@ import typer
 COMMAND_MODULES: tuple[str, ...] = (
     "bench",
     "data",
+    "dedup",
     "embed",
 )
 

@@ -34,7 +34,8 @@ DEFAULT_PRECISION = 0.99
 DEFAULT_SAMPLE_SIZE = 300  # edited copies made (fewer images, several copies each, for small stores)
 MAX_COPIES_PER_IMAGE = 3
 CALIBRATION_NEIGHBORS = 20  # stored images each copy is compared with
-AMBIGUOUS_QUANTILE = 0.05  # stored images closer to the original than this quantile of copies: probably real duplicates
+AMBIGUOUS_QUANTILE = 0.05  # a stored image closer to the original than this quantile of copies may be a real duplicate
+AMBIGUOUS_RANK = 2  # ... if it is also one of the original's 2 nearest stored images
 EMBED_BATCH = 64
 CURVE_POINTS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995)
 
@@ -185,21 +186,45 @@ def _make_copies(image_paths: Sequence[str | Path], sample_size: int, seed: int,
 
 def _false_pair_scores(vectors: np.ndarray, rows: np.ndarray, copies: np.ndarray, positives: np.ndarray,
                        file_sha256: Sequence[str | None] | None) -> tuple[np.ndarray, int]:
-    """Similarities of each copy to its nearest stored images other than its original (probable duplicates left out)."""
+    """Similarities of each copy to its nearest stored images other than its original.
+
+    Left out as probable duplicates already in the data: stored files with the original's
+    bytes, and the original's ``AMBIGUOUS_RANK`` nearest stored images when they are as close
+    to it as a typical copy. Only the nearest few: a weak encoder puts many unrelated images
+    that close, and those must count as false pairs.
+    """
     import faiss
 
     k = min(CALIBRATION_NEIGHBORS + 1, len(vectors))
     scores, labels = faiss.knn(copies, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
     ambiguous_floor = float(np.quantile(positives, AMBIGUOUS_QUANTILE))
+    originals = np.unique(rows)
+    k_original = min(AMBIGUOUS_RANK + 9, len(vectors))
+    original_scores, original_labels = faiss.knn(vectors[originals], vectors, k_original, metric=faiss.METRIC_INNER_PRODUCT)
+
+    def same_file(row: int, label: int) -> bool:
+        return bool(file_sha256 is not None and file_sha256[row] and file_sha256[label] == file_sha256[row])
+
+    probable: dict[int, set[int]] = {}
+    for row, neighbour_scores, neighbour_labels in zip(originals.tolist(), original_scores, original_labels):
+        chosen = {label for label in neighbour_labels.tolist() if label >= 0 and same_file(row, label)}
+        near = [label for score, label in zip(neighbour_scores.tolist(), neighbour_labels.tolist())
+                if label >= 0 and label != row and label not in chosen][:AMBIGUOUS_RANK]
+        chosen.update(label for label in near if float(vectors[row] @ vectors[label]) >= ambiguous_floor)
+        chosen.discard(row)
+        probable[row] = chosen
     kept: list[float] = []
     ambiguous: set[tuple[int, int]] = set()
+    # Pairs of stored images: the original against its other neighbours.
+    for row, neighbour_scores, neighbour_labels in zip(originals.tolist(), original_scores, original_labels):
+        for score, label in zip(neighbour_scores.tolist(), neighbour_labels.tolist()):
+            if label >= 0 and label != row and label not in probable[row]:
+                kept.append(score)
     for i, row in enumerate(rows.tolist()):
-        original = vectors[row]
         for score, label in zip(scores[i].tolist(), labels[i].tolist()):
             if label < 0 or label == row:
                 continue
-            same_file = file_sha256 is not None and file_sha256[row] and file_sha256[label] == file_sha256[row]
-            if same_file or float(original @ vectors[label]) >= ambiguous_floor:
+            if label in probable[row] or same_file(row, label):
                 ambiguous.add((row, label))
                 continue
             kept.append(score)

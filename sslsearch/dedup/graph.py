@@ -2,9 +2,8 @@
 
 Three ways to compute it, all memory-bounded by chunks:
 
-* ``exact`` on CPU: faiss brute-force k-NN (BLAS, blocked internally) in query chunks.
-* ``exact`` on CUDA: blocked torch matmuls (float16 to select the k nearest of each block, float32
-  to rescore the chosen pairs), so 1M×384 takes seconds on one GPU.
+* ``exact``: ``sslsearch.index.exact.exact_search`` in query chunks: faiss brute-force blocks on
+  CPU, blocked torch matmuls on CUDA (1M×384 in seconds on one GPU).
 * ``partitioned`` (CPU beyond ``EXACT_LIMIT_CPU`` rows): spherical k-means cells; every vector is
   a database member of its ``probes`` nearest cells and a query in its nearest one, and each
   cell is one exact k-NN. A near-duplicate pair lands in a shared cell unless the two vectors
@@ -28,8 +27,9 @@ GRAPH_METHODS: tuple[str, ...] = ("auto", "exact", "partitioned")
 DEFAULT_NEIGHBORS = 16  # neighbours per image; clusters larger than this still connect through union-find
 EXACT_LIMIT_CPU = 50_000  # above this many rows on CPU, auto partitions (exact is O(N²): 100k×384 ≈ 3 min on 2 cores)
 DEFAULT_PROBES = 3  # cells each vector joins as a database member in the partitioned graph
-QUERY_CHUNK = 4096  # query rows per exact k-NN call (faiss blocks the database internally)
-TORCH_DATABASE_BLOCK = 65_536  # database rows per torch matmul block on CUDA
+QUERY_CHUNK = 4096  # query rows per exact k-NN call on CPU (one progress step)
+GPU_QUERY_CHUNK = 262_144  # query rows per exact k-NN call on CUDA (the database streams once per call)
+EXACT_DATABASE_BLOCK = 65_536  # database rows scored at once by exact_search
 
 
 @dataclass(frozen=True)
@@ -116,10 +116,8 @@ def similar_pairs(vectors: np.ndarray, min_similarity: float, *, neighbors: int 
     cells = 0
     if len(vectors) < 2:
         found = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
-    elif chosen == "exact" and torch_device.type == "cuda":
-        found = _exact_torch(vectors, min_similarity, neighbors, torch_device, progress)
     elif chosen == "exact":
-        found = _exact_faiss(vectors, min_similarity, neighbors, progress)
+        found = _exact(vectors, min_similarity, neighbors, torch_device, progress)
     else:
         found, cells = _partitioned(vectors, min_similarity, neighbors, probes, seed, progress)
     first, second, similarity = _canonical(*found)
@@ -157,50 +155,22 @@ def _concat(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
 
 
-def _exact_faiss(vectors: np.ndarray, min_similarity: float, neighbors: int,
-                 progress: bool | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    import faiss
+def _exact(vectors: np.ndarray, min_similarity: float, neighbors: int, device,
+           progress: bool | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact k-NN graph with the index's blocked exact search (faiss blocks on CPU, torch matmuls on CUDA)."""
+    from ..index.exact import exact_search
 
     n = len(vectors)
     k = min(neighbors + 1, n)
+    on_gpu = device.type == "cuda"
+    chunk = GPU_QUERY_CHUNK if on_gpu else QUERY_CHUNK
     parts = []
     with progress_bar(n, "k-NN graph (exact)", unit="img", enabled=progress) as bar:
-        for start in range(0, n, QUERY_CHUNK):
-            rows = np.arange(start, min(start + QUERY_CHUNK, n), dtype=np.int64)
-            scores, labels = faiss.knn(vectors[start:rows[-1] + 1], vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
-            parts.append(_keep(rows, scores, labels, min_similarity))
-            bar.update(len(rows))
-    return _concat(parts)
-
-
-def _exact_torch(vectors: np.ndarray, min_similarity: float, neighbors: int, device,
-                 progress: bool | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Blocked matmul top-k on a torch device: float16 selects, float32 rescores the chosen pairs."""
-    import torch
-
-    n = len(vectors)
-    k = min(neighbors + 1, n)
-    exact = torch.from_numpy(vectors).to(device)
-    low = exact.half() if device.type == "cuda" else exact
-    parts = []
-    with progress_bar(n, "k-NN graph (exact, torch)", unit="img", enabled=progress) as bar, torch.inference_mode():
-        for start in range(0, n, QUERY_CHUNK):
-            stop = min(start + QUERY_CHUNK, n)
-            queries = low[start:stop]
-            best_scores = best_labels = None
-            for block in range(0, n, TORCH_DATABASE_BLOCK):
-                scores = queries @ low[block:block + TORCH_DATABASE_BLOCK].T
-                top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-                labels = top.indices + block
-                if best_scores is not None:
-                    merged = torch.topk(torch.cat([best_scores, top.values], 1), k, dim=1)
-                    labels = torch.gather(torch.cat([best_labels, labels], 1), 1, merged.indices)
-                    best_scores, best_labels = merged.values, labels
-                else:
-                    best_scores, best_labels = top.values, labels
-            rescored = torch.einsum("qd,qkd->qk", exact[start:stop], exact[best_labels])
-            rows = np.arange(start, stop, dtype=np.int64)
-            parts.append(_keep(rows, rescored.float().cpu().numpy(), best_labels.cpu().numpy(), min_similarity))
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            scores, labels = exact_search(vectors[start:stop], vectors, k, device=device,
+                                          backend="torch" if on_gpu else "faiss", block_size=EXACT_DATABASE_BLOCK)
+            parts.append(_keep(np.arange(start, stop, dtype=np.int64), scores, labels, min_similarity))
             bar.update(stop - start)
     return _concat(parts)
 

@@ -5,7 +5,7 @@ import base64
 import html
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..errors import BadImageError, InvalidArgumentError
@@ -61,8 +61,9 @@ def thumbnail_data_uri(path: str | os.PathLike[str], size: int = THUMBNAIL_SIZE)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _member_html(member: ClusterMember, source_root: Path) -> str:
-    uri = thumbnail_data_uri(source_root / member.path) if member.path else None
+def _member_html(member: ClusterMember, roots: Mapping[str, Path]) -> str:
+    root = roots.get(member.source)
+    uri = thumbnail_data_uri(root / member.path) if member.path and root is not None else None
     name = html.escape(member.path or f"index id {member.id}")
     if uri is not None:
         picture = f'<img src="{uri}" alt="{name}" loading="lazy">'
@@ -83,10 +84,10 @@ def _member_html(member: ClusterMember, source_root: Path) -> str:
             f'{name}<br>{size}{f", {member.size_bytes:,} B" if member.size_bytes >= 0 else ""}</figcaption></figure>')
 
 
-def _cluster_html(cluster: DuplicateCluster, source_root: Path, max_members: int) -> str:
+def _cluster_html(cluster: DuplicateCluster, roots: Mapping[str, Path], max_members: int) -> str:
     shown = cluster.members[:max_members]
     more = len(cluster) - len(shown)
-    members = "".join(_member_html(m, source_root) for m in shown)
+    members = "".join(_member_html(m, roots) for m in shown)
     if more:
         members += f'<div class="more">+{more} more (see clusters.parquet)</div>'
     keeper = html.escape(cluster.keeper.path or f"index id {cluster.keeper.id}")
@@ -95,8 +96,9 @@ def _cluster_html(cluster: DuplicateCluster, source_root: Path, max_members: int
             f'<div class="members">{members}</div></section>')
 
 
-def write_report(path: str | os.PathLike[str], clusters: Sequence[DuplicateCluster], source_root: str | os.PathLike[str],
-                 *, max_clusters: int = 500, max_members: int = MEMBERS_SHOWN, page_size: int = PAGE_SIZE,
+def write_report(path: str | os.PathLike[str], clusters: Sequence[DuplicateCluster],
+                 source_root: str | os.PathLike[str] | Mapping[str, Path], *, max_clusters: int = 500,
+                 max_members: int = MEMBERS_SHOWN, page_size: int = PAGE_SIZE,
                  title: str = "Duplicate clusters", subtitle: str = "") -> Path:
     """Write a self-contained HTML page of duplicate clusters (thumbnails inlined as data URIs).
 
@@ -106,7 +108,8 @@ def write_report(path: str | os.PathLike[str], clusters: Sequence[DuplicateClust
     Args:
         path: the .html file to write (atomically).
         clusters: clusters as ``deduplicate`` returns them (keeper first in each).
-        source_root: the folder the member paths are relative to.
+        source_root: the folder the member paths are relative to, or a mapping from member
+            ``source`` ("store", "index") to that folder.
         max_clusters: show at most this many clusters (the rest are counted).
         max_members: thumbnails per cluster.
         page_size: clusters per page.
@@ -121,13 +124,14 @@ def write_report(path: str | os.PathLike[str], clusters: Sequence[DuplicateClust
     if min(max_clusters, max_members, page_size) < 1:
         raise InvalidArgumentError(f"report limits must be >= 1, got max_clusters={max_clusters}, "
                                    f"max_members={max_members}, page_size={page_size}")
-    root = Path(source_root)
+    roots = ({k: Path(v) for k, v in source_root.items()} if isinstance(source_root, Mapping)
+             else {"store": Path(source_root)})
     ordered = sorted(clusters, key=lambda c: (-len(c), c.cluster_id))
     shown = ordered[:max_clusters]
     removed = sum(len(c.removed) for c in clusters)
     note = (f"showing the {len(shown)} largest of {len(clusters)} clusters; all are in clusters.parquet"
             if len(shown) < len(clusters) else f"{len(clusters)} clusters")
-    body = "".join(_cluster_html(c, root, max_members) for c in shown)
+    body = "".join(_cluster_html(c, roots, max_members) for c in shown)
     if not shown:
         body = '<p class="empty">No duplicates found.</p>'
     page = f"""<!DOCTYPE html>

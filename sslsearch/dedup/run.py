@@ -108,28 +108,79 @@ def _header_size(path: Path) -> tuple[int, int]:
         return -1, -1
 
 
-def _build_clusters(rows: _StoreRows, groups: Sequence[np.ndarray], keep: str, hasher: ContentHasher) -> list[DuplicateCluster]:
+def _build_clusters(rows: _StoreRows, groups: Sequence[np.ndarray], keep: str, hasher: ContentHasher,
+                    matches: Any = None) -> list[DuplicateCluster]:
+    n = len(rows.ids)
+    best = matches.best_score() if matches is not None else None
+    edges = matches.edge_scores() if matches is not None else {}
     clusters = []
     for cluster_id, group in enumerate(groups):
-        facts = {int(row): _image_facts(rows, int(row)) for row in group}
-        keeper_id = choose_keeper(list(facts.values()), keep)
-        keeper_row = next(row for row, f in facts.items() if f.id == keeper_id)
-        similarities = rows.vectors[group] @ rows.vectors[keeper_row]
-        members = []
-        for row, similarity in zip(group.tolist(), similarities.tolist()):
-            f = facts[row]
-            members.append(ClusterMember(id=f.id, path=rows.paths[row], similarity=float(min(similarity, 1.0)),
-                                         keep=row == keeper_row, match=match_kind(row, keeper_row, hasher, similarity),
-                                         width=f.width, height=f.height, size_bytes=f.size_bytes))
-        members.sort(key=lambda m: (not m.keep, -m.similarity, m.id))
+        store_rows = group[group < n]
+        index_nodes = (group[group >= n] - n).tolist()
+        if index_nodes:  # the index already holds this picture: its best-matching item is kept
+            keeper_node = max(index_nodes, key=lambda node: (best[node], -int(matches.ids[node])))
+            members = _index_cluster_members(rows, store_rows, index_nodes, keeper_node, matches, edges)
+        else:
+            members = _store_cluster_members(rows, store_rows, keep, hasher)
+        members.sort(key=lambda m: (m.match != "keeper", m.source != "index", -_sortable(m.similarity), m.id))
         clusters.append(DuplicateCluster(cluster_id, tuple(members)))
-    return clusters
+    clusters.sort(key=lambda c: (-len(c), c.members[0].source != "store", c.members[0].id))
+    return [DuplicateCluster(number, c.members) for number, c in enumerate(clusters)]
+
+
+def _sortable(value: float) -> float:
+    return -2.0 if value != value else value  # NaN sorts last
+
+
+def _store_cluster_members(rows: _StoreRows, group: np.ndarray, keep: str, hasher: ContentHasher) -> list[ClusterMember]:
+    facts = {int(row): _image_facts(rows, int(row)) for row in group}
+    keeper_id = choose_keeper(list(facts.values()), keep)
+    keeper_row = next(row for row, f in facts.items() if f.id == keeper_id)
+    similarities = rows.vectors[group] @ rows.vectors[keeper_row]
+    members = []
+    for row, similarity in zip(group.tolist(), similarities.tolist()):
+        f = facts[row]
+        members.append(ClusterMember(id=f.id, path=rows.paths[row], similarity=float(min(similarity, 1.0)),
+                                     keep=row == keeper_row, match=match_kind(row, keeper_row, hasher, similarity),
+                                     width=f.width, height=f.height, size_bytes=f.size_bytes))
+    return members
+
+
+def _index_cluster_members(rows: _StoreRows, store_rows: np.ndarray, index_nodes: list[int], keeper_node: int,
+                           matches: Any, edges: dict[tuple[int, int], float]) -> list[ClusterMember]:
+    keeper_vector = matches.vectors[keeper_node] if matches.vectors is not None else None
+    members = []
+    for node in index_nodes:
+        if node == keeper_node:
+            similarity = 1.0
+        elif matches.vectors is not None:
+            similarity = float(min(matches.vectors[node] @ keeper_vector, 1.0))
+        else:
+            similarity = float("nan")
+        path = matches.paths[node]
+        width = height = size_bytes = -1
+        if path and matches.source_root is not None:
+            size_bytes = file_size(matches.source_root / path)[0]
+            width, height = _header_size(matches.source_root / path)
+        members.append(ClusterMember(id=int(matches.ids[node]), path=path, similarity=similarity, keep=True,
+                                     match="keeper" if node == keeper_node else "near", width=width, height=height,
+                                     size_bytes=size_bytes, source="index"))
+    for row in store_rows.tolist():
+        if keeper_vector is not None:
+            similarity = float(min(rows.vectors[row] @ keeper_vector, 1.0))
+        else:
+            similarity = edges.get((row, keeper_node), float("nan"))
+        f = _image_facts(rows, row)
+        members.append(ClusterMember(id=f.id, path=rows.paths[row], similarity=similarity, keep=False, match="near",
+                                     width=f.width, height=f.height, size_bytes=f.size_bytes, source="store"))
+    return members
 
 
 def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str], *, threshold: float | None = None,
                 precision: float = DEFAULT_PRECISION, keep: str = DEFAULT_KEEP, neighbors: int = DEFAULT_NEIGHBORS,
                 method: str = "auto", device: str = "auto", sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0,
-                report: bool = False, report_max_clusters: int = DEFAULT_REPORT_CLUSTERS, overwrite: bool = False,
+                against: str | os.PathLike[str] | None = None, report: bool = False,
+                report_max_clusters: int = DEFAULT_REPORT_CLUSTERS, overwrite: bool = False,
                 progress: bool | None = None, _allowed_in_out: Sequence[str] = ()) -> DedupResult:
     """Find exact and near-duplicate images in an embedding store and say which to keep.
 
@@ -154,6 +205,9 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
         device: "auto", "cpu" or "cuda" for the graph and the calibration encoder.
         sample_size: edited copies made for calibration.
         seed: seed of the calibration sample and the partitioned graph's k-means.
+        against: an existing index directory: new images that duplicate an item of the index are
+            listed for removal (the index item is the keeper, ``source="index"``); the index is
+            only searched, never changed. New images are also deduplicated among themselves.
         report: also write the self-contained HTML report.
         report_max_clusters: clusters shown in the report (largest first).
         overwrite: replace earlier results in ``out``.
@@ -167,7 +221,9 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
         UnknownNameError: an unknown keep policy or graph method.
         InputNotFoundError, StoreError: a missing or empty store.
         OutputExistsError: ``out`` holds files and ``overwrite`` is false.
-        EncoderMismatchError: calibration cannot rebuild the store's encoder.
+        EncoderMismatchError: calibration cannot rebuild the store's encoder, or ``against`` was
+            built with another encoder.
+        IndexFileError: ``against`` is not a readable index.
 
     Example:
         >>> result = deduplicate("emb/", "dups/", precision=0.99, report=True)  # doctest: +SKIP
@@ -194,8 +250,11 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
         mark = time.perf_counter()
         if threshold is not None:
             choice = ThresholdChoice(float(threshold), "given")
-        elif n < 2:
+        elif n < 2 and against is None:
             choice = ThresholdChoice(None, "not needed")
+        elif n < 2:
+            raise InvalidArgumentError(f"store {rows.store.directory} holds 1 image: too few to calibrate a threshold; "
+                                       "pass --threshold T (e.g. the one in the summary.json of a full dedup run)")
         else:
             choice = _calibrate(rows, precision, sample_size, seed, device, progress)
         timings["calibration"] = time.perf_counter() - mark
@@ -219,8 +278,18 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
             same_first, same_second = identical_pairs(pairs.first[below], pairs.second[below], hasher)
             firsts.append(same_first)
             seconds.append(same_second)
-        groups = connected_groups(n, np.concatenate(firsts), np.concatenate(seconds))
-        clusters = _build_clusters(rows, groups, keep, hasher)
+        matches = None
+        if against is not None:
+            from .against import match_against_index
+
+            mark_against = time.perf_counter()
+            matches = match_against_index(against, rows.vectors, rows.store.encoder, cut, neighbors=neighbors)
+            firsts.append(matches.rows)
+            seconds.append(matches.nodes + n)
+            timings["against"] = time.perf_counter() - mark_against
+        n_nodes = n + (len(matches.ids) if matches is not None else 0)
+        groups = connected_groups(n_nodes, np.concatenate(firsts), np.concatenate(seconds))
+        clusters = _build_clusters(rows, groups, keep, hasher, matches)
         timings["clusters"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
@@ -235,12 +304,16 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
             from .report import write_report
 
             mark = time.perf_counter()
-            report_path = write_report(out / "report.html", clusters, rows.store.source_root,
+            roots = {"store": rows.store.source_root}
+            if matches is not None and matches.source_root is not None:
+                roots["index"] = matches.source_root
+            report_path = write_report(out / "report.html", clusters, roots,
                                        max_clusters=report_max_clusters, title=f"Duplicates in {rows.store.directory}",
                                        subtitle=choice.describe())
             timings["report"] = time.perf_counter() - mark
         timings["total"] = time.perf_counter() - started
-        summary = _summary(rows, clusters, len(removed_rows), choice, keep, pairs, near, timings, out, report_path)
+        summary = _summary(rows, clusters, len(removed_rows), choice, keep, pairs, near, timings, out, report_path,
+                           matches)
         write_summary(out / "summary.json", summary)
     return DedupResult(out=out, images=n, clusters=tuple(clusters), removed=len(removed_rows), threshold=choice,
                        keep_policy=keep, summary=summary, report=report_path)
@@ -253,7 +326,7 @@ def _removed_rows(rows: _StoreRows, clusters: Sequence[DuplicateCluster]) -> set
 
 def _summary(rows: _StoreRows, clusters: Sequence[DuplicateCluster], removed: int, choice: ThresholdChoice, keep: str,
              pairs: SimilarPairs, near: SimilarPairs, timings: dict[str, float], out: Path,
-             report_path: Path | None) -> dict[str, Any]:
+             report_path: Path | None, matches: Any = None) -> dict[str, Any]:
     from .. import __version__
 
     by_match = {"file": 0, "pixels": 0, "near": 0}
@@ -277,6 +350,9 @@ def _summary(rows: _StoreRows, clusters: Sequence[DuplicateCluster], removed: in
         "keep_policy": {"name": keep, "rule": KEEP_POLICIES[keep]},
         "graph": {"method": pairs.method, "neighbors": pairs.neighbors, "device": pairs.device, "cells": pairs.cells,
                   "candidate_pairs": len(pairs), "pairs_at_threshold": len(near), "seconds": round(pairs.seconds, 3)},
+        "against": None if matches is None else {
+            "index": str(matches.index_dir.resolve()), "ntotal": matches.ntotal,
+            "new_images_duplicating_index": matches.matched_rows, "index_items_matched": len(matches.ids)},
         "seconds": {name: round(value, 3) for name, value in timings.items()},
         "outputs": {"clusters": "clusters.parquet", "keep": "keep.txt", "remove": "remove.txt",
                     "report": report_path.name if report_path else None},

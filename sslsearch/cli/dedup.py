@@ -1,0 +1,78 @@
+"""`sslsearch dedup`: exact and near-duplicate clusters of an embedding store (or of images, embedding them first)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import DeviceOption, JsonOption, info, print_json
+
+HELP = (
+    "Find exact and near-duplicate images and say which to keep. INPUT is an embedding store (`sslsearch embed`), "
+    "or, with --encoder, images (a folder or list) that are embedded into DUPS/embeddings first.\n\n"
+    "Near duplicates come from a k-NN graph (never an N×N matrix) cut at a cosine-similarity threshold: give one "
+    "with --threshold, or let --precision (default 0.99) calibrate it on edited copies of a sample of your own "
+    "images. Exact duplicates (same file bytes, same decoded pixels) always join. Writes DUPS/clusters.parquet, "
+    "keep.txt, remove.txt (absolute paths), summary.json, and with --report a self-contained report.html.\n\n"
+    "With --against IDX, new images that duplicate something an existing index holds are listed for removal "
+    "(the index is not changed).\n\n"
+    "Examples: sslsearch dedup emb/ --out dups/ --report\n"
+    "          sslsearch dedup photos/ --encoder timm:resnet50 --out dups/ --precision 0.995\n"
+    "          sslsearch dedup new_emb/ --against idx/ --out dups/"
+)
+
+
+def dedup_command(
+    data: Path = typer.Argument(..., metavar="INPUT", help="Embedding store, or images with --encoder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory DUPS (new or empty unless --overwrite)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", "-t",
+                                              help="Cosine similarity in (0, 1] at or above which images are duplicates."),
+    precision: float = typer.Option(0.99, "--precision", "-p",
+                                    help="Target precision in (0, 1) of the self-calibrated threshold (when no --threshold)."),
+    keep: str = typer.Option("resolution", "--keep",
+                             help="Which image of a cluster to keep: resolution (largest, then larger file, then smallest "
+                                  "id), file-size, oldest, newest or first."),
+    report: bool = typer.Option(False, "--report", help="Also write DUPS/report.html (thumbnails, keeper marked)."),
+    against: Optional[Path] = typer.Option(None, "--against", help="Existing index directory to check new images against."),
+    encoder: Optional[str] = typer.Option(None, "--encoder", "-e",
+                                          help="Embed INPUT images first with this encoder (timm:<name> or a run dir)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Local state dict for a timm: --encoder."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size in px for --encoder."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass when embedding (--encoder)."),
+    neighbors: int = typer.Option(16, "--neighbors", "-k", help="Neighbours per image in the k-NN graph."),
+    method: str = typer.Option("auto", "--method", help="k-NN graph: auto, exact or partitioned (approximate, CPU scale)."),
+    sample: int = typer.Option(300, "--sample", help="Edited copies made to calibrate the threshold."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the calibration sample and the partitioned graph."),
+    report_clusters: int = typer.Option(500, "--report-clusters", help="Clusters shown in report.html (largest first)."),
+    device: str = DeviceOption,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace earlier results in DUPS."),
+    as_json: bool = JsonOption,
+) -> None:
+    from ..dedup import deduplicate
+    from ..dedup.convenience import deduplicate_images
+    from ..errors import InvalidArgumentError
+
+    options = dict(threshold=threshold, precision=precision, keep=keep, neighbors=neighbors, method=method,
+                   sample_size=sample, seed=seed, against=against, report=report, report_max_clusters=report_clusters)
+    if encoder is not None:
+        result = deduplicate_images(data, encoder, out, weights=weights, image_size=image_size, batch_size=batch_size,
+                                    device=device, overwrite=overwrite, **options)
+    elif (data / "manifest.json").is_file() or not data.exists():
+        result = deduplicate(data, out, device=device, overwrite=overwrite, **options)
+    else:
+        raise InvalidArgumentError(f"{data} is not an embedding store (no manifest.json); pass --encoder ENCODER to "
+                                   "embed its images first, or give a store made by `sslsearch embed`")
+    if as_json:
+        print_json(result.summary)
+        return
+    if result.threshold.calibration is not None and not result.threshold.calibration.reached:
+        info(f"warning: no threshold reaches precision {precision:g} on this data; used the most precise one. "
+             "Check report.html, use a trained encoder, or pass --threshold")
+    typer.echo(result.describe())
+    if result.report is not None:
+        typer.echo(f"report: {result.report}")
+
+
+def register(app: typer.Typer, index_app: typer.Typer, bench_app: typer.Typer) -> None:
+    app.command("dedup", help=HELP)(dedup_command)
