@@ -117,12 +117,26 @@ class DINOConfig:
 
 
 @dataclass
+class MAEConfig:
+    """MAE (He et al. 2021, arXiv:2111.06377); ViT backbones only."""
+
+    mask_ratio: float = option(0.75, "fraction of each image's patches hidden from the encoder (paper: 0.75)")
+    decoder_depth: int = option(8, "decoder transformer blocks (paper: 8)")
+    decoder_width: int | None = option(None, "decoder token width (default: min(512, encoder width); paper: 512)")
+    decoder_heads: int | None = option(None, "decoder attention heads (default: width / 32, as the paper's 512 / 16)")
+    norm_pixel_loss: bool = option(True, "reconstruct each patch standardised by its own mean and variance "
+                                         "(paper default; better features)")
+    preview_images: int = option(8, "images in the reconstruction preview PNG written at each checkpoint "
+                                    "(previews/step-N.png; 0 = none)", runtime=True)
+
+
+@dataclass
 class TrainConfig:
     """Everything a training run depends on; saved resolved as ``config.yaml`` in the run directory."""
 
     data: str = option("", "training images: a folder (ImageFolder or flat) or a .txt/.csv/.parquet list")
     out: str = option("", "run directory (config.yaml, checkpoints/, metrics.jsonl, encoder.*)", runtime=True)
-    method: str = option("simclr", "simclr, moco or dino")
+    method: str = option("simclr", "simclr, moco, dino or mae")
     backbone: str = option("resnet18", "timm architecture (random init), e.g. resnet18, resnet50, vit_small_patch16_224")
     model_kwargs: dict = option({}, "extra timm.create_model arguments, e.g. {patch_size: 8} for a ViT")
     image_size: int = option(64, "training resolution (global crops) in px")
@@ -153,13 +167,14 @@ class TrainConfig:
     simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
     moco: MoCoConfig = field(default_factory=MoCoConfig)
     dino: DINOConfig = field(default_factory=DINOConfig)
+    mae: MAEConfig = field(default_factory=MAEConfig)
 
     def method_section(self) -> Any:
         """The config section of the chosen method (``self.simclr`` for method "simclr", ...)."""
         return getattr(self, self.method, None)
 
 
-SECTIONS = ("augmentation", "optimizer", "simclr", "moco", "dino")
+SECTIONS = ("augmentation", "optimizer", "simclr", "moco", "dino", "mae")
 
 
 # ----------------------------------------------------------------------------- dict / YAML conversion
@@ -342,7 +357,7 @@ def differences(saved: TrainConfig, current: TrainConfig) -> list[str]:
                 continue
             left, right = getattr(a, f.name), getattr(b, f.name)
             if dataclasses.is_dataclass(left):
-                if f.name in ("simclr", "moco", "dino") and f.name != current.method:
+                if f.name in ("simclr", "moco", "dino", "mae") and f.name != current.method:
                     continue
                 compare(left, right, f"{prefix}{f.name}.")
             elif to_dict(left) != to_dict(right):

@@ -4,10 +4,11 @@ from __future__ import annotations
 from ...errors import unknown_name
 from .base import Method, MethodOutput, OptimizerDefaults, frozen_copy, short_run_momentum, update_momentum
 from .dino import DINO
+from .mae import MAE
 from .moco import MoCo
 from .simclr import SimCLR
 
-METHODS: dict[str, type[Method]] = {"simclr": SimCLR, "moco": MoCo, "dino": DINO}
+METHODS: dict[str, type[Method]] = {"simclr": SimCLR, "moco": MoCo, "dino": DINO, "mae": MAE}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
@@ -30,5 +31,5 @@ def get_method(name: str) -> type[Method]:
         raise unknown_name("method", name, METHODS) from None
 
 
-__all__ = ["DINO", "METHODS", "Method", "MethodOutput", "MoCo", "OptimizerDefaults", "SimCLR", "frozen_copy",
+__all__ = ["DINO", "MAE", "METHODS", "Method", "MethodOutput", "MoCo", "OptimizerDefaults", "SimCLR", "frozen_copy",
            "get_method", "register_method", "short_run_momentum", "update_momentum"]
