@@ -365,3 +365,41 @@ def differences(saved: TrainConfig, current: TrainConfig) -> list[str]:
 
     compare(saved, current, "")
     return out
+
+
+def build_config(overrides: dict[str, Any], *, config_file: str | os.PathLike[str] | None = None,
+                 resume_run: str | os.PathLike[str] | None = None) -> TrainConfig:
+    """The config of a ``train`` call: defaults (or, when resuming, the run's saved config), then the YAML
+    file, then explicit overrides (dotted keys; ``None`` values are ignored).
+
+    Resuming starts from the run's config so that a bare ``--resume`` needs no repeated options;
+    any option given that differs from the run is refused later by the trainer.
+    """
+    if resume_run is not None:
+        from .rundir import RunDirectory
+
+        # stop_after_steps belongs to the session that set it, not to the run
+        config = dataclasses.replace(RunDirectory(resume_run).load_config(), stop_after_steps=None)
+    else:
+        config = TrainConfig()
+    if config_file is not None:
+        config = load_yaml(config_file, config)
+    return from_flat({k: v for k, v in overrides.items() if v is not None}, config)
+
+
+def parse_assignments(assignments: list[str]) -> dict[str, Any]:
+    """``["optimizer.lr=0.1", "dino.prototypes=1024"]`` → ``{"optimizer.lr": 0.1, ...}`` (values parsed as YAML).
+
+    Raises:
+        InvalidArgumentError: an item without ``=``.
+    """
+    parsed: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidArgumentError(f"--set {item!r} is not KEY=VALUE, e.g. --set optimizer.lr=0.1")
+        try:
+            parsed[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed[key.strip()] = value
+    return parsed
