@@ -1,0 +1,112 @@
+"""Threshold choice (table tests), the edits, and calibration on generated copies of real images."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sslsearch.dedup.calibrate import calibrate_threshold, check_precision, choose_threshold, precision_recall
+from sslsearch.dedup.edits import EDITS, edited_copy
+from sslsearch.encoders import create_encoder
+from sslsearch.errors import InputNotFoundError, InvalidArgumentError
+from sslsearch.sources import list_images, load_image
+
+
+@pytest.mark.parametrize("positives,negatives,target,expected,reached", [
+    ([0.95, 0.9, 0.8], [0.85, 0.5], 0.99, 0.875, True),  # stop before the first false pair
+    ([0.95, 0.9, 0.8], [0.5], 0.99, 0.65, True),  # every true pair, halfway to the next score
+    ([0.95, 0.9, 0.8], [], 0.99, 0.8, True),  # nothing below: the lowest true pair
+    ([0.95, 0.9, 0.8, 0.7], [0.85], 0.6, 0.7, True),  # precision 2/3 at 0.85 is enough: all true pairs
+    ([0.95, 0.9, 0.8, 0.7], [0.85], 0.7, 0.875, True),  # 2/3 < 0.7 at 0.85: stop above, though 0.8 at 0.7
+    ([0.9, 0.8], [0.99], 0.9, 0.8, False),  # a false pair above everything: most precise, then best recall
+    ([0.9, 0.9, 0.6], [0.9, 0.3], 0.65, 0.45, True),  # tied scores are decided together (2/3 at 0.9)
+    ([0.9, 0.9, 0.6], [0.9, 0.3], 0.7, 0.45, False),  # 2/3 < 0.7 at the top: the most precise, 3/4
+    ([0.9, 0.85, 0.84], [0.86, 0.1], 0.5, 0.47, True),  # precision 0.5 at the dip is enough: all three
+])
+def test_choose_threshold(positives: list[float], negatives: list[float], target: float, expected: float,
+                          reached: bool) -> None:
+    threshold, ok = choose_threshold(np.array(positives), np.array(negatives), target)
+    assert threshold == pytest.approx(expected, abs=1e-6)
+    assert ok is reached
+
+
+def test_chosen_threshold_meets_the_target_when_reached() -> None:
+    rng = np.random.default_rng(0)
+    positives = rng.normal(0.93, 0.03, 300)
+    negatives = rng.normal(0.6, 0.1, 5000)
+    for target in (0.9, 0.99, 0.999):
+        threshold, reached = choose_threshold(positives, negatives, target)
+        precision, recall = precision_recall(positives, negatives, threshold)
+        assert reached and precision >= target
+        lower_precision, lower_recall = precision_recall(positives, negatives, threshold - 0.02)
+        assert lower_recall >= recall
+
+
+def test_precision_recall_edges() -> None:
+    assert precision_recall(np.array([0.5]), np.array([0.2]), 0.9) == (1.0, 0.0)
+    assert precision_recall(np.array([]), np.array([]), 0.9) == (1.0, 0.0)
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, -0.5, 1.5, float("nan")])
+def test_precision_out_of_range(value: float) -> None:
+    with pytest.raises(InvalidArgumentError, match="--precision"):
+        check_precision(value)
+
+
+def test_edits_are_deterministic_and_visible() -> None:
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8), "RGB")
+    seen = set()
+    for seed in range(40):
+        a, names_a = edited_copy(image, np.random.default_rng(seed))
+        b, names_b = edited_copy(image, np.random.default_rng(seed))
+        assert names_a == names_b and a.tobytes() == b.tobytes() and a.mode == "RGB"
+        assert 1 <= len(names_a) <= 3
+        assert a.size != image.size or a.tobytes() != image.tobytes()
+        seen.update(names_a)
+    assert seen == set(EDITS)
+
+
+@pytest.fixture(scope="module")
+def embedded_sample(sample_dir):
+    """(vectors, absolute paths, encoder) of the shared sample folder at 32 px."""
+    encoder = create_encoder("timm:test_resnet", image_size=32, device="cpu")
+    source = list_images(sample_dir)
+    paths = [source.abs_path(r) for r in source.records]
+    vectors = encoder.embed_pil([load_image(p).image for p in paths])
+    return vectors, paths, encoder
+
+
+def test_calibration_on_generated_copies(embedded_sample) -> None:
+    vectors, paths, encoder = embedded_sample
+    result = calibrate_threshold(vectors, paths, encoder, precision=0.95, sample_size=60, seed=3)
+    assert 0.0 < result.threshold <= 1.0
+    assert result.copies == 60 and result.images == 60 and result.unreadable == 0
+    assert result.negatives > 0
+    assert 0.0 <= result.estimated_recall <= 1.0
+    if result.reached:
+        assert result.estimated_precision >= 0.95
+    again = calibrate_threshold(vectors, paths, encoder, precision=0.95, sample_size=60, seed=3)
+    assert again.threshold == result.threshold and again.estimated_recall == result.estimated_recall
+    stricter = calibrate_threshold(vectors, paths, encoder, precision=0.999, sample_size=60, seed=3)
+    assert stricter.threshold >= result.threshold
+    data = result.to_dict()
+    assert data["curve"] and {"threshold", "precision", "recall"} <= set(data["curve"][0])
+
+
+def test_calibration_small_store_makes_several_copies_per_image(embedded_sample) -> None:
+    vectors, paths, encoder = embedded_sample
+    result = calibrate_threshold(vectors[:10], paths[:10], encoder, sample_size=30, seed=0)
+    assert result.images == 10 and result.copies == 30
+
+
+def test_calibration_skips_missing_images_and_fails_when_none_can_be_read(embedded_sample, tmp_path) -> None:
+    vectors, paths, encoder = embedded_sample
+    gone = [tmp_path / f"gone_{i}.png" for i in range(len(paths))]
+    mixed = [gone[i] if i % 2 else p for i, p in enumerate(paths)]
+    result = calibrate_threshold(vectors, mixed, encoder, sample_size=20, seed=1)
+    assert result.unreadable > 0 and result.images == 20
+    with pytest.raises(InputNotFoundError, match="--threshold"):
+        calibrate_threshold(vectors, gone, encoder, sample_size=20)
+    with pytest.raises(InvalidArgumentError, match="paths"):
+        calibrate_threshold(vectors, paths[:-1], encoder)
