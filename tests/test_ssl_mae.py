@@ -91,13 +91,13 @@ def test_pooling_choice_keeps_the_weights() -> None:
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    ({"backbone": "test_resnet"}, "needs a timm ViT backbone.*dino, moco, simclr"),
+    ({"backbone": "test_resnet", "model_kwargs": {}}, "needs a timm ViT backbone.*dino, moco, simclr"),
     ({"mae.mask_ratio": 1.0}, "between 0 and 1"),
     ({"mae.mask_ratio": 0.0}, "between 0 and 1"),
     ({"mae.mask_ratio": 0.97}, "leaves 0 visible"),
     ({"image_size": 36}, "not a multiple of test_vit's 8 px patches; use 32 or 40"),
     ({"mae.decoder_heads": 3}, "does not divide"),
-    ({"model_kwargs": {"patch_size": 8, "img_size": 64}}, "img_size 64 differs from --image-size 32"),
+    ({"model_kwargs": {"patch_size": 8, "img_size": 64, "dynamic_img_size": False}}, "img_size 64 differs from --image-size 32"),
     ({"backbone": "test_vit3"}, "global_pool map"),
 ])
 def test_bad_input_is_a_one_line_error_and_writes_nothing(small_list: Path, tmp_path: Path, overrides: dict,
@@ -105,7 +105,8 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(small_list: Path, tmp_
     with pytest.raises(InvalidArgumentError, match=message) as info:
         train(tiny_config(small_list, tmp_path / "run", epochs=1, **overrides))
     assert "\n" not in str(info.value)
-    assert not (tmp_path / "run").exists()
+    run = tmp_path / "run"
+    assert not (run / "checkpoints").exists() and not (run / "config.yaml").exists()
 
 
 def test_bad_input_through_the_cli_exits_1(small_list: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
