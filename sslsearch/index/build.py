@@ -1,0 +1,271 @@
+"""Building an index from an embedding store: choose → sample → train → stream-add → tune + measure → save."""
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..devices import resolve_device
+from ..errors import InvalidArgumentError
+from ..files import DirectoryLock
+from ..progress import progress_bar
+from ..store import EmbeddingStore, StoreBatch, manifest_hash
+from .exact import exact_search, recall_at_k
+from .gpu import index_to_cpu, index_to_gpu, wants_faiss_gpu
+from .io import IndexCard, check_index_output, save_index_files
+from .search import apply_search_params, drop_self_matches
+from .spec import IndexSpec, choose_index_spec, parse_memory
+
+DEFAULT_MEMORY_BUDGET = "4GB"
+TARGET_RECALL = 0.95
+EVAL_QUERIES = 500
+RECALL_K = 10
+CHUNK_ROWS = 65_536
+EF_SEARCH_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+NPROBE_LADDER = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048, 4096)
+PLATEAU = 0.005  # when the target is out of reach: the smallest setting within this of the best recall seen
+
+
+class _PeakMemory:
+    """Samples the resident set size on a thread; ``peak_growth`` is the largest rise over the start."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.start = self.peak = _rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def __enter__(self) -> "_PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+    @property
+    def peak_growth(self) -> int:
+        return max(0, self.peak - self.start)
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # not Linux: the lifetime peak is the best available
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def _sample_rows(store: EmbeddingStore, positions: np.ndarray, chunk_rows: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Rows at sorted stream ``positions``: (ids, vectors), and whether store ids run 0..n-1 in stream order."""
+    ids_out, vectors_out = [], []
+    dense, offset = True, 0
+    for batch in store.iter_batches(chunk_rows):
+        rows = len(batch.ids)
+        dense = dense and bool(np.array_equal(batch.ids, np.arange(offset, offset + rows)))
+        lo, hi = np.searchsorted(positions, [offset, offset + rows])
+        if hi > lo:
+            local = positions[lo:hi] - offset
+            ids_out.append(batch.ids[local])
+            vectors_out.append(batch.embeddings[local])
+        offset += rows
+    if not ids_out:
+        return np.zeros(0, np.int64), np.zeros((0, store.dim), np.float32), dense
+    return np.concatenate(ids_out), np.concatenate(vectors_out), dense
+
+
+def _new_faiss_index(spec: IndexSpec, dim: int, dense_ids: bool) -> tuple[Any, str]:
+    import faiss
+
+    index = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
+    if spec.kind == "hnsw":
+        index.hnsw.efConstruction = int(spec.build_params.get("efConstruction", 200))
+    if spec.kind in ("ivf", "ivfpq"):
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+        ivf.cp.spherical = True  # centroids on the unit sphere: cosine k-means for inner-product search
+        if hasattr(ivf, "do_polysemous_training"):
+            ivf.do_polysemous_training = False  # only for Hamming-filtered search, which we do not use; 40× slower
+        return index, spec.factory  # IVF stores ids itself
+    if dense_ids:
+        return index, spec.factory  # faiss ids = positions = store ids
+    return faiss.IndexIDMap2(index), f"IDMap2,{spec.factory}"
+
+
+def _ladder(spec: IndexSpec, index: Any) -> list[dict[str, int]]:
+    if spec.kind == "hnsw":
+        return [{"efSearch": ef} for ef in EF_SEARCH_LADDER]
+    if spec.kind in ("ivf", "ivfpq"):
+        import faiss
+
+        nlist = faiss.extract_index_ivf(index).nlist
+        steps = [p for p in NPROBE_LADDER if p < nlist] + [nlist]
+        return [{"nprobe": p} for p in steps]
+    return [{}]
+
+
+def _tune(spec: IndexSpec, index: Any, queries: np.ndarray, query_ids: np.ndarray, truth: np.ndarray, k: int,
+          target: float) -> tuple[dict[str, int], float | None, list[dict[str, Any]]]:
+    """The smallest search setting whose recall@k reaches ``target`` (else the smallest near the best)."""
+    if len(queries) == 0:
+        return dict(spec.search_params), None, []
+    points: list[dict[str, Any]] = []
+    for params in _ladder(spec, index):
+        apply_search_params(index, params)
+        _, found = index.search(queries, k + 1)
+        recall = recall_at_k(drop_self_matches(found, query_ids, k), truth)
+        points.append({"search_params": params, "recall": round(recall, 4)})
+        if recall >= target:
+            return params, recall, points
+    best = max(p["recall"] for p in points)
+    chosen = next(p for p in points if p["recall"] >= best - PLATEAU)
+    apply_search_params(index, chosen["search_params"])
+    return dict(chosen["search_params"]), float(chosen["recall"]), points
+
+
+def build_index(store_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, kind: str = "auto",
+                memory_budget: str | int | None = DEFAULT_MEMORY_BUDGET, device: str = "auto", overwrite: bool = False,
+                progress: bool | None = None, target_recall: float = TARGET_RECALL,
+                eval_queries: int = EVAL_QUERIES, seed: int = 0) -> IndexCard:
+    """Build a faiss index over an embedding store and write ``out/index.faiss`` + ``out/index.json``.
+
+    Vectors stream from the store in chunks (memory: the index plus one chunk plus the training
+    sample). IVF/PQ indexes train on a random sample. ``eval_queries`` random store vectors are
+    held back from training and used, after adding, to measure recall@10 against exact search
+    (their own ids removed from both result lists) and to tune efSearch / nprobe to the smallest
+    setting reaching ``target_recall``; both go into the card.
+
+    Args:
+        store_dir: an embedding store (Contract 2).
+        out: the index directory to write (new, empty, or an index directory with ``overwrite``).
+        kind: auto, flat, hnsw, ivf or ivfpq (see ``spec.choose_index_spec``).
+        memory_budget: the most memory the index may take ("4GB", "512MiB", bytes), None = no limit.
+        device: auto, cpu or cuda: faiss GPU when the installed faiss has it (flat/IVF kinds);
+            the exact ground truth runs in torch on CUDA when torch sees a GPU.
+        overwrite: replace an index already at ``out``.
+        progress: show a progress bar on stderr (None: when stderr is a terminal).
+        target_recall: recall@10 the search parameters are tuned to reach.
+        eval_queries: held-back queries for measuring and tuning.
+        seed: sampling seed (training sample and held-back queries).
+
+    Returns:
+        The IndexCard written to ``out/index.json``.
+
+    Raises:
+        InputNotFoundError, StoreError: the store is missing or damaged.
+        UnknownNameError: unknown kind. InvalidArgumentError: empty store, a budget too small.
+        OutputExistsError: ``out`` holds other data, or an index without ``overwrite``.
+
+    Example:
+        >>> card = build_index("emb/", "idx/", kind="auto", memory_budget="4GB")  # doctest: +SKIP
+        >>> card.factory, card.recall_at_10  # doctest: +SKIP
+        ('HNSW32,Flat', 0.987)
+    """
+    import faiss
+
+    started = time.perf_counter()
+    if not 0 < target_recall <= 1:
+        raise InvalidArgumentError(f"target recall must be in (0, 1], got {target_recall}")
+    budget = None if memory_budget is None else parse_memory(memory_budget)
+    torch_device = resolve_device(device)
+    store = EmbeddingStore.open(store_dir)
+    n, dim = len(store), store.dim
+    spec = choose_index_spec(n, dim, kind=kind, memory_budget_bytes=budget)
+    out_dir = check_index_output(out, overwrite=overwrite)
+    if Path(store_dir).resolve() == out_dir.resolve():
+        raise InvalidArgumentError(f"--out {out} is the embedding store itself; write the index to its own directory")
+    chunk_rows = CHUNK_ROWS if budget is None else int(max(1024, min(CHUNK_ROWS, budget // (10 * 8 * dim))))
+    timings: dict[str, float] = {}
+    with DirectoryLock(out_dir), _PeakMemory() as memory:
+        # 1. sample: held-back queries + training set, and check whether store ids are dense.
+        tick = time.perf_counter()
+        rng = np.random.default_rng(seed)
+        n_eval = min(eval_queries, n) if n > 1 else 0
+        eval_positions = np.sort(rng.choice(n, n_eval, replace=False)) if n_eval else np.zeros(0, np.int64)
+        rest = np.setdiff1d(np.arange(n), eval_positions) if spec.train_size else np.zeros(0, np.int64)
+        pool = rest if len(rest) >= spec.train_size else np.arange(n)
+        train_positions = np.sort(rng.choice(pool, spec.train_size, replace=False)) if spec.train_size else pool[:0]
+        wanted = np.union1d(eval_positions, train_positions)
+        sample_ids, sample_vectors, dense = _sample_rows(store, wanted, chunk_rows)
+        eval_rows = np.searchsorted(wanted, eval_positions)
+        query_ids, queries = sample_ids[eval_rows], sample_vectors[eval_rows]
+        training = sample_vectors[np.searchsorted(wanted, train_positions)]
+        del sample_vectors
+        timings["sample"] = time.perf_counter() - tick
+
+        # 2. train.
+        index, factory = _new_faiss_index(spec, dim, dense)
+        on_gpu = wants_faiss_gpu(device, spec.kind)
+        if on_gpu:
+            index = index_to_gpu(index, device)
+        tick = time.perf_counter()
+        if not index.is_trained:
+            index.train(training)
+        del training
+        timings["train"] = time.perf_counter() - tick
+
+        # 3. add, streaming; the exact ground truth of the held-back queries is computed on the same stream.
+        tick = time.perf_counter()
+        k = min(RECALL_K, n - 1)
+        with progress_bar(n, f"index {spec.factory}", unit="vec", enabled=progress) as bar:
+            def feed() -> Iterator[StoreBatch]:
+                for batch in store.iter_batches(chunk_rows):
+                    if factory.startswith("IDMap") or spec.kind in ("ivf", "ivfpq"):
+                        index.add_with_ids(batch.embeddings, batch.ids)
+                    else:
+                        index.add(batch.embeddings)
+                    bar.update(len(batch.ids))
+                    yield batch
+
+            if k > 0:
+                _, truth = exact_search(queries, feed(), k + 1, device=torch_device)
+                truth = drop_self_matches(truth, query_ids, k)
+            else:
+                for _ in feed():
+                    pass
+                truth = np.zeros((0, 0), np.int64)
+        if index.ntotal != n:
+            raise InvalidArgumentError(f"the store listed {n} rows but {index.ntotal} were read; the store changed "
+                                       "during the build — rebuild")
+        timings["add"] = time.perf_counter() - tick
+
+        # 4. tune the search parameters and measure recall on the held-back queries.
+        tick = time.perf_counter()
+        params, recall, points = _tune(spec, index, queries, query_ids, truth, k, target_recall) if k > 0 else \
+            (dict(spec.search_params), None, [])
+        timings["tune"] = time.perf_counter() - tick
+
+        # 5. save.
+        tick = time.perf_counter()
+        cpu_index = index_to_cpu(index) if on_gpu else index
+        build_params = {**spec.build_params, "train_size": int(spec.train_size), "chunk_rows": chunk_rows,
+                        "target_recall": target_recall, "device": "faiss-gpu" if on_gpu else "cpu",
+                        "memory_budget_bytes": budget}
+
+        def make_card(size_bytes: int) -> IndexCard:
+            import sslsearch
+
+            return IndexCard(
+                factory=factory, kind=spec.kind, metric=spec.metric, dim=dim, ntotal=int(index.ntotal),
+                search_params=params, encoder=dict(store.encoder),
+                store={"path": str(Path(store_dir).resolve()), "manifest_sha256": manifest_hash(store_dir), "rows": n},
+                build_seconds=round(time.perf_counter() - started, 3), peak_memory_bytes=memory.peak_growth,
+                recall_at_10=None if recall is None else round(float(recall), 4), n_eval_queries=len(queries) if k else 0,
+                size_bytes=size_bytes, sslsearch_version=sslsearch.__version__, faiss_version=faiss.__version__,
+                reason=spec.reason, build_params=build_params, recall_k=max(k, 0), tuning=tuple(points),
+                timings={name: round(seconds, 3) for name, seconds in timings.items()})
+
+        card = save_index_files(out_dir, cpu_index, make_card)
+    return card

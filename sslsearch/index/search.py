@@ -1,0 +1,324 @@
+"""Searching an index directory: by vectors, store ids or image files; typed results with store paths."""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import EncoderMismatchError, InputNotFoundError, InvalidArgumentError, SSLSearchError, StoreError
+
+
+@dataclass(frozen=True)
+class Neighbor:
+    """One search hit.
+
+    Attributes:
+        rank: 1-based position in the result list.
+        id: store id.
+        score: inner product with the query (cosine similarity for L2-normalised vectors).
+        path: the image path relative to the store's source root (None when the store is gone).
+    """
+
+    rank: int
+    id: int
+    score: float
+    path: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "id": self.id, "score": self.score, "path": self.path}
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The neighbours of one query.
+
+    Attributes:
+        query: what was searched: an image path, ``id:17`` or ``row:3`` (row of a vector array).
+        neighbors: best first; fewer than k when an approximate index found fewer.
+        skipped: why the query could not be searched (e.g. ``truncated`` image), else None.
+    """
+
+    query: str
+    neighbors: tuple[Neighbor, ...]
+    skipped: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"query": self.query, "neighbors": [n.to_dict() for n in self.neighbors]}
+        if self.skipped:
+            data["skipped"] = self.skipped
+        return data
+
+
+def apply_search_params(faiss_index: Any, params: dict[str, Any]) -> None:
+    """Set efSearch / nprobe on a faiss index (through IDMap wrappers, on CPU or GPU)."""
+    if not params:
+        return
+    import faiss
+
+    space = faiss.GpuParameterSpace() if type(faiss_index).__name__.startswith("Gpu") and hasattr(
+        faiss, "GpuParameterSpace") else faiss.ParameterSpace()
+    for name, value in params.items():
+        space.set_index_parameter(faiss_index, name, value)
+
+
+def drop_self_matches(ids: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
+    """(q, k+1) result ids → (q, k) without each query's own id (or without the last hit when absent)."""
+    ids = np.asarray(ids)
+    is_self = ids == np.asarray(self_ids)[:, None]
+    missing = ~is_self.any(axis=1)
+    is_self[missing, -1] = True
+    first = np.argmax(is_self, axis=1)
+    keep = np.ones(ids.shape, dtype=bool)
+    keep[np.arange(len(ids)), first] = False
+    return ids[keep].reshape(len(ids), ids.shape[1] - 1)[:, :k]
+
+
+class Index:
+    """A loaded index directory (``load_index``): the faiss index, its card and the store for paths.
+
+    Example:
+        >>> index = load_index("idx/")  # doctest: +SKIP
+        >>> for hit in index.search(vectors[:1], k=5)[0].neighbors:  # doctest: +SKIP
+        ...     print(hit.rank, hit.score, hit.path)
+    """
+
+    def __init__(self, faiss_index: Any, card: Any, directory: Path, *, exact_device: Any = None) -> None:
+        self.faiss_index = faiss_index
+        self.card = card
+        self.directory = directory
+        self._exact_device = exact_device  # a torch CUDA device: flat search by torch matmul there
+        self._exact_database: Any = None
+        self._store: Any = None
+        self._store_checked = False
+        self.store_note: str | None = None
+        self._ntotal = int(card.ntotal)
+        self._dim = int(card.dim)
+
+    # --- properties -------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def __len__(self) -> int:
+        return self._ntotal
+
+    @property
+    def store(self) -> Any:
+        """The embedding store the index was built from (for paths), or None when it moved or changed."""
+        if not self._store_checked:
+            self._store_checked = True
+            from ..store import EmbeddingStore, manifest_hash
+
+            path = self.card.store.get("path")
+            try:
+                store = EmbeddingStore.open(path)
+                if manifest_hash(path) != self.card.store.get("manifest_sha256"):
+                    self.store_note = (f"the store {path} changed since the index was built; paths are not shown — "
+                                       "rebuild the index")
+                else:
+                    self._store = store
+            except (SSLSearchError, OSError, TypeError):
+                self.store_note = f"the store {path} the index was built from is not readable; paths are not shown"
+        return self._store
+
+    # --- raw search -------------------------------------------------------------------------
+    def _check_k(self, k: int, available: int, what: str = "vectors in the index") -> None:
+        if k <= 0:
+            raise InvalidArgumentError(f"k must be > 0, got {k}; e.g. -k 10")
+        if k > available:
+            raise InvalidArgumentError(f"k={k} is more than the {available:,} {what}; use -k {available} or less")
+
+    def search_arrays(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Raw search with minimal overhead: (q, dim) float32 → (scores (q, k) float32, ids (q, k) int64).
+
+        Ids are store ids; -1 (with score -inf or the metric's worst value) marks places an
+        approximate index could not fill. Queries are used as given (not normalised).
+
+        Raises:
+            EncoderMismatchError: the query dim differs from the index dim.
+            InvalidArgumentError: k ≤ 0 or k > number of vectors, not a 2-d float array.
+        """
+        if type(queries) is not np.ndarray or queries.dtype != np.float32 or not queries.flags.c_contiguous:
+            queries = _float32_matrix(queries)
+        if queries.ndim != 2 or queries.shape[1] != self._dim:
+            self._dim_error(queries)
+        if k <= 0 or k > self._ntotal:
+            self._check_k(k, self._ntotal)
+        if self._exact_device is not None:
+            return self._torch_exact(queries, k)
+        return self.faiss_index.search(queries, k)
+
+    def _dim_error(self, queries: np.ndarray) -> None:
+        shape = queries.shape
+        seen = shape[1] if queries.ndim == 2 else shape
+        raise EncoderMismatchError(
+            f"query vectors have dim {seen}, the index holds dim {self._dim} vectors made by "
+            f"{self.card.encoder_spec} ({self.card.encoder_id}); embed the queries with that encoder")
+
+    def _torch_exact(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+        import torch
+
+        from .exact import exact_search
+
+        if self._exact_database is None:
+            flat = faiss.downcast_index(self.faiss_index)
+            inner = faiss.downcast_index(flat.index) if hasattr(flat, "id_map") else flat
+            vectors = faiss.rev_swig_ptr(inner.get_xb(), inner.ntotal * inner.d).reshape(inner.ntotal, inner.d)
+            ids = faiss.vector_to_array(flat.id_map) if hasattr(flat, "id_map") else np.arange(inner.ntotal)
+            self._exact_database = (torch.from_numpy(np.asarray(ids, np.int64)).to(self._exact_device),
+                                    torch.from_numpy(np.array(vectors, np.float32)).to(self._exact_device))
+        return exact_search(queries, [self._exact_database], k, device=self._exact_device)
+
+    # --- typed search -----------------------------------------------------------------------
+    def check_encoder(self, fingerprint: dict[str, Any] | None, what: str = "the queries") -> None:
+        """Raise EncoderMismatchError unless ``fingerprint`` is the index's encoder (None: not known, passes)."""
+        if fingerprint is None:
+            return
+        from ..store import check_same_encoder
+
+        check_same_encoder(self.card.encoder, fingerprint, self._dim, what=what, where=f"index {self.directory}")
+
+    def search(self, queries: np.ndarray, k: int = 10, *, names: Sequence[str] | None = None,
+               encoder: dict[str, Any] | None = None) -> list[SearchResult]:
+        """Search (q, dim) query vectors; they are L2-normalised first, so scores are cosines.
+
+        Args:
+            queries: (q, dim) float array (a single (dim,) vector is one query).
+            k: neighbours per query, 1..number of vectors.
+            names: what to call each query in the results (default ``row:<i>``).
+            encoder: fingerprint of the encoder that made the queries, checked against the index's.
+
+        Raises:
+            EncoderMismatchError: another encoder or dim. InvalidArgumentError: bad k, zero vectors.
+        """
+        self.check_encoder(encoder)
+        matrix = _float32_matrix(queries)
+        if matrix.ndim == 1:
+            matrix = matrix[None, :]
+        if matrix.ndim != 2 or matrix.shape[1] != self._dim:
+            self._dim_error(matrix)
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+            bad = int(np.flatnonzero(~np.isfinite(norms[:, 0]) | (norms[:, 0] == 0))[0])
+            raise InvalidArgumentError(f"query row {bad} is zero or not finite; every query needs a real direction")
+        scores, ids = self.search_arrays(np.ascontiguousarray(matrix / norms, dtype=np.float32), k)
+        names = list(names) if names is not None else [f"row:{i}" for i in range(len(matrix))]
+        return self._results(names, scores, ids)
+
+    def search_ids(self, ids: Sequence[int] | np.ndarray, k: int = 10) -> list[SearchResult]:
+        """Neighbours of vectors already in the index, by store id; each query's own id is left out.
+
+        The query's vector comes from the store (exact, whatever the index compresses). Other
+        vectors equal to it (duplicates) are kept, so they show up with score ≈ 1.
+
+        Raises:
+            InvalidArgumentError: an id not in the store; k ≤ 0 or k ≥ number of vectors.
+            StoreError: the store the index was built from is gone or changed.
+        """
+        wanted = np.asarray(list(ids), dtype=np.int64)
+        self._check_k(k, self._ntotal - 1, "other vectors in the index")
+        if self.store is None:
+            raise StoreError(f"searching by id needs the store the index was built from: {self.store_note}")
+        vectors = self.store.vectors_for(wanted)
+        scores, found = self.search_arrays(vectors, k + 1)
+        is_self = found == wanted[:, None]
+        missing = ~is_self.any(axis=1)
+        is_self[missing, -1] = True
+        keep = ~(is_self & (np.cumsum(is_self, axis=1) == 1))
+        scores = scores[keep].reshape(len(wanted), k)
+        found = found[keep].reshape(len(wanted), k)
+        return self._results([f"id:{i}" for i in wanted.tolist()], scores, found)
+
+    def search_images(self, paths: Sequence[str | os.PathLike[str]], k: int = 10, *, device: str = "auto",
+                      batch_size: int = 64) -> list[SearchResult]:
+        """Embed image files (or every image of the folders given) with the index's own encoder and search.
+
+        Images that cannot be decoded get a result with ``skipped`` set to the reason.
+
+        Raises:
+            InputNotFoundError: a path that does not exist, a folder without images.
+            EncoderMismatchError: the index's encoder cannot be rebuilt identically here.
+        """
+        from ..encoders import encoder_from_fingerprint
+        from ..sources import list_images
+
+        files: list[str] = []
+        for path in paths:
+            if not Path(path).exists():
+                raise InputNotFoundError(f"query image {os.fspath(path)!r} does not exist; pass image files or folders")
+            if Path(path).is_dir():
+                source = list_images(path)
+                files += [str(source.abs_path(record)) for record in source.records]
+            else:
+                files.append(os.fspath(path))
+        if not files:
+            raise InputNotFoundError("no query images given; pass image files or folders, or use --vectors / --ids")
+        self._check_k(k, self._ntotal)
+        encoder = encoder_from_fingerprint(self.card.encoder, device=device)
+        try:
+            from ..embed import embed_paths
+        except ImportError:  # pragma: no cover - embed lands with the extraction engineer
+            raise SSLSearchError("image queries need sslsearch.embed; search with --vectors instead") from None
+        vectors, skipped = embed_paths(files, encoder, batch_size=batch_size)
+        reasons = {s.path: s.reason for s in skipped}
+        kept = [f for f in files if f not in reasons]
+        found = iter(self.search(vectors, k, names=kept) if kept else [])
+        return [SearchResult(f, (), reasons[f]) if f in reasons else next(found) for f in files]
+
+    def _results(self, names: Sequence[str], scores: np.ndarray, ids: np.ndarray) -> list[SearchResult]:
+        store = self.store
+        if store is not None:
+            paths = store.paths(ids[ids >= 0])
+            lookup = dict(zip(ids[ids >= 0].tolist(), paths))
+        else:
+            lookup = {}
+        results = []
+        for name, row_scores, row_ids in zip(names, scores.tolist(), ids.tolist()):
+            neighbors = tuple(Neighbor(rank, i, s, lookup.get(i))
+                              for rank, (i, s) in enumerate(zip(row_ids, row_scores), start=1) if i >= 0)
+            results.append(SearchResult(name, neighbors))
+        return results
+
+
+def _float32_matrix(queries: Any) -> np.ndarray:
+    array = np.asarray(queries)
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise InvalidArgumentError(f"query vectors must be numbers, got dtype {array.dtype}")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def load_index(directory: str | os.PathLike[str], *, device: str = "cpu") -> Index:
+    """Open an index directory written by ``build_index``.
+
+    Args:
+        directory: holds ``index.faiss`` and ``index.json``.
+        device: ``cpu``; ``auto``/``cuda`` move flat and IVF indexes to the GPU when faiss has GPU
+            support, or run flat search as torch matmul on CUDA when only torch sees a GPU.
+
+    Raises:
+        InputNotFoundError: no such directory.
+        IndexFileError: a missing, corrupted or mismatched ``index.faiss`` / ``index.json``.
+
+    Example:
+        >>> index = load_index("idx/")  # doctest: +SKIP
+    """
+    from ..devices import resolve_device
+    from .gpu import index_to_gpu, wants_faiss_gpu
+    from .io import read_index_files
+
+    faiss_index, card = read_index_files(directory)
+    apply_search_params(faiss_index, card.search_params)
+    exact_device = None
+    if device != "cpu":
+        torch_device = resolve_device(device)
+        if wants_faiss_gpu(device, card.kind):
+            faiss_index = index_to_gpu(faiss_index, device)
+            apply_search_params(faiss_index, card.search_params)
+        elif torch_device.type == "cuda" and card.kind == "flat":
+            exact_device = torch_device
+    return Index(faiss_index, card, Path(directory), exact_device=exact_device)
