@@ -27,7 +27,7 @@ def train_command(
     data: Optional[Path] = typer.Argument(None, metavar="DATA", help="Folder of images (ImageFolder or flat) or a "
                                           ".txt/.csv/.parquet list of paths."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (new, or an existing run with --resume)."),
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="simclr (default), moco or dino."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="simclr (default), moco, dino or mae (ViTs only)."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="timm architecture, random init (default resnet18)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Training resolution in px (default 64)."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data (default 100)."),
