@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -39,6 +38,23 @@ def _ints(text: Optional[str], what: str) -> Optional[list[int]]:
 def _help(text: str) -> str:
     """Unwrap each paragraph so the terminal, not the source, decides the line breaks."""
     return "\n\n".join(" ".join(paragraph.split()) for paragraph in text.strip().split("\n\n"))
+
+
+def _command_line(context: typer.Context) -> str:
+    """The command as typed, rebuilt from the options given on the command line (for "reproduce")."""
+    words = context.command_path.split()
+    for parameter in context.command.params:
+        source = context.get_parameter_source(parameter.name)
+        if source is None or source.name != "COMMANDLINE":
+            continue
+        value = context.params[parameter.name]
+        if getattr(parameter, "param_type_name", "") == "argument":
+            words.append(str(value))
+        elif isinstance(value, bool):
+            words.append(parameter.opts[0])
+        else:
+            words += [parameter.opts[0], str(value)]
+    return shlex.join(words)
 
 
 def _pct(value: float) -> str:
@@ -214,6 +230,7 @@ Example: sslsearch bench all emb/ --out report/ --index idx/ --run run/
 
 
 def all_command(
+    context: typer.Context,
     store: Path = typer.Argument(..., metavar="EMB", help="Embedding store."),
     out: Path = typer.Option(..., "--out", "-o", help="Report folder (new, or one written by bench all)."),
     queries: Optional[Path] = QueriesOption, labels: Optional[Path] = LabelsOption, drop_unlabelled: bool = DropOption,
@@ -235,7 +252,7 @@ def all_command(
                            pairs_file=str(pairs) if pairs else None, revisited=str(revisited) if revisited else None,
                            index_dir=str(index_dir) if index_dir else None, target_recall=target_recall,
                            run_dir=str(run) if run else None, device=device, seed=seed, overwrite=overwrite)
-    report, paths = run_benchmarks(store, out, options, command="sslsearch " + shlex.join(sys.argv[1:]))
+    report, paths = run_benchmarks(store, out, options, command=_command_line(context))
     if as_json:
         return print_json({"report": report.to_dict(), "files": {k: str(v) for k, v in paths.items()}})
     typer.echo(f"report written to {paths['markdown']} ({', '.join(sorted(p.name for p in paths.values()))})")

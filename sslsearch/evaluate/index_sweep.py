@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import InvalidArgumentError
 from ..files import atomic_write_json
+from ..index.build import EF_SEARCH_LADDER, NPROBE_LADDER
 from ..index.exact import recall_at_k
 from ..index.io import CARD_FILE, IndexCard, read_card, read_index_files
 from ..index.search import apply_search_params, drop_self_matches
@@ -19,8 +20,6 @@ from ..store import EmbeddingStore, check_same_encoder
 from .labels import unit_rows
 from .neighbors import exact_neighbors
 
-NPROBE_GRID: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
-EF_SEARCH_GRID: tuple[int, ...] = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 
 @dataclass(frozen=True)
@@ -93,14 +92,18 @@ def _hnsw_of(index: Any) -> Any | None:
 
 
 def search_parameter(index: Any) -> tuple[str, tuple[int, ...]]:
-    """The search parameter of an index and the values worth sweeping: ("nprobe", ...), ("efSearch", ...) or ("", (0,))."""
+    """The search parameter of an index and the values to sweep (the ladders ``index build`` tunes on).
+
+    Returns:
+        ("nprobe", values up to nlist), ("efSearch", values) or ("", (0,)) for an index without one.
+    """
     import faiss
 
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
-        return "nprobe", tuple(v for v in NPROBE_GRID if v <= ivf.nlist) + (() if ivf.nlist in NPROBE_GRID else (ivf.nlist,))
+        return "nprobe", tuple(v for v in NPROBE_LADDER if v < ivf.nlist) + (ivf.nlist,)
     if _hnsw_of(index) is not None:
-        return "efSearch", EF_SEARCH_GRID
+        return "efSearch", EF_SEARCH_LADDER
     return "", (0,)
 
 
@@ -110,7 +113,7 @@ def set_search_parameter(index: Any, parameter: str, value: int) -> None:
         apply_search_params(index, {parameter: int(value)})
 
 
-def _median_seconds(run: Any, repeats: int, min_seconds: float = 0.05) -> float:
+def _median_seconds(run: Any, repeats: int, min_seconds: float = 0.02) -> float:
     """Median seconds of one ``run()``, each repeat looping it long enough (>= min_seconds) to be timed."""
     started = time.perf_counter()
     run()  # warm-up: caches, thread pool; also sizes the loop
@@ -201,7 +204,11 @@ def sweep_index(index_dir: str | os.PathLike[str], store: str | os.PathLike[str]
     exact_qps = len(query_vectors) / max(time.perf_counter() - exact_started, 1e-9)
     exact_ids = _without_self(batch.ids[exact.positions], self_ids, k)
     parameter, grid = search_parameter(index)
-    grid = tuple(values) if values is not None and parameter else grid
+    if values is not None and parameter:
+        if min(values) < 1:
+            raise InvalidArgumentError(f"{parameter} values must be >= 1, got {list(values)}")
+        ceiling = grid[-1] if parameter == "nprobe" else max(values)  # nprobe above nlist is nlist
+        grid = tuple(sorted({min(int(v), ceiling) for v in values}))
     single = query_vectors[:n_single_queries]
     settings = []
     for value in grid:

@@ -1,11 +1,12 @@
 """Linear probe: multinomial logistic regression on frozen embeddings, with a small learning-rate × L2 sweep."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -66,6 +67,23 @@ class LinearProbeResult:
                 "notes": list(self.notes), "seconds": self.seconds}
 
 
+@contextlib.contextmanager
+def _intra_op_threads(threads: int | None) -> Iterator[None]:
+    """Run with this many torch CPU threads (None: unchanged), restoring the setting afterwards."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# Below this many multiply-adds per step, one thread is faster: the matmuls are too small to split,
+# and on a busy machine the other threads' spin-waits cost tens of ms per step.
+SINGLE_THREAD_STEP_WORK = 4_000_000
+
+
 def _fit(features: torch.Tensor, targets: torch.Tensor, n_classes: int, settings: Sequence[tuple[float, float]], *,
          epochs: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Train one linear classifier per (lr, wd) setting at once: (G, d, C) weights and (G, C) biases.
@@ -81,10 +99,24 @@ def _fit(features: torch.Tensor, targets: torch.Tensor, n_classes: int, settings
     weights = torch.zeros(groups, dim + 1, n_classes, device=device, requires_grad=True)  # last row: bias
     learning_rates = torch.tensor([lr for lr, _ in settings], device=device).view(groups, 1, 1)
     decays = torch.tensor([wd for _, wd in settings], device=device).view(groups, 1, 1)
+    ones = torch.ones(n, 1, device=device)
+    small = device.type == "cpu" and batch_size * (dim + 1) * n_classes * groups < SINGLE_THREAD_STEP_WORK
+    with _intra_op_threads(1 if small else None):
+        _train_epochs(features, targets, weights, learning_rates, decays, ones, epochs=epochs, batch_size=batch_size,
+                      generator=generator)
+    final = weights.detach()
+    return final[:, :-1], final[:, -1]
+
+
+def _train_epochs(features: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, learning_rates: torch.Tensor,
+                  decays: torch.Tensor, ones: torch.Tensor, *, epochs: int, batch_size: int,
+                  generator: torch.Generator) -> None:
+    """Mini-batch Adam with a cosine learning-rate decay, in place on ``weights`` (G, d + 1, C)."""
+    n, device = len(features), features.device
+    groups, n_classes = weights.shape[0], weights.shape[2]
     first, second = torch.zeros_like(weights), torch.zeros_like(weights)
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     total_steps = epochs * max(1, -(-n // batch_size))
-    ones = torch.ones(n, 1, device=device)
     step = 0
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator).to(device)
@@ -105,8 +137,6 @@ def _fit(features: torch.Tensor, targets: torch.Tensor, n_classes: int, settings
                 schedule = 0.5 * (1 + math.cos(math.pi * (step - 1) / total_steps))  # cosine decay to 0
                 size = learning_rates * schedule / (1 - beta1 ** step)
                 weights -= size * first / ((second / (1 - beta2 ** step)).sqrt() + eps)
-    final = weights.detach()
-    return final[:, :-1], final[:, -1]
 
 
 def _accuracy(features: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, biases: torch.Tensor,

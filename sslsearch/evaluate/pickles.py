@@ -32,6 +32,10 @@ for _name in ("set", "frozenset", "complex", "bytearray"):
     _ALLOWED[("__builtin__", _name)] = getattr(__import__("builtins"), _name)
 
 
+class RefusedGlobalError(pickle.UnpicklingError):
+    """A pickle named a global outside the allowed numpy helpers."""
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickles dicts, lists, tuples, strings, numbers and numpy arrays; refuses every other global."""
 
@@ -39,7 +43,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed") from None
+            raise RefusedGlobalError(f"global {module}.{name} is not allowed") from None
 
 
 def load_pickle(path: str | os.PathLike[str], *, encoding: str = "bytes") -> Any:
@@ -62,10 +66,10 @@ def load_pickle(path: str | os.PathLike[str], *, encoding: str = "bytes") -> Any
         raise InputNotFoundError(f"pickle {path} does not exist")
     try:
         data = RestrictedUnpickler(io.BytesIO(path.read_bytes()), encoding=encoding).load()
-    except pickle.UnpicklingError as error:
+    except RefusedGlobalError as error:
         raise InvalidArgumentError(f"refusing to read {path}: {error} (only plain containers and numpy arrays are "
                                    "read, never code); is it really the dataset's file?") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as error:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as error:
         raise InvalidArgumentError(f"{path} is not a readable pickle ({type(error).__name__}: {error})") from None
     return _decode_keys(data)
 
