@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from sslsearch import __version__
-from sslsearch.embed import default_workers, embed_images
+from sslsearch.embed import default_workers, embed_images, usable_cores
 from sslsearch.encoders import create_encoder
 from sslsearch.sources import list_images, load_image
 
@@ -95,7 +95,8 @@ def machine() -> dict[str, object]:
     except OSError:
         load = None
     return {"host": platform.node(), "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "usable_cores": default_workers(), "load_1min_at_start": load, "python": platform.python_version(),
+            "usable_cores": usable_cores(), "load_1min_at_start": load,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "python": platform.python_version(),
             "torch": torch.__version__, "sslsearch": __version__,
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     sizes = parse_ints(args.sizes) if args.sizes else ([64] if args.quick else [64, 112])
     n_images = args.n_images or (128 if args.quick else 1024 if args.full else 512)
     repeats = args.repeats or (3 if args.quick else 7 if args.full else 5)
-    workers_grid = parse_ints(args.workers) if args.workers else [default_workers()]
+    workers_grid = parse_ints(args.workers) if args.workers else [default_workers(args.device)]
     threads_grid = parse_ints(args.threads) if args.threads else [torch.get_num_threads()]
     info = machine()
     rows = []

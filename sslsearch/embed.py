@@ -27,13 +27,26 @@ EXTRA_COLUMNS = ("label", "width", "height", "sha256")
 _QUEUE_BATCHES = 8  # batches waiting for the writer thread; bounds memory while decode/forward run ahead
 
 
-def default_workers() -> int:
-    """Decode worker processes by default: one per usable CPU core, at most 8."""
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, 8))
+        return os.cpu_count() or 1
+
+
+def default_workers(device: str | torch.device = "cpu") -> int:
+    """Decode worker processes by default.
+
+    With a GPU the CPU only decodes: one worker per core, at most 8. On the CPU the forward pass
+    needs the cores too and decoding costs a fraction of it (about 1/5 for resnet18 at 64 px,
+    1/12 at 112 px), so a quarter of the cores, at least one: on 2 cores, 1 worker beat 2 and 0
+    (see benchmarks/bench_embed.py).
+    """
+    cores = usable_cores()
+    if torch.device(device).type == "cuda":
+        return max(1, min(cores, 8))
+    return max(1, min(cores // 4, 8))
 
 
 # --------------------------------------------------------------------------- results
@@ -256,11 +269,11 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _check_args(batch_size: int, workers: int | None) -> int:
+def _check_args(batch_size: int, workers: int | None, device: torch.device) -> int:
     if batch_size <= 0:
         raise InvalidArgumentError(f"--batch-size must be > 0, got {batch_size}")
     if workers is None:
-        return default_workers()
+        return default_workers(device)
     if workers < 0:
         raise InvalidArgumentError(f"--workers must be >= 0 (0 decodes in the main process), got {workers}")
     return workers
@@ -286,7 +299,7 @@ def embed_paths(paths: Sequence[str | os.PathLike[str]], encoder: Encoder, batch
     Example:
         >>> vectors, skipped = embed_paths(["q1.jpg", "q2.png"], encoder)  # doctest: +SKIP
     """
-    workers = _check_args(batch_size, workers)
+    workers = _check_args(batch_size, workers, encoder.device)
     files = [Path(p) for p in paths]
     batches = [list(range(i, min(i + batch_size, len(files)))) for i in range(0, len(files), batch_size)]
     parts: list[np.ndarray] = []
@@ -411,7 +424,8 @@ def embed_images(data: str | os.PathLike[str] | ImageSource, encoder: str | Enco
         weights: local state dict for a ``timm:`` encoder.
         image_size: overrides the encoder's eval crop size.
         batch_size: images per forward pass.
-        workers: decode processes; default one per core (at most 8); 0 decodes in this process.
+        workers: decode processes (0 decodes in this process); default ``default_workers(device)``:
+            one per core up to 8 with a GPU, a quarter of the cores (at least 1) on the CPU.
         dtype: ``float16`` (default) or ``float32`` storage.
         device: ``auto``, ``cpu`` or ``cuda``.
         resume: finish an interrupted store at ``out`` (same encoder and images).
@@ -440,7 +454,7 @@ def embed_images(data: str | os.PathLike[str] | ImageSource, encoder: str | Enco
         embedded 118 images, skipped 3: 1 truncated, 1 empty, 1 not_an_image
     """
     started = time.perf_counter()
-    workers = _check_args(batch_size, workers)
+    _check_args(batch_size, workers, torch.device("cpu"))
     if shard_rows <= 0:
         raise InvalidArgumentError(f"shard_rows must be > 0, got {shard_rows}")
     if threads is not None and threads <= 0:
@@ -450,6 +464,7 @@ def embed_images(data: str | os.PathLike[str] | ImageSource, encoder: str | Enco
         encoder = create_encoder(encoder, weights=weights, image_size=image_size, device=device)
     elif weights is not None or image_size is not None:
         raise InvalidArgumentError("weights/image_size apply when the encoder is given by name; this Encoder is built")
+    workers = _check_args(batch_size, workers, encoder.device)
     directory = Path(out)
     created = not directory.exists()
     if resume and directory.is_dir():
@@ -522,4 +537,5 @@ def _run(source: ImageSource, encoder: Encoder, writer: StoreWriter, todo: list[
     return embedded
 
 
-__all__ = ["EXTRA_COLUMNS", "EmbedResult", "PathEmbeddings", "default_workers", "embed_images", "embed_paths"]
+__all__ = ["EXTRA_COLUMNS", "BatchPreprocessing", "EmbedResult", "PathEmbeddings", "default_workers", "embed_images",
+           "embed_paths", "usable_cores"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from sslsearch.cli.app import main
@@ -20,6 +21,18 @@ from sslsearch.store import EmbeddingStore
 SPEC = "timm:test_resnet"
 CLI = [sys.executable, "-c", "from sslsearch.cli.app import main; main()"]
 BAD = {"c0/bad_empty.png": "empty", "c1/bad_text.jpg": "not_an_image", "c2/bad_cut.png": "truncated"}
+# Subprocesses run with one forward thread, like this module (see one_forward_thread).
+ENV = {**os.environ, "SSLSEARCH_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_forward_thread():
+    """One intra-op thread: on a shared 2-core box two spinning OpenMP threads plus decode workers
+    slow these tests several-fold; results do not depend on it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
@@ -116,7 +129,7 @@ def run_and_kill(argv: list[str], out: Path, kill_at_shards: int) -> int:
     Returns the number of shards on disk after the kill.
     """
     process = subprocess.Popen(CLI + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                               env={**os.environ, "SSLSEARCH_NO_PROGRESS": "1"})
+                               env=ENV)
     try:
         deadline = time.monotonic() + 120
         while shard_count(out) < kill_at_shards and process.poll() is None and time.monotonic() < deadline:
@@ -130,7 +143,7 @@ def run_and_kill(argv: list[str], out: Path, kill_at_shards: int) -> int:
     return shard_count(out)
 
 
-def test_sigkill_then_resume_equals_an_uninterrupted_run(folder, tmp_path):
+def test_sigkill_then_resume_equals_an_uninterrupted_run(folder, tmp_path, capsys):
     reference = embed_images(folder, SPEC, tmp_path / "ref", image_size=32, batch_size=8, workers=0, progress=False)
     out = tmp_path / "emb"
     argv = ["embed", str(folder), "--encoder", SPEC, "--image-size", "32", "--out", str(out), "--batch-size", "8",
@@ -141,10 +154,10 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(folder, tmp_path):
     assert not manifest["complete"] and (out / ".sslsearch.lock").exists()  # a dead owner's lock, taken over below
     second = run_and_kill(argv + ["--resume"], out, kill_at_shards=first + 3)
     assert first + 3 <= second < 25
-    finished = subprocess.run(CLI + argv + ["--resume"], capture_output=True, text=True, timeout=300)
-    assert finished.returncode == 0, finished.stderr
-    assert finished.stdout.startswith("embedded ") and "(resumed: " in finished.stdout
-    assert "skipped 3: 1 empty, 1 not_an_image, 1 truncated" in finished.stdout
+    code, stdout, err = run_cli(argv + ["--resume"], capsys)  # the last resume in-process: saves a startup
+    assert code == 0, err
+    assert stdout.startswith("embedded ") and "(resumed: " in stdout
+    assert "skipped 3: 1 empty, 1 not_an_image, 1 truncated" in stdout
 
     ref = EmbeddingStore.open(tmp_path / "ref").read_all(("id", "path", "embedding"))
     got_store = EmbeddingStore.open(out)
@@ -167,7 +180,7 @@ def test_a_second_live_process_is_refused(folder, tmp_path, capsys):
         "print('ready', flush=True); sys.stdin.read(); w.close(complete=False)\n"
     )
     holder = subprocess.Popen([sys.executable, "-c", holder_code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
+                              text=True, env=ENV)
     try:
         assert holder.stdout.readline().strip() == "ready"
         before = (out / "manifest.json").read_bytes()

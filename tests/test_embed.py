@@ -28,6 +28,16 @@ from sslsearch.store import EmbeddingStore, StoreWriter
 SPEC = "timm:test_resnet"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_forward_thread():
+    """One intra-op thread: on a shared 2-core box two spinning OpenMP threads plus decode workers
+    slow these tests several-fold; results do not depend on it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def encoder():
     """timm's tiny test ResNet (dim 96) at 32 px, CPU."""
@@ -300,8 +310,10 @@ def test_aligned_batches_follow_fixed_slots():
     assert _aligned_batches([], 4) == []
 
 
-def test_default_workers_is_bounded():
-    assert 1 <= default_workers() <= 8
+@pytest.mark.parametrize("cores, cpu, cuda", [(1, 1, 1), (2, 1, 2), (16, 4, 8), (64, 8, 8)])
+def test_default_workers(monkeypatch, cores, cpu, cuda):
+    monkeypatch.setattr("sslsearch.embed.usable_cores", lambda: cores)
+    assert (default_workers("cpu"), default_workers("cuda")) == (cpu, cuda)
 
 
 def test_embed_paths_matches_the_store(encoder, images_with_bad_files, tmp_path):

@@ -26,8 +26,10 @@ def embed_command(
     weights: Optional[Path] = typer.Option(None, "--weights", help="Local .safetensors/.pth state dict for a timm: encoder."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size in px (default: the model's)."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w",
-                                          help="Decode processes (default: one per core, at most 8; 0 = in-process)."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", "-w",
+        help="Decode processes (0 = in-process). Default: a quarter of the cores (at least 1) on CPU, one per core "
+             "(at most 8) with a GPU."),
     dtype: str = typer.Option("float16", "--dtype", help="Storage dtype of the vectors: float16 or float32."),
     device: str = DeviceOption,
     resume: bool = typer.Option(False, "--resume", help="Finish an interrupted store at --out (same encoder and images)."),
