@@ -25,7 +25,7 @@ MB = 10**6
     (100_000_000, 384, "auto", None, "IVF32768,SQ8"),
     # auto under a budget: the next smaller index that fits
     (1_000_000, 384, "auto", 1 * GB, "IVF4096,SQ8"),
-    (1_000_000, 384, "auto", 200 * MB, "IVF4096,PQ48"),
+    (1_000_000, 384, "auto", 200 * MB, "IVF4096,PQ96"),
     (1_000_000, 384, "auto", 50 * MB, "IVF4096,PQ32"),
     (1_000_000, 384, "auto", 25 * MB, "IVF4096,PQ8"),
     (10_000, 128, "auto", 3 * MB, "IVF128,SQ8"),
@@ -34,7 +34,7 @@ MB = 10**6
     (1_000, 64, "hnsw", None, "HNSW32,Flat"),
     (100_000, 384, "ivf", None, "IVF1024,Flat"),
     (100_000, 384, "ivf", 60 * MB, "IVF1024,SQ8"),
-    (100_000, 384, "ivfpq", None, "IVF1024,PQ48"),
+    (100_000, 384, "ivfpq", None, "IVF1024,PQ96"),
     (100_000, 384, "ivfpq", 5 * MB, "IVF1024,PQ16"),
     (200, 16, "ivf", None, "IVF4,Flat"),
 ])
@@ -110,7 +110,7 @@ def test_pq_choices_divide_dim():
     for dim in (16, 100, 384, 512, 768):
         choices = pq_choices(dim)
         assert choices == sorted(choices, reverse=True)
-        assert all(dim % m == 0 and 8 <= dim // m <= 64 for m in choices)
+        assert all(dim % m == 0 and 4 <= dim // m <= 64 for m in choices)
 
 
 @pytest.mark.parametrize("text, value", [

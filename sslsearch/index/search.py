@@ -292,6 +292,35 @@ def _float32_matrix(queries: Any) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
+def search_query_file(index: Index, path: str | os.PathLike[str], k: int = 10) -> list[SearchResult]:
+    """Search the vectors of a ``.npy`` file (rows named ``row:<i>``) or of an embedding store
+    directory (rows named by their image paths; the store's encoder must be the index's).
+
+    Raises:
+        InputNotFoundError: no such file. InvalidArgumentError: not a readable 2-d numeric .npy.
+        EncoderMismatchError: another encoder or dim.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputNotFoundError(f"query vectors {os.fspath(path)!r} do not exist; pass a .npy file of shape (q, dim)")
+    if path.is_dir():
+        from ..store import EmbeddingStore
+
+        store = EmbeddingStore.open(path)
+        index.check_encoder(store.encoder, what=f"the vectors of store {path}")
+        batch = store.read_all(("id", "path", "embedding"))
+        return index.search(batch.embeddings, k, names=list(batch.columns["path"]))
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise InvalidArgumentError(f"{path} is not a readable .npy array ({str(error).splitlines()[0][:120]}); save "
+                                   "query vectors with numpy.save") from None
+    if not isinstance(array, np.ndarray) or array.ndim not in (1, 2) or array.size == 0:
+        shape = getattr(array, "shape", "?")
+        raise InvalidArgumentError(f"{path} holds an array of shape {shape}; expected (q, {index.dim}) query vectors")
+    return index.search(array, k)
+
+
 def load_index(directory: str | os.PathLike[str], *, device: str = "cpu") -> Index:
     """Open an index directory written by ``build_index``.
 

@@ -138,9 +138,9 @@ def choose_nlist(n: int) -> int:
 
 
 def pq_choices(dim: int) -> list[int]:
-    """Sub-quantizer counts m for IVF-PQ, largest first: divisors of dim with 8 to 64 dims per sub-vector."""
+    """Sub-quantizer counts m for IVF-PQ, largest first: divisors of dim with 4 to 64 dims per sub-vector."""
     smallest = max(1, math.ceil(dim / 64))
-    return [m for m in range(max(1, dim // 8), smallest - 1, -1) if dim % m == 0] or [max(1, dim // 8)]
+    return [m for m in range(max(1, dim // 4), smallest - 1, -1) if dim % m == 0] or [max(1, dim // 4)]
 
 
 # --------------------------------------------------------------------------- candidates
@@ -213,7 +213,7 @@ def choose_index_spec(n_vectors: int, dim: int, *, kind: str = "auto",
         dim: their dimension (> 0).
         kind: ``auto`` (the policy in this module's docstring) or one of flat, hnsw, ivf, ivfpq.
             ``ivf`` is IVF-Flat, or IVF-SQ8 when the budget has no room for full vectors;
-            ``ivfpq`` takes the largest PQ code (≤ dim/8 bytes) that fits the budget.
+            ``ivfpq`` takes the largest PQ code (≤ dim/4 bytes) that fits the budget.
         memory_budget_bytes: the most memory the built index may take; None for no limit.
 
     Returns:

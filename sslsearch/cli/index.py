@@ -1,0 +1,70 @@
+"""`sslsearch index build` and `sslsearch index info`: build a FAISS index over an embedding store, print its card."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import DeviceOption, JsonOption, print_json
+
+BUILD_HELP = """Build a FAISS index over the embedding store EMB and write it to --out: index.faiss (readable by
+plain faiss.read_index; faiss ids = store ids) and the card index.json.
+
+--kind auto picks by size and --memory-budget: Flat up to 20,000 vectors, HNSW32 up to 2M, then
+IVF-SQ8, and IVF-PQ when the budget is tight. After building, recall@10 against exact search is
+measured on 500 held-back store vectors, and efSearch/nprobe are tuned to the smallest setting
+reaching recall@10 ≥ 0.95; both go into the card.
+
+Example: sslsearch index build emb/ --out idx/ --kind auto --memory-budget 4GB
+"""
+
+INFO_HELP = """Print the card of the index directory IDX: index type, vectors, encoder, store, search
+parameters, measured recall@10, size, build time. --verify also reads index.faiss and checks that it
+matches the card.
+
+Example: sslsearch index info idx/ --json
+"""
+
+
+def build_command(
+    store: Path = typer.Argument(..., help="Embedding store directory written by `sslsearch embed`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Index directory to write (new or empty)."),
+    kind: str = typer.Option("auto", "--kind", help="auto, flat, hnsw, ivf or ivfpq."),
+    memory_budget: str = typer.Option("4GB", "--memory-budget",
+                                      help="Most memory the index may take, e.g. 4GB, 512MiB; 'none' for no limit."),
+    device: str = DeviceOption,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an index already at --out."),
+    as_json: bool = JsonOption,
+) -> None:
+    from ..index.build import build_index
+
+    budget = None if memory_budget.strip().lower() in ("none", "unlimited") else memory_budget
+    card = build_index(store, out, kind=kind, memory_budget=budget, device=device, overwrite=overwrite)
+    if as_json:
+        print_json(card.to_dict())
+        return
+    typer.echo(f"wrote {Path(out) / 'index.faiss'} and index.json")
+    for line in card.summary_lines():
+        typer.echo(line)
+
+
+def info_command(
+    index_dir: Path = typer.Argument(..., help="Index directory written by `sslsearch index build`."),
+    verify: bool = typer.Option(False, "--verify", help="Also read index.faiss and check it against the card."),
+    as_json: bool = JsonOption,
+) -> None:
+    from ..index.io import read_card, read_index_files
+
+    card = read_index_files(index_dir)[1] if verify else read_card(index_dir)
+    if as_json:
+        print_json(card.to_dict())
+        return
+    for line in card.summary_lines():
+        typer.echo(line)
+    if verify:
+        typer.echo("verified   index.faiss matches the card")
+
+
+def register(app: typer.Typer, index_app: typer.Typer, bench_app: typer.Typer) -> None:
+    index_app.command("build", help=BUILD_HELP)(build_command)
+    index_app.command("info", help=INFO_HELP)(info_command)
