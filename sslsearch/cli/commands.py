@@ -11,6 +11,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "data",
     "dedup",
     "embed",
+    "index",
+    "search",
     "train",
 )
 
