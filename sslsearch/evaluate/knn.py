@@ -63,32 +63,46 @@ def encode_labels(*label_arrays: np.ndarray) -> tuple[list[np.ndarray], tuple[An
     return [np.fromiter((lookup[v] for v in np.asarray(a).tolist()), np.int64, len(a)) for a in label_arrays], classes
 
 
-def vote(neighbor_labels: np.ndarray, neighbor_scores: np.ndarray, n_classes: int, k: int, *,
-         temperature: float | None, block: int = 8192) -> np.ndarray:
-    """Predicted class per query from its k nearest neighbours.
+def vote_for_ks(neighbor_labels: np.ndarray, neighbor_scores: np.ndarray, n_classes: int, ks: Sequence[int], *,
+                temperature: float | None, block: int = 8192) -> dict[int, np.ndarray]:
+    """Predicted class per query from its k nearest neighbours, for several k at once.
+
+    The votes of the k-th neighbour are added once and carried to every larger k, so all ks
+    together cost about one pass over the largest k.
 
     Args:
-        neighbor_labels: (q, K) int64 class codes of the neighbours, best first (K >= k).
+        neighbor_labels: (q, K) int64 class codes of the neighbours, best first (K >= max(ks)).
         neighbor_scores: (q, K) float32 similarities.
         n_classes: C.
-        k: neighbours that vote.
+        ks: neighbour counts that vote, each <= K.
         temperature: None for one vote each; else weight exp(score / T) (DINO). The weights are
             shifted by each row's best score first, which leaves the argmax unchanged and cannot overflow.
 
     Returns:
-        (q,) int64 predicted codes; ties go to the smallest code (as scikit-learn's argmax).
+        {k: (q,) int64 predicted codes}; ties go to the smallest code (as scikit-learn's argmax).
     """
-    predictions = np.empty(len(neighbor_labels), np.int64)
+    ks = sorted(set(int(k) for k in ks))
+    predictions = {k: np.empty(len(neighbor_labels), np.int64) for k in ks}
     for start in range(0, len(neighbor_labels), block):
-        labels = torch.from_numpy(np.ascontiguousarray(neighbor_labels[start:start + block, :k]))
+        labels = torch.from_numpy(np.ascontiguousarray(neighbor_labels[start:start + block, :ks[-1]]))
         if temperature is None:
             weights = torch.ones(labels.shape, dtype=torch.float64)
         else:
-            scores = torch.from_numpy(np.ascontiguousarray(neighbor_scores[start:start + block, :k])).double()
+            scores = torch.from_numpy(np.ascontiguousarray(neighbor_scores[start:start + block, :ks[-1]])).double()
             weights = torch.exp((scores - scores[:, :1]) / temperature)
-        votes = torch.zeros((len(labels), n_classes), dtype=torch.float64).scatter_add_(1, labels, weights)
-        predictions[start:start + block] = votes.argmax(dim=1).numpy()
+        votes = torch.zeros((len(labels), n_classes), dtype=torch.float64)
+        done = 0
+        for k in ks:
+            votes.scatter_add_(1, labels[:, done:k], weights[:, done:k])
+            done = k
+            predictions[k][start:start + block] = votes.argmax(dim=1).numpy()
     return predictions
+
+
+def vote(neighbor_labels: np.ndarray, neighbor_scores: np.ndarray, n_classes: int, k: int, *,
+         temperature: float | None) -> np.ndarray:
+    """Predicted class per query from its k nearest neighbours (see ``vote_for_ks``): (q,) int64 codes."""
+    return vote_for_ks(neighbor_labels, neighbor_scores, n_classes, [k], temperature=temperature)[k]
 
 
 def check_ks(ks: Sequence[int] | None, available: int) -> tuple[tuple[int, ...], tuple[str, ...]]:
@@ -159,12 +173,10 @@ def knn_accuracy(train_embeddings: np.ndarray, train_labels: np.ndarray, query_e
     neighbors = exact_neighbors(unit_rows(query_embeddings), unit_rows(train_embeddings), chosen[-1], device=device,
                                 exclude_self=leave_one_out)
     neighbor_labels = train_codes[neighbors.positions]
-    weighted, majority = {}, {}
-    for k in chosen:
-        weighted[k] = float((vote(neighbor_labels, neighbors.scores, len(classes), k, temperature=temperature)
-                             == query_codes).mean())
-        majority[k] = float((vote(neighbor_labels, neighbors.scores, len(classes), k, temperature=None)
-                             == query_codes).mean())
+    weighted = {k: float((predicted == query_codes).mean()) for k, predicted in
+                vote_for_ks(neighbor_labels, neighbors.scores, len(classes), chosen, temperature=temperature).items()}
+    majority = {k: float((predicted == query_codes).mean()) for k, predicted in
+                vote_for_ks(neighbor_labels, neighbors.scores, len(classes), chosen, temperature=None).items()}
     unseen = sorted(set(query_codes.tolist()) - set(train_codes.tolist()))
     extra = [f"{len(unseen)} query class(es) absent from the database (always wrong): "
              f"{', '.join(str(classes[u]) for u in unseen[:5])}"] if unseen else []

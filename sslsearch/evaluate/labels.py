@@ -21,7 +21,7 @@ class LabelledEmbeddings:
 
     Attributes:
         ids: (n,) int64 store ids.
-        embeddings: (n, d) float32, L2-normalised.
+        embeddings: (n, d) float32, L2-normalised (rows whose norm is within 1e-3 of 1 are kept as stored).
         labels: (n,) object array of label strings.
         paths: (n,) object array of relative paths.
         encoder: the store's encoder fingerprint.
@@ -116,7 +116,7 @@ def load_labelled(store: str | os.PathLike[str] | EmbeddingStore, *, labels_file
     else:
         labels = np.full(len(paths), None, dtype=object)
         where = None
-    result = LabelledEmbeddings(ids=batch.ids, embeddings=normalize_rows(batch.embeddings), labels=labels, paths=paths,
+    result = LabelledEmbeddings(ids=batch.ids, embeddings=unit_rows(batch.embeddings), labels=labels, paths=paths,
                                 encoder=dict(opened.encoder), source=str(opened.directory))
     if not require_labels:
         return result
