@@ -1,0 +1,325 @@
+"""MAE benchmark: training images/s vs a plain-PyTorch MAE loop, and feature quality after a fixed wall-clock budget.
+
+Throughput: ``sslsearch.ssl.train`` with ``--method mae`` against a hand-written MAE step in plain
+PyTorch (the same timm ViT encoder on the visible patches, a decoder of timm blocks of the same
+size, the same masking, loss and AdamW, fed by a plain DataLoader with the same crop + flip) on
+the same images, batch and worker count. Repeats are interleaved (plain, sslsearch, plain, ...)
+after a warm-up; each side's images/s is the median over its steps after the first two.
+
+Quality: MAE trains on the sample data set (or ``--data``, any ImageFolder) for ``--minutes`` of
+wall clock; its exported encoder embeds every image, and k-NN accuracy (DINO protocol: k=20,
+T=0.07, leave-one-out), class-retrieval recall@10 (leave-one-out) and a linear probe (half the
+images per class to train, half to test) are reported beside raw pixels and the same ViT at
+random init. MAE features are known to be weak under k-NN and linear probes without fine-tuning
+(He et al. 2021, section 4.3): the figures say by how much, here.
+
+    python benchmarks/bench_mae.py --quick                  # CI-sized, ~1 min
+    python benchmarks/bench_mae.py                          # 64 px, vit_tiny/8, 10-minute budget
+    python benchmarks/bench_mae.py --data IMAGEFOLDER --minutes 30
+
+Appends JSON lines to benchmarks/results/mae.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from sslsearch import __version__
+from sslsearch.encoders import create_backbone, create_encoder
+from sslsearch.evaluate import class_retrieval, knn_accuracy, linear_probe
+from sslsearch.sources import list_images, load_image
+from sslsearch.ssl import TrainConfig, train
+from sslsearch.ssl.config import from_flat
+from sslsearch.ssl.rundir import read_metrics
+
+RESULTS = Path(__file__).resolve().parent / "results" / "mae.jsonl"
+
+
+# ----------------------------------------------------------------------------- the plain-PyTorch reference
+
+
+class PlainMAE(nn.Module):
+    """MAE written directly in PyTorch (after facebookresearch/mae models_mae.py), on a timm ViT encoder."""
+
+    def __init__(self, encoder: nn.Module, patch: int, grid: int, width: int, depth: int, heads: int,
+                 mask_ratio: float) -> None:
+        super().__init__()
+        from timm.models.vision_transformer import Block
+
+        self.encoder, self.patch, self.grid, self.mask_ratio = encoder, patch, grid, mask_ratio
+        dim = encoder.embed_dim
+        self.decoder_embed = nn.Linear(dim, width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, 1 + grid * grid, width), requires_grad=False)
+        self.decoder_blocks = nn.ModuleList([Block(width, heads, 4.0, qkv_bias=True) for _ in range(depth)])
+        self.decoder_norm = nn.LayerNorm(width, eps=1e-6)
+        self.decoder_pred = nn.Linear(width, patch * patch * 3)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        e = self.encoder
+        x = e.patch_embed(images) + e.pos_embed[:, 1:]
+        batch, n, dim = x.shape
+        keep = int(n * (1 - self.mask_ratio))
+        shuffle = torch.argsort(torch.rand(batch, n, device=x.device), dim=1)
+        restore = torch.argsort(shuffle, dim=1)
+        x = torch.gather(x, 1, shuffle[:, :keep, None].expand(-1, -1, dim))
+        mask = torch.ones(batch, n, device=x.device)
+        mask[:, :keep] = 0
+        mask = torch.gather(mask, 1, restore)
+        cls = (e.cls_token + e.pos_embed[:, :1]).expand(batch, -1, -1)
+        x = e.norm(e.blocks(torch.cat([cls, x], dim=1)))
+        x = self.decoder_embed(x)
+        tokens = torch.cat([x[:, 1:], self.mask_token.expand(batch, n - keep, -1)], dim=1)
+        tokens = torch.gather(tokens, 1, restore[:, :, None].expand(-1, -1, x.shape[2]))
+        x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos_embed
+        for block in self.decoder_blocks:
+            x = block(x)
+        prediction = self.decoder_pred(self.decoder_norm(x))[:, 1:]
+        p, g = self.patch, self.grid
+        target = images.reshape(batch, 3, g, p, g, p).permute(0, 2, 4, 3, 5, 1).reshape(batch, g * g, p * p * 3)
+        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6) ** 0.5
+        loss = ((prediction - target) ** 2).mean(-1)
+        return (loss * mask).sum() / mask.sum()
+
+
+class CropFlip(torch.utils.data.Dataset):
+    def __init__(self, images: list, transform) -> None:
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(self.images[index])
+
+
+def plain_loop_images_per_second(images: list, config: TrainConfig, steps: int) -> float:
+    """Median images/s of steps 3… of a plain loop: DataLoader → PlainMAE → backward → AdamW step."""
+    from torchvision import transforms as T
+
+    from sslsearch.encoders import default_preprocessing
+
+    kwargs = {**config.model_kwargs, "img_size": config.image_size}
+    encoder, _ = create_backbone(config.backbone, **kwargs)
+    patch = int(encoder.patch_embed.patch_size[0])
+    width = config.mae.decoder_width or min(512, encoder.embed_dim)
+    heads = config.mae.decoder_heads or max(1, width // 32)
+    model = PlainMAE(encoder, patch, config.image_size // patch, width, config.mae.decoder_depth, heads,
+                     config.mae.mask_ratio)
+    pre = default_preprocessing(encoder, config.image_size)
+    transform = T.Compose([T.RandomResizedCrop(config.image_size, scale=(0.2, 1.0),
+                                               interpolation=T.InterpolationMode.BICUBIC),
+                           T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(pre.mean, pre.std)])
+    workers = config.workers or 0
+    loader = torch.utils.data.DataLoader(CropFlip(images, transform), batch_size=config.batch_size, shuffle=True,
+                                         drop_last=True, num_workers=workers, persistent_workers=workers > 0,
+                                         prefetch_factor=4 if workers else None)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.95),
+                                  weight_decay=0.05)
+    durations, done = [], 0
+    began = time.perf_counter()
+    while done < steps:
+        for batch in loader:
+            loss = model(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            now = time.perf_counter()
+            durations.append(now - began)
+            began = now
+            done += 1
+            if done >= steps:
+                break
+    return config.batch_size / statistics.median(durations[2:])
+
+
+def trainer_images_per_second(data: Path, config: TrainConfig, steps: int, out: Path) -> float:
+    """Median images/s of steps 3… of ``sslsearch.ssl.train`` (from metrics.jsonl, logged every step)."""
+    epochs = steps * config.batch_size / len(list_images(data).records)
+    run = dataclasses.replace(config, data=str(data), out=str(out), epochs=epochs, log_every_steps=1,
+                              checkpoint_every_steps=10**9, progress=False)
+    train(run)
+    rates = [r["images_per_second"] for r in read_metrics(out) if "images_per_second" in r and "event" not in r]
+    return statistics.median(rates[2:])
+
+
+# ----------------------------------------------------------------------------- quality
+
+
+def embed_all(encoder, paths: list[Path]) -> np.ndarray:
+    vectors = []
+    for start in range(0, len(paths), 128):
+        vectors.append(encoder.embed_pil([load_image(p).image for p in paths[start:start + 128]]))
+    return np.concatenate(vectors)
+
+
+def raw_pixels(paths: list[Path], side: int) -> np.ndarray:
+    """Each image resized to side × side, flattened, centred: the no-learning baseline."""
+    rows = [np.asarray(load_image(p).image.resize((side, side)), np.float32).reshape(-1) / 255 for p in paths]
+    matrix = np.stack(rows)
+    return matrix - matrix.mean(0)
+
+
+def score(vectors: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    knn = knn_accuracy(vectors, labels, vectors, labels, ks=[20], leave_one_out=True, device="cpu")
+    retrieval = class_retrieval(vectors, labels, vectors, labels, ks=[10], leave_one_out=True, device="cpu")
+    rng = np.random.default_rng(0)
+    train_rows = np.zeros(len(labels), bool)
+    for label in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        train_rows[rows[:len(rows) // 2]] = True
+    probe = linear_probe(vectors[train_rows], labels[train_rows], vectors[~train_rows], labels[~train_rows],
+                         device="cpu")
+    return {"knn_top1": round(float(knn.weighted[20]), 4),
+            "recall_at_10": round(float(retrieval.recall[10]), 4),
+            "linear_probe": round(float(probe.test_accuracy), 4)}
+
+
+def quality(data: Path, config: TrainConfig, minutes: float, out: Path) -> list[dict[str, object]]:
+    source = list_images(data)
+    paths = [source.abs_path(r) for r in source.records]
+    labels = np.asarray([r.label for r in source.records])
+    run = dataclasses.replace(config, data=str(data), out=str(out), max_minutes=minutes, epochs=None,
+                              checkpoint_every_steps=10**9, progress=False)
+    result = train(run)
+    kwargs = {**config.model_kwargs, "img_size": config.image_size}
+    rows = [{"features": "raw pixels (16×16)", **score(raw_pixels(paths, 16), labels)}]
+    backbone, _ = create_backbone(config.backbone, **kwargs)
+    random_dir = out.parent / "random_init"
+    from sslsearch.encoders import default_preprocessing, save_encoder
+
+    pooled = {**kwargs, "global_pool": "avg", "fc_norm": False}
+    backbone, _ = create_backbone(config.backbone, **pooled)
+    save_encoder(random_dir, backbone, backbone=config.backbone, model_kwargs=pooled,
+                 preprocessing=default_preprocessing(backbone, config.image_size))
+    rows.append({"features": f"random-init {config.backbone} (mean-pooled)",
+                 **score(embed_all(create_encoder(random_dir, device="cpu"), paths), labels)})
+    rows.append({"features": f"MAE {minutes:g} min ({result.steps} steps, {result.epochs:g} epochs)",
+                 **score(embed_all(create_encoder(out, device="cpu"), paths), labels),
+                 "steps": result.steps, "final_loss": round(result.final_loss, 4)})
+    return rows
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine() -> dict[str, object]:
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = None
+    import timm
+
+    return {"host": platform.node(), "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "load_1min_at_start": load, "python": platform.python_version(), "torch": torch.__version__,
+            "timm": timm.__version__, "sslsearch": __version__,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def print_table(header: list[str], rows: list[list[object]]) -> None:
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
+    for line in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="CI-sized: 32 px, patch 8, tiny budget")
+    parser.add_argument("--data", type=Path, default=None, help="labelled ImageFolder (default: generated sample data)")
+    parser.add_argument("--n-images", type=int, default=None, help="sample images to generate (default 1000)")
+    parser.add_argument("--backbone", default="vit_tiny_patch16_224")
+    parser.add_argument("--patch-size", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=None, help="px (default 64; --quick 32)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--minutes", type=float, default=None, help="training budget of the quality run (default 10)")
+    parser.add_argument("--steps", type=int, default=None, help="steps per throughput repeat (default 8)")
+    parser.add_argument("--repeats", type=int, default=None, help="throughput repeats (default 3)")
+    parser.add_argument("--set", dest="assignments", action="append", default=[],
+                        help="extra config field KEY=VALUE for both runs, e.g. mae.decoder_depth=4")
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--no-save", action="store_true", help="do not append to benchmarks/results/mae.jsonl")
+    args = parser.parse_args(argv)
+    from sslsearch.ssl.config import parse_assignments
+
+    image_size = args.image_size or (32 if args.quick else 64)
+    minutes = args.minutes or (0.5 if args.quick else 10.0)
+    steps = args.steps or (5 if args.quick else 8)
+    repeats = args.repeats or (1 if args.quick else 3)
+    n_images = args.n_images or (200 if args.quick else 1000)
+    overrides = {"method": "mae", "backbone": args.backbone, "model_kwargs": {"patch_size": args.patch_size},
+                 "image_size": image_size, "batch_size": args.batch_size, "workers": args.workers,
+                 **parse_assignments(args.assignments)}
+    config = from_flat(overrides, TrainConfig())
+    info = machine()
+    rows: list[dict[str, object]] = []
+    common = {"backbone": args.backbone, "patch_size": args.patch_size, "image_size": image_size,
+              "batch_size": args.batch_size, "workers": args.workers, "set": args.assignments}
+    with tempfile.TemporaryDirectory(prefix="bench_mae_") as tmp:
+        data = args.data
+        if data is None:
+            from sslsearch.sample_data import make_sample_dataset
+
+            data = make_sample_dataset(Path(tmp) / "images", n_images=n_images, image_size=64, seed=0).root
+        if not args.skip_throughput:
+            source = list_images(data)
+            images = [load_image(source.abs_path(r)).image for r in source.records]
+            plain_loop_images_per_second(images, config, 3)  # warm-up
+            plain, ours = [], []
+            for repeat in range(repeats):
+                plain.append(plain_loop_images_per_second(images, config, steps))
+                ours.append(trainer_images_per_second(data, config, steps, Path(tmp) / f"speed{repeat}"))
+                print(f"repeat {repeat}: plain {plain[-1]:.1f} img/s, sslsearch {ours[-1]:.1f} img/s", file=sys.stderr)
+            row = {"kind": "throughput", **common, "steps": steps, "repeats": repeats,
+                   "plain_images_per_s": round(statistics.median(plain), 2),
+                   "sslsearch_images_per_s": round(statistics.median(ours), 2),
+                   "ratio": round(statistics.median(o / p for o, p in zip(ours, plain)), 3)}
+            rows.append(row)
+            print_table(["backbone", "px", "batch", "plain img/s", "sslsearch img/s", "ratio"],
+                        [[f"{args.backbone}/{args.patch_size}", image_size, args.batch_size,
+                          row["plain_images_per_s"], row["sslsearch_images_per_s"], row["ratio"]]])
+            print(f"(median of {repeats} interleaved repeats of {steps} steps after a warm-up; "
+                  f"load average at start {info['load_1min_at_start']})\n")
+        if not args.skip_quality:
+            results = quality(Path(data), config, minutes, Path(tmp) / "quality" / "run")
+            for result in results:
+                rows.append({"kind": "quality", **common, "minutes": minutes, "n_images": n_images, **result})
+            print_table(["features", "k-NN top-1 (k=20)", "recall@10", "linear probe"],
+                        [[r["features"], r["knn_top1"], r["recall_at_10"], r["linear_probe"]] for r in results])
+            print(f"(leave-one-out k-NN and retrieval over {len(list_images(data).records)} images; linear probe "
+                  "trained on half of each class, tested on the other half)")
+    if not args.no_save:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        with open(RESULTS, "a") as handle:
+            for row in rows:
+                handle.write(json.dumps({"bench": "mae", "time": stamp, "commit": git_commit(), "machine": info,
+                                         "argv": sys.argv[1:], **row}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
