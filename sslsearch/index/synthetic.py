@@ -37,12 +37,12 @@ def iter_synthetic_embeddings(n: int, dim: int = 384, *, intrinsic_dim: int = 48
     params = _generator_params(dim, intrinsic_dim, n_clusters, hidden=4 * intrinsic_dim, seed=seed)
     for number, start in enumerate(range(0, n, chunk_size)):
         rows = min(chunk_size, n - start)
-        rng = np.random.default_rng([seed, 1, number])
-        labels = rng.choice(n_clusters, size=rows, p=params["probabilities"])
-        local = rng.standard_normal((rows, 1, intrinsic_dim)) @ params["spreads"][labels]
-        latent = params["centers"][labels] + local[:, 0, :]
+        # one stream per quantity, so that the first rows are the same whatever n is
+        labels = np.random.default_rng([seed, 1, number]).choice(n_clusters, size=rows, p=params["probabilities"])
+        local = np.random.default_rng([seed, 2, number]).standard_normal((rows, 1, intrinsic_dim))
+        latent = params["centers"][labels] + (local @ params["spreads"][labels])[:, 0, :]
         hidden = np.tanh(latent @ params["w1"])
-        vectors = hidden @ params["w2"] + noise * rng.standard_normal((rows, dim))
+        vectors = hidden @ params["w2"] + noise * np.random.default_rng([seed, 3, number]).standard_normal((rows, dim))
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         yield vectors.astype(np.float32)
 
