@@ -34,7 +34,7 @@ def train_command(
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget in minutes."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per step per process (default 64)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto (CUDA when torch sees a GPU), cpu or cuda."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Data-loading processes (default: cores - 1)."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Data-loading processes (default: by device and cores; 0 = in-process)."),
     val: Optional[Path] = typer.Option(None, "--val", help="Labelled ImageFolder: online k-NN accuracy each epoch."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="YAML file of config fields (see --print-config)."),

@@ -147,7 +147,8 @@ class TrainConfig:
     precision: str = option("auto", "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16")
     channels_last: bool | None = option(None, "channels-last memory format (default: on for CNNs)")
     device: str = option("auto", "auto, cpu or cuda", runtime=True)
-    workers: int | None = option(None, "data-loading processes (default: CPU cores - 1, at most 8)", runtime=True)
+    workers: int | None = option(None, "data-loading processes (default: GPU: cores - 1, at most 8; CPU: 0 for "
+                                               "in-memory images on ≤ 4 cores, else cores / 4)", runtime=True)
     preload_megabytes: int = option(2048, "decode all images into memory once when they fit in this many MB",
                                     runtime=True)
     strict: bool = option(False, "fail on the first unreadable image instead of skipping it", runtime=True)

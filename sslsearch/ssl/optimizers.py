@@ -29,23 +29,27 @@ class LARS(torch.optim.Optimizer):
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
         loss = closure() if closure is not None else None
         for group in self.param_groups:
-            for parameter in group["params"]:
-                if parameter.grad is None:
-                    continue
-                update = parameter.grad
-                if not group["lars_exclude"]:
-                    update = update.add(parameter, alpha=group["weight_decay"])
-                    parameter_norm = torch.linalg.vector_norm(parameter)
-                    update_norm = torch.linalg.vector_norm(update)
-                    ratio = group["trust_coefficient"] * parameter_norm / update_norm
-                    scale = torch.where((parameter_norm > 0) & (update_norm > 0), ratio, torch.ones_like(ratio))
-                    update = update.mul(scale)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            updates = [p.grad for p in params]
+            if not group["lars_exclude"]:
+                updates = torch._foreach_add(updates, params, alpha=group["weight_decay"])
+                parameter_norms = torch.stack(torch._foreach_norm(params))
+                update_norms = torch.stack(torch._foreach_norm(updates))
+                ratios = torch.where((parameter_norms > 0) & (update_norms > 0),
+                                     group["trust_coefficient"] * parameter_norms / update_norms,
+                                     torch.ones_like(parameter_norms))
+                updates = [u * r for u, r in zip(updates, ratios.unbind())]
+            buffers = []
+            for parameter, update in zip(params, updates):
                 state = self.state[parameter]
                 if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.clone(update).detach()
-                else:
-                    state["momentum_buffer"].mul_(group["momentum"]).add_(update)
-                parameter.add_(state["momentum_buffer"], alpha=-group["lr"])
+                    state["momentum_buffer"] = torch.zeros_like(parameter)
+                buffers.append(state["momentum_buffer"])
+            torch._foreach_mul_(buffers, group["momentum"])
+            torch._foreach_add_(buffers, updates)
+            torch._foreach_add_(params, buffers, alpha=-group["lr"])
         return loss
 
 

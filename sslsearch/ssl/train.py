@@ -26,7 +26,8 @@ from . import distributed
 from .backbone import build_backbone, check_input_sizes, is_vision_transformer
 from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .config import TrainConfig, to_dict
-from .data import StepBatchSampler, ViewDataset, default_workers, load_training_images, make_loader
+from .data import (StepBatchSampler, ViewDataset, compute_threads, default_workers, load_training_images,
+                   make_loader)
 from .methods import Method, get_method
 from .monitor import CollapseMonitor, KNNMonitor
 from .optimizers import build_optimizer, resolve_optimizer_config, set_hyperparameters
@@ -181,6 +182,7 @@ class Trainer:
     # -- setup -------------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
+        threads = torch.get_num_threads()
         lock = DirectoryLock(self.run_dir.path) if self.process.is_main else nullcontext()
         if self.process.is_main:
             if self.resume:
@@ -192,6 +194,7 @@ class Trainer:
                 self.setup()
                 return self.loop()
         finally:
+            torch.set_num_threads(threads)
             if self.owns_process_group and self.process.distributed:
                 torch.distributed.destroy_process_group()
 
@@ -254,7 +257,10 @@ class Trainer:
         self.transform = self.method_cls.build_transform(config.image_size, augmentation,
                                                          self.preprocessing.mean, self.preprocessing.std)
         self.dataset = ViewDataset(self.images, self.transform, config.seed)
-        self.workers = config.workers if config.workers is not None else default_workers()
+        self.workers = config.workers if config.workers is not None else default_workers(
+            device_type=self.device.type, preloaded=self.images.cache is not None)
+        if self.device.type == "cpu":
+            torch.set_num_threads(compute_threads(self.workers))
         self.knn = None
         if config.val and self.process.is_main:
             self.knn = KNNMonitor(config.val, self.preprocessing.transform(), max_images=config.val_max_images,
