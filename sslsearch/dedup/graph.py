@@ -1,20 +1,22 @@
 """The near-duplicate graph: each vector's k nearest neighbours above a similarity floor, never an N×N matrix.
 
-Three ways to compute it, all memory-bounded by chunks:
+Two methods, both memory-bounded by chunks:
 
 * ``exact``: ``sslsearch.index.exact.exact_search`` in query chunks: faiss brute-force blocks on
-  CPU, blocked torch matmuls on CUDA (1M×384 in seconds on one GPU).
+  CPU, blocked torch matmuls on CUDA (``--device cuda``; the auto choice on a GPU at any size).
 * ``partitioned`` (CPU beyond ``EXACT_LIMIT_CPU`` rows): spherical k-means cells; every vector is
   a database member of its ``probes`` nearest cells and a query in its nearest one, and each
   cell is one exact k-NN. A near-duplicate pair lands in a shared cell unless the two vectors
   sit on different sides of ``probes`` cell boundaries, so its recall of pairs above a dedup
   threshold is close to 1 (measured against exact search in the tests and ``bench_dedup``)
-  at a few percent of the exact cost.
+  at a few percent of the exact cost. Each cell is searched by one worker thread with
+  single-threaded faiss (small products lose most of their time to OpenMP barriers otherwise).
 """
 from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -209,19 +211,27 @@ def _partitioned(vectors: np.ndarray, min_similarity: float, neighbors: int, pro
     member_order = np.argsort(member_cells, kind="stable")
     member_rows = member_rows[member_order]
     member_bounds = np.searchsorted(member_cells[member_order], np.arange(n_cells + 1))
+    def cell_pairs(cell: int) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int]:
+        faiss.omp_set_num_threads(1)  # per worker thread: small products run faster without OpenMP barriers
+        queries = home_order[home_bounds[cell]:home_bounds[cell + 1]]
+        members = member_rows[member_bounds[cell]:member_bounds[cell + 1]]
+        if len(queries) == 0:
+            return _concat([]), 0
+        k = min(neighbors + 1, len(members))
+        database = vectors[members]
+        found = []
+        for start in range(0, len(queries), QUERY_CHUNK):
+            chunk = queries[start:start + QUERY_CHUNK]
+            scores, labels = faiss.knn(vectors[chunk], database, k, metric=faiss.METRIC_INNER_PRODUCT)
+            labels = np.where(labels >= 0, members[np.maximum(labels, 0)], -1)
+            found.append(_keep(chunk, scores, labels, min_similarity))
+        return _concat(found), len(queries)
+
     parts = []
-    with progress_bar(n, "k-NN graph (partitioned)", unit="img", enabled=progress) as bar:
-        for cell in range(n_cells):
-            queries = home_order[home_bounds[cell]:home_bounds[cell + 1]]
-            if len(queries) == 0:
-                continue
-            members = member_rows[member_bounds[cell]:member_bounds[cell + 1]]
-            k = min(neighbors + 1, len(members))
-            database = vectors[members]
-            for start in range(0, len(queries), QUERY_CHUNK):
-                chunk = queries[start:start + QUERY_CHUNK]
-                scores, labels = faiss.knn(vectors[chunk], database, k, metric=faiss.METRIC_INNER_PRODUCT)
-                labels = np.where(labels >= 0, members[np.maximum(labels, 0)], -1)
-                parts.append(_keep(chunk, scores, labels, min_similarity))
-            bar.update(len(queries))
+    threads = faiss.omp_get_max_threads()
+    with progress_bar(n, "k-NN graph (partitioned)", unit="img", enabled=progress) as bar, \
+            ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for found, done in pool.map(cell_pairs, range(n_cells)):  # in cell order: deterministic
+            parts.append(found)
+            bar.update(done)
     return _concat(parts), n_cells
