@@ -1,6 +1,7 @@
-"""Exact top-k neighbours for the evaluators (inner product), with leave-one-out self removal."""
+"""Exact top-k neighbours for the evaluators (inner product, via ``index.exact``), with leave-one-out self removal."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 
 from ..devices import resolve_device
 from ..errors import InvalidArgumentError
+from ..index.exact import exact_search
 
 
 @dataclass(frozen=True)
@@ -25,33 +27,6 @@ class Neighbors:
     @property
     def k(self) -> int:
         return int(self.positions.shape[1])
-
-
-def _search_torch(queries: np.ndarray, database: np.ndarray, k: int, device: torch.device,
-                  query_block: int = 4096, database_block: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    """Blocked matmul + running top-k; memory is bounded by one (query_block, database_block) score tile."""
-    n_queries, n_database = len(queries), len(database)
-    out_scores = np.empty((n_queries, k), np.float32)
-    out_positions = np.empty((n_queries, k), np.int64)
-    database_tensor = torch.from_numpy(np.ascontiguousarray(database, dtype=np.float32))
-    on_device = database_tensor.to(device) if device.type == "cuda" else database_tensor
-    for start in range(0, n_queries, query_block):
-        block = torch.from_numpy(np.ascontiguousarray(queries[start:start + query_block], dtype=np.float32)).to(device)
-        best_scores = torch.full((len(block), 0), float("-inf"), device=device)
-        best_positions = torch.zeros((len(block), 0), dtype=torch.int64, device=device)
-        for db_start in range(0, n_database, database_block):
-            tile = on_device[db_start:db_start + database_block].to(device)
-            scores = block @ tile.T  # (b, t)
-            take = min(k, scores.shape[1])
-            tile_scores, tile_positions = torch.topk(scores, take, dim=1)
-            merged_scores = torch.cat([best_scores, tile_scores], dim=1)
-            merged_positions = torch.cat([best_positions, tile_positions + db_start], dim=1)
-            keep = min(k, merged_scores.shape[1])
-            best_scores, order = torch.topk(merged_scores, keep, dim=1)
-            best_positions = torch.gather(merged_positions, 1, order)
-        out_scores[start:start + len(block)] = best_scores.cpu().numpy()
-        out_positions[start:start + len(block)] = best_positions.cpu().numpy()
-    return out_scores, out_positions
 
 
 def exact_neighbors(queries: np.ndarray, database: np.ndarray, k: int, *, device: str | torch.device = "auto",
@@ -98,9 +73,10 @@ def exact_neighbors(queries: np.ndarray, database: np.ndarray, k: int, *, device
 
 
 def _exact_search(queries: np.ndarray, database: np.ndarray, k: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    try:  # the index package's exact search when it is installed (one implementation for the project)
-        from ..index.exact import exact_search
-    except ImportError:
-        return _search_torch(queries, database, k, device)
-    scores, positions = exact_search(queries, database, k, device=str(device))
+    """The project's one exact search (``index.exact``: blocked matmul + top-k, ties by id)."""
+    with warnings.catch_warnings():
+        # Store vectors read zero-copy from Parquet are read-only; the search only reads them, so
+        # torch's warning about non-writable arrays does not apply (and a copy would double memory).
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        scores, positions = exact_search(queries, database, k, device=device)
     return np.asarray(scores, np.float32), np.asarray(positions, np.int64)
