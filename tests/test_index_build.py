@@ -57,7 +57,7 @@ def test_card_contents(tmp_path):
                        progress=False)
     on_disk = json.loads((tmp_path / "idx" / "index.json").read_text())
     assert on_disk == json.loads(json.dumps(card.to_dict()))
-    assert on_disk["factory"] == "HNSW32,Flat" and on_disk["encoder"]["id"] == "enc-test0000000000"
+    assert on_disk["factory"] == "IDMap,HNSW32,Flat" and on_disk["encoder"]["id"] == "enc-test0000000000"
     assert on_disk["store"]["manifest_sha256"] == manifest_hash(tmp_path / "emb")
     assert on_disk["store"]["rows"] == 2_500
     assert on_disk["size_bytes"] == (tmp_path / "idx" / "index.faiss").stat().st_size
@@ -68,7 +68,9 @@ def test_card_contents(tmp_path):
     chosen = next(p for p in points if p["recall"] >= 0.95)
     assert chosen["search_params"] == on_disk["search_params"] and chosen is points[-1]
     assert on_disk["recall_at_10"] == chosen["recall"]
-    assert faiss.read_index(str(tmp_path / "idx" / "index.faiss")).hnsw.efSearch == on_disk["search_params"]["efSearch"]
+    plain = faiss.read_index(str(tmp_path / "idx" / "index.faiss"))
+    assert faiss.downcast_index(plain.index).hnsw.efSearch == on_disk["search_params"]["efSearch"]
+    assert "held-out" in on_disk["recall_definition"]
     assert read_card(tmp_path / "idx") == card
     assert not [p.name for p in (tmp_path / "idx").iterdir() if p.name not in ("index.faiss", "index.json")]
 
@@ -78,7 +80,7 @@ def test_sparse_store_ids_are_faiss_ids(tmp_path, kind):
     ids = np.arange(1_600) * 5 + 3  # ids with gaps (skipped files), not in 0..n-1
     stored = make_store(tmp_path / "emb", 1_600, ids=ids)
     card = build_index(tmp_path / "emb", tmp_path / "idx", kind=kind, device="cpu", eval_queries=50, progress=False)
-    assert card.factory.startswith("IDMap2,") == (kind != "ivf")
+    assert card.factory.startswith("IDMap,") == (kind != "ivf")
     found = faiss.read_index(str(tmp_path / "idx" / "index.faiss")).search(stored[:20], 1)[1][:, 0]
     np.testing.assert_array_equal(found, ids[:20])
     hits = load_index(tmp_path / "idx").search_ids([int(ids[5])], k=3)[0].neighbors

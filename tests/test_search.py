@@ -160,3 +160,23 @@ def test_flat_search_on_cuda_matches_cpu(setup):
     cpu = load_index(root / "flat").search_arrays(queries, 10)[1]
     gpu = load_index(root / "flat", device="cuda").search_arrays(queries, 10)[1]
     assert (cpu == gpu).mean() > 0.99
+
+
+@pytest.mark.parametrize("sparse_ids", [False, True])
+def test_torch_exact_path_matches_faiss_flat(tmp_path, sparse_ids):
+    """The flat-index path used when only torch sees a GPU, exercised on the CPU."""
+    import torch
+
+    from sslsearch.index.io import read_index_files
+    from sslsearch.index.search import Index
+
+    ids = np.arange(600) * 3 + 1 if sparse_ids else None
+    make_store(tmp_path / "emb", 600, ids=ids)
+    build_index(tmp_path / "emb", tmp_path / "idx", kind="flat", device="cpu", eval_queries=10, progress=False)
+    faiss_index, card = read_index_files(tmp_path / "idx")
+    on_torch = Index(faiss_index, card, tmp_path / "idx", exact_device=torch.device("cpu"))
+    queries = held_out_queries(600, 20)
+    expected = load_index(tmp_path / "idx").search_arrays(queries, 5)
+    got = on_torch.search_arrays(queries, 5)
+    np.testing.assert_array_equal(got[1], expected[1])
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-5, atol=1e-6)

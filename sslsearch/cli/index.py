@@ -12,7 +12,7 @@ plain faiss.read_index; faiss ids = store ids) and the card index.json.
 
 --kind auto picks by size and --memory-budget: Flat up to 20,000 vectors, HNSW32 up to 2M, then
 IVF-SQ8, and IVF-PQ when the budget is tight. After building, recall@10 against exact search is
-measured on 500 held-back store vectors, and efSearch/nprobe are tuned to the smallest setting
+measured on 500 held-out store vectors (added once measured), and efSearch/nprobe are tuned to the smallest setting
 reaching recall@10 ≥ 0.95; both go into the card.
 
 Example: sslsearch index build emb/ --out idx/ --kind auto --memory-budget 4GB

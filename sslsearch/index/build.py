@@ -19,7 +19,7 @@ from ..progress import progress_bar
 from ..store import EmbeddingStore, StoreBatch, manifest_hash
 from .exact import exact_search, recall_at_k
 from .gpu import index_to_cpu, index_to_gpu, wants_faiss_gpu
-from .io import IndexCard, check_index_output, save_index_files
+from .io import RECALL_HELD_OUT, RECALL_IN_INDEX, IndexCard, check_index_output, save_index_files
 from .search import apply_search_params, drop_self_matches
 from .spec import IndexSpec, choose_index_spec, parse_memory
 
@@ -87,7 +87,7 @@ def _sample_rows(store: EmbeddingStore, positions: np.ndarray, chunk_rows: int) 
     return np.concatenate(ids_out), np.concatenate(vectors_out), dense
 
 
-def _new_faiss_index(spec: IndexSpec, dim: int, dense_ids: bool) -> tuple[Any, str]:
+def _new_faiss_index(spec: IndexSpec, dim: int, *, needs_id_map: bool) -> tuple[Any, str]:
     import faiss
 
     index = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
@@ -99,9 +99,9 @@ def _new_faiss_index(spec: IndexSpec, dim: int, dense_ids: bool) -> tuple[Any, s
         if hasattr(ivf, "do_polysemous_training"):
             ivf.do_polysemous_training = False  # only for Hamming-filtered search, which we do not use; 40× slower
         return index, spec.factory  # IVF stores ids itself
-    if dense_ids:
-        return index, spec.factory  # faiss ids = positions = store ids
-    return faiss.IndexIDMap2(index), f"IDMap2,{spec.factory}"
+    if not needs_id_map:
+        return index, spec.factory  # faiss ids = insertion positions = store ids
+    return faiss.IndexIDMap(index), f"IDMap,{spec.factory}"
 
 
 def _ladder(spec: IndexSpec, index: Any) -> list[dict[str, int]]:
@@ -117,15 +117,18 @@ def _ladder(spec: IndexSpec, index: Any) -> list[dict[str, int]]:
 
 
 def _tune(spec: IndexSpec, index: Any, queries: np.ndarray, query_ids: np.ndarray, truth: np.ndarray, k: int,
-          target: float) -> tuple[dict[str, int], float | None, list[dict[str, Any]]]:
+          target: float, *, held_out: bool) -> tuple[dict[str, int], float | None, list[dict[str, Any]]]:
     """The smallest search setting whose recall@k reaches ``target`` (else the smallest near the best)."""
     if len(queries) == 0:
         return dict(spec.search_params), None, []
     points: list[dict[str, Any]] = []
     for params in _ladder(spec, index):
         apply_search_params(index, params)
-        _, found = index.search(queries, k + 1)
-        recall = recall_at_k(drop_self_matches(found, query_ids, k), truth)
+        if held_out:
+            found = index.search(queries, k)[1]
+        else:  # the queries are in the index: search one more and leave each query's own id out
+            found = drop_self_matches(index.search(queries, k + 1)[1], query_ids, k)
+        recall = recall_at_k(found, truth)
         points.append({"search_params": params, "recall": round(recall, 4)})
         if recall >= target:
             return params, recall, points
@@ -135,6 +138,13 @@ def _tune(spec: IndexSpec, index: Any, queries: np.ndarray, query_ids: np.ndarra
     return dict(chosen["search_params"]), float(chosen["recall"]), points
 
 
+def _eval_count(kind: str, n: int, wanted: int) -> int:
+    """Held-out queries: at most a tenth of the vectors for approximate kinds (left out while tuning)."""
+    if kind == "flat":
+        return min(wanted, n) if n > 1 else 0
+    return min(wanted, n // 10)
+
+
 def build_index(store_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, kind: str = "auto",
                 memory_budget: str | int | None = DEFAULT_MEMORY_BUDGET, device: str = "auto", overwrite: bool = False,
                 progress: bool | None = None, target_recall: float = TARGET_RECALL,
@@ -142,10 +152,12 @@ def build_index(store_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
     """Build a faiss index over an embedding store and write ``out/index.faiss`` + ``out/index.json``.
 
     Vectors stream from the store in chunks (memory: the index plus one chunk plus the training
-    sample). IVF/PQ indexes train on a random sample. ``eval_queries`` random store vectors are
-    held back from training and used, after adding, to measure recall@10 against exact search
-    (their own ids removed from both result lists) and to tune efSearch / nprobe to the smallest
-    setting reaching ``target_recall``; both go into the card.
+    sample). IVF/PQ indexes train on a random sample. For approximate kinds, ``eval_queries``
+    random store vectors (at most a tenth of them) are held out: left out of training and out of
+    the index while recall@10 against exact search is measured and efSearch / nprobe are tuned to
+    the smallest setting reaching ``target_recall``; then they are added. Held-out queries behave
+    like new images (a vector already in an HNSW graph is found more easily than a new one). A
+    flat index is measured on store vectors with their own ids left out. Both go into the card.
 
     Args:
         store_dir: an embedding store (Contract 2).
@@ -157,8 +169,8 @@ def build_index(store_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
         overwrite: replace an index already at ``out``.
         progress: show a progress bar on stderr (None: when stderr is a terminal).
         target_recall: recall@10 the search parameters are tuned to reach.
-        eval_queries: held-back queries for measuring and tuning.
-        seed: sampling seed (training sample and held-back queries).
+        eval_queries: held-out queries for measuring and tuning.
+        seed: sampling seed (training sample and held-out queries).
 
     Returns:
         The IndexCard written to ``out/index.json``.
@@ -189,10 +201,11 @@ def build_index(store_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
     chunk_rows = CHUNK_ROWS if budget is None else int(max(1024, min(CHUNK_ROWS, budget // (10 * 8 * dim))))
     timings: dict[str, float] = {}
     with DirectoryLock(out_dir), _PeakMemory() as memory:
-        # 1. sample: held-back queries + training set, and check whether store ids are dense.
+        # 1. sample: the evaluation queries, the training set, and whether store ids run 0..n-1.
         tick = time.perf_counter()
         rng = np.random.default_rng(seed)
-        n_eval = min(eval_queries, n) if n > 1 else 0
+        held_out = spec.kind != "flat"  # approximate kinds: queries stay out of the index until tuned
+        n_eval = _eval_count(spec.kind, n, eval_queries)
         eval_positions = np.sort(rng.choice(n, n_eval, replace=False)) if n_eval else np.zeros(0, np.int64)
         rest = np.setdiff1d(np.arange(n), eval_positions) if spec.train_size else np.zeros(0, np.int64)
         pool = rest if len(rest) >= spec.train_size else np.arange(n)
@@ -206,7 +219,8 @@ def build_index(store_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
         timings["sample"] = time.perf_counter() - tick
 
         # 2. train.
-        index, factory = _new_faiss_index(spec, dim, dense)
+        index, factory = _new_faiss_index(spec, dim, needs_id_map=not dense or (held_out and n_eval > 0))
+        with_ids = factory.startswith("IDMap") or spec.kind in ("ivf", "ivfpq")
         on_gpu = wants_faiss_gpu(device, spec.kind)
         if on_gpu:
             index = index_to_gpu(index, device)
@@ -216,35 +230,43 @@ def build_index(store_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
         del training
         timings["train"] = time.perf_counter() - tick
 
-        # 3. add, streaming; the exact ground truth of the held-back queries is computed on the same stream.
+        # 3. add, streaming; the exact ground truth of the queries is computed on the same stream.
         tick = time.perf_counter()
-        k = min(RECALL_K, n - 1)
+        k = min(RECALL_K, n - n_eval if held_out else n - 1)
         with progress_bar(n, f"index {spec.factory}", unit="vec", enabled=progress) as bar:
             def feed() -> Iterator[StoreBatch]:
                 for batch in store.iter_batches(chunk_rows):
-                    if factory.startswith("IDMap") or spec.kind in ("ivf", "ivfpq"):
-                        index.add_with_ids(batch.embeddings, batch.ids)
+                    ids, vectors = batch.ids, batch.embeddings
+                    if held_out and n_eval:
+                        keep = ~np.isin(ids, query_ids)
+                        ids, vectors = ids[keep], vectors[keep]
+                    if with_ids:
+                        index.add_with_ids(vectors, ids)
                     else:
-                        index.add(batch.embeddings)
+                        index.add(vectors)
                     bar.update(len(batch.ids))
-                    yield batch
+                    yield StoreBatch(ids, vectors, {})
 
-            if k > 0:
-                _, truth = exact_search(queries, feed(), k + 1, device=torch_device)
-                truth = drop_self_matches(truth, query_ids, k)
+            if k > 0 and n_eval:
+                if held_out:
+                    truth = exact_search(queries, feed(), k, device=torch_device)[1]
+                else:
+                    truth = drop_self_matches(exact_search(queries, feed(), k + 1, device=torch_device)[1], query_ids, k)
             else:
                 for _ in feed():
                     pass
                 truth = np.zeros((0, 0), np.int64)
+        timings["add"] = time.perf_counter() - tick
+
+        # 4. tune the search parameters and measure recall on the queries; then add the held-out ones.
+        tick = time.perf_counter()
+        params, recall, points = (_tune(spec, index, queries, query_ids, truth, k, target_recall, held_out=held_out)
+                                  if k > 0 and n_eval else (dict(spec.search_params), None, []))
+        if held_out and n_eval:
+            index.add_with_ids(queries, query_ids)
         if index.ntotal != n:
             raise InvalidArgumentError(f"the store listed {n} rows but {index.ntotal} were read; the store changed "
                                        "during the build — rebuild")
-        timings["add"] = time.perf_counter() - tick
-
-        # 4. tune the search parameters and measure recall on the held-back queries.
-        tick = time.perf_counter()
-        params, recall, points = _tune(spec, index, queries, query_ids, truth, k, target_recall) if k > 0 else \
-            (dict(spec.search_params), None, [])
         timings["tune"] = time.perf_counter() - tick
 
         # 5. save.
@@ -262,9 +284,11 @@ def build_index(store_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
                 search_params=params, encoder=dict(store.encoder),
                 store={"path": str(Path(store_dir).resolve()), "manifest_sha256": manifest_hash(store_dir), "rows": n},
                 build_seconds=round(time.perf_counter() - started, 3), peak_memory_bytes=memory.peak_growth,
-                recall_at_10=None if recall is None else round(float(recall), 4), n_eval_queries=len(queries) if k else 0,
+                recall_at_10=None if recall is None else round(float(recall), 4),
+                n_eval_queries=len(queries) if recall is not None else 0,
                 size_bytes=size_bytes, sslsearch_version=sslsearch.__version__, faiss_version=faiss.__version__,
                 reason=spec.reason, build_params=build_params, recall_k=max(k, 0), tuning=tuple(points),
+                recall_definition=RECALL_HELD_OUT if held_out else RECALL_IN_INDEX,
                 timings={name: round(seconds, 3) for name, seconds in timings.items()})
 
         card = save_index_files(out_dir, cpu_index, make_card)

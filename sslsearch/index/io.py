@@ -16,8 +16,11 @@ from .spec import format_bytes
 FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
 CARD_FILE = "index.json"
-RECALL_DEFINITION = ("mean over held-back queries (random store vectors not used for training) of |ANN top-k ∩ exact "
-                     "top-k| / k, the query's own id removed from both lists")
+RECALL_HELD_OUT = ("mean over held-out queries of |ANN top-k ∩ exact top-k| / k; the queries are random store vectors "
+                   "kept out of training and out of the index while it was measured and tuned (added afterwards)")
+RECALL_IN_INDEX = ("mean over random store vectors of |top-k ∩ exact top-k| / k, each query's own id removed from both "
+                   "lists (flat index: exact by construction)")
+RECALL_DEFINITION = RECALL_HELD_OUT
 
 
 def _now() -> str:
@@ -50,7 +53,7 @@ class IndexCard:
         peak_memory_bytes: peak growth of the process's resident memory during the build.
         recall_at_10: measured recall@k (k = ``recall_k``, 10 unless the index holds ≤ 10
             vectors) against exact search; None when the index is too small to measure.
-        n_eval_queries: held-back queries the recall was measured on.
+        n_eval_queries: held-out queries the recall was measured on (see ``recall_definition``).
         size_bytes: size of ``index.faiss``.
         sslsearch_version, faiss_version, created: provenance.
         reason: why this index was chosen (``choose_index_spec``).
@@ -127,7 +130,7 @@ class IndexCard:
     def summary_lines(self) -> list[str]:
         """Readable lines for ``sslsearch index info``."""
         recall = ("not measured (too few vectors)" if self.recall_at_10 is None else
-                  f"{self.recall_at_10:.4f} (recall@{self.recall_k} vs exact, {self.n_eval_queries} held-back queries)")
+                  f"{self.recall_at_10:.4f} (recall@{self.recall_k} vs exact, {self.n_eval_queries} held-out queries)")
         params = ", ".join(f"{k}={v}" for k, v in self.search_params.items()) or "none (exact)"
         return [
             f"index      {self.factory} ({self.kind}, metric {self.metric})",

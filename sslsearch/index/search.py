@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +33,45 @@ class Neighbor:
         return {"rank": self.rank, "id": self.id, "score": self.score, "path": self.path}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SearchResult:
     """The neighbours of one query.
 
+    ``neighbors`` is built on first access from ``ids`` and ``scores``, so a large batch search
+    costs little more than the raw faiss call; code that only needs arrays can use those.
+
     Attributes:
         query: what was searched: an image path, ``id:17`` or ``row:3`` (row of a vector array).
-        neighbors: best first; fewer than k when an approximate index found fewer.
+        ids: (m,) int64 store ids, best first; m < k when an approximate index found fewer.
+        scores: (m,) float32 inner products (cosine similarities), descending.
         skipped: why the query could not be searched (e.g. ``truncated`` image), else None.
+        neighbors: the same as ``Neighbor`` objects, with their image paths.
     """
 
     query: str
-    neighbors: tuple[Neighbor, ...]
+    ids: np.ndarray
+    scores: np.ndarray
     skipped: str | None = None
+    paths: Mapping[int, str] | None = field(default=None, repr=False)  # store id → path, when the store is readable
+
+    @cached_property
+    def neighbors(self) -> tuple[Neighbor, ...]:
+        lookup = self.paths or {}
+        new, cls = object.__new__, Neighbor
+        hits = []
+        for rank, (i, s) in enumerate(zip(self.ids.tolist(), self.scores.tolist()), start=1):
+            hit = new(cls)  # as in _of_row: skip the frozen dataclass's per-field object.__setattr__
+            hit.__dict__.update(rank=rank, id=i, score=s, path=lookup.get(i))
+            hits.append(hit)
+        return tuple(hits)
+
+    @classmethod
+    def _of_row(cls, query: str, ids: np.ndarray, scores: np.ndarray, paths: Mapping[int, str] | None) -> "SearchResult":
+        # The dataclass __init__ sets each field through object.__setattr__ (frozen); filling __dict__
+        # directly is 5× faster, which matters when a 1,000-query batch is answered in milliseconds.
+        result = object.__new__(cls)
+        result.__dict__.update(query=query, ids=ids, scores=scores, skipped=None, paths=paths)
+        return result
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"query": self.query, "neighbors": [n.to_dict() for n in self.neighbors]}
@@ -94,6 +121,7 @@ class Index:
         self._exact_database: Any = None
         self._store: Any = None
         self._store_checked = False
+        self._paths: Mapping[int, str] | None = None
         self.store_note: str | None = None
         self._ntotal = int(card.ntotal)
         self._dim = int(card.dim)
@@ -196,17 +224,22 @@ class Index:
         Raises:
             EncoderMismatchError: another encoder or dim. InvalidArgumentError: bad k, zero vectors.
         """
-        self.check_encoder(encoder)
+        if encoder is not None:
+            self.check_encoder(encoder)
         matrix = _float32_matrix(queries)
         if matrix.ndim == 1:
             matrix = matrix[None, :]
         if matrix.ndim != 2 or matrix.shape[1] != self._dim:
             self._dim_error(matrix)
-        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
-            bad = int(np.flatnonzero(~np.isfinite(norms[:, 0]) | (norms[:, 0] == 0))[0])
+        squared = np.einsum("ij,ij->i", matrix, matrix)
+        # (a Python comparison for one query: numpy reductions cost more than the search of a small index)
+        valid = 0 < float(squared[0]) < np.inf if len(squared) == 1 else squared.min() > 0 and squared.max() < np.inf
+        if not valid:
+            bad = int(np.flatnonzero(~(squared > 0) | ~np.isfinite(squared))[0])
             raise InvalidArgumentError(f"query row {bad} is zero or not finite; every query needs a real direction")
-        scores, ids = self.search_arrays(np.ascontiguousarray(matrix / norms, dtype=np.float32), k)
+        normalized = matrix.copy()  # never normalise the caller's array in place
+        faiss_normalize(normalized)
+        scores, ids = self.search_arrays(normalized, k)
         names = list(names) if names is not None else [f"row:{i}" for i in range(len(matrix))]
         return self._results(names, scores, ids)
 
@@ -268,24 +301,59 @@ class Index:
         reasons = {s.path: s.reason for s in skipped}
         kept = [f for f in files if f not in reasons]
         found = iter(self.search(vectors, k, names=kept) if kept else [])
-        return [SearchResult(f, (), reasons[f]) if f in reasons else next(found) for f in files]
+        empty_ids, empty_scores = np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return [SearchResult(f, empty_ids, empty_scores, reasons[f]) if f in reasons else next(found) for f in files]
+
+    def _path_lookup(self) -> Mapping[int, str] | None:
+        if self._paths is None and self.store is not None:
+            self._paths = _LazyPaths(self.store)
+        return self._paths
 
     def _results(self, names: Sequence[str], scores: np.ndarray, ids: np.ndarray) -> list[SearchResult]:
-        store = self.store
-        if store is not None:
-            paths = store.paths(ids[ids >= 0])
-            lookup = dict(zip(ids[ids >= 0].tolist(), paths))
-        else:
-            lookup = {}
-        results = []
-        for name, row_scores, row_ids in zip(names, scores.tolist(), ids.tolist()):
-            neighbors = tuple(Neighbor(rank, i, s, lookup.get(i))
-                              for rank, (i, s) in enumerate(zip(row_ids, row_scores), start=1) if i >= 0)
-            results.append(SearchResult(name, neighbors))
-        return results
+        paths = self._path_lookup()
+        make = SearchResult._of_row
+        if len(ids) and ids.min() < 0:  # places an approximate index could not fill: dropped
+            return [make(name, row_ids[row_ids >= 0], row_scores[row_ids >= 0], paths)
+                    for name, row_scores, row_ids in zip(names, scores, ids)]
+        return [make(name, row_ids, row_scores, paths) for name, row_scores, row_ids in zip(names, scores, ids)]
+
+
+class _LazyPaths(Mapping[int, str]):
+    """Store id → path, read from the store on first use (one pass over its id and path columns)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self._table: dict[int, str] | None = None
+
+    def _load(self) -> dict[int, str]:
+        if self._table is None:
+            batch = self._store.read_all(("id", "path"))
+            self._table = dict(zip(batch.ids.tolist(), batch.columns["path"]))
+        return self._table
+
+    def __getitem__(self, key: int) -> str:
+        return self._load()[key]
+
+    def get(self, key: int, default: Any = None) -> Any:
+        return self._load().get(key, default)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+
+def faiss_normalize(matrix: np.ndarray) -> None:
+    """L2-normalise the rows of a C-contiguous float32 matrix in place (faiss: one call, no temporaries)."""
+    import faiss
+
+    faiss.normalize_L2(matrix)
 
 
 def _float32_matrix(queries: Any) -> np.ndarray:
+    if type(queries) is np.ndarray and queries.dtype == np.float32 and queries.flags.c_contiguous:
+        return queries
     array = np.asarray(queries)
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
         raise InvalidArgumentError(f"query vectors must be numbers, got dtype {array.dtype}")

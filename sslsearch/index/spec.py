@@ -14,7 +14,7 @@ The ``auto`` policy (metric: inner product, i.e. cosine on the L2-normalised sto
    below the smallest IVF-PQ raises an error naming the minimum.
 
 Search parameters (``efSearch``, ``nprobe``) given here are starting points; ``build_index`` tunes
-them on held-back queries to the smallest setting that reaches the recall target.
+them on held-out queries to the smallest setting that reaches the recall target.
 """
 from __future__ import annotations
 
