@@ -107,7 +107,7 @@ def parse_ints(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="CI-sized: 128 images, 64 px, 3 repeats")
+    parser.add_argument("--quick", action="store_true", help="CI-sized: 256 images, 64 px, 3 repeats")
     parser.add_argument("--full", action="store_true", help="more images and repeats")
     parser.add_argument("--model", default="resnet18", help="timm architecture (random init)")
     parser.add_argument("--sizes", default=None, help="input sizes in px, comma-separated (default 64,112)")
@@ -118,11 +118,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", default=None, help="forward threads to try, comma-separated (default: torch's)")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--omp-wait-policy", choices=["passive", "active"], default=None,
+                        help="run under OMP_WAIT_POLICY (re-executes this script: libgomp reads it at start-up)")
     parser.add_argument("--no-save", action="store_true", help="do not append to benchmarks/results/embed.jsonl")
     args = parser.parse_args(argv)
+    if args.omp_wait_policy and os.environ.get("OMP_WAIT_POLICY", "").lower() != args.omp_wait_policy:
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "OMP_WAIT_POLICY": args.omp_wait_policy})
 
     sizes = parse_ints(args.sizes) if args.sizes else ([64] if args.quick else [64, 112])
-    n_images = args.n_images or (128 if args.quick else 1024 if args.full else 512)
+    n_images = args.n_images or (256 if args.quick else 2048 if args.full else 1024)
     repeats = args.repeats or (3 if args.quick else 7 if args.full else 5)
     workers_grid = parse_ints(args.workers) if args.workers else [default_workers(args.device)]
     threads_grid = parse_ints(args.threads) if args.threads else [torch.get_num_threads()]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from sslsearch.embed import EmbedResult, _aligned_batches, default_workers, embed_images, embed_paths
+from sslsearch.embed import EmbedResult, default_workers, embed_images, embed_paths
 from sslsearch.encoders import create_encoder
 from sslsearch.errors import (
     BadImageError,
@@ -22,6 +22,7 @@ from sslsearch.errors import (
     OutputExistsError,
     StoreError,
 )
+from sslsearch.loader import aligned_batches
 from sslsearch.sources import list_images, load_image
 from sslsearch.store import EmbeddingStore, StoreWriter
 
@@ -152,6 +153,12 @@ def test_bad_files_are_skipped_with_reasons(encoder, images_with_bad_files, bad_
 def test_strict_names_the_first_bad_file_and_leaves_no_store(encoder, images_with_bad_files, tmp_path):
     with pytest.raises(BadImageError, match=r"truncated\.jpg.*--strict"):
         embed_images(images_with_bad_files, encoder, tmp_path / "emb", workers=0, strict=True, progress=False)
+    assert not (tmp_path / "emb").exists()
+    (images_with_bad_files / "circle" / "truncated.jpg").unlink()
+    (images_with_bad_files / "square" / "empty.png").unlink()  # the bad file left comes after 5 good ones
+    with pytest.raises(BadImageError, match=r"notes\.png"):
+        embed_images(images_with_bad_files, encoder, tmp_path / "emb", batch_size=1, shard_rows=1, workers=0,
+                     strict=True, progress=False)
     assert not (tmp_path / "emb").exists()
 
 
@@ -305,9 +312,9 @@ def test_writer_errors_reach_the_caller_and_release_the_lock(encoder, images, tm
 
 
 def test_aligned_batches_follow_fixed_slots():
-    assert _aligned_batches(range(7), 3) == [[0, 1, 2], [3, 4, 5], [6]]
-    assert _aligned_batches([1, 2, 6, 7, 8, 9], 3) == [[1, 2], [6, 7, 8], [9]]
-    assert _aligned_batches([], 4) == []
+    assert aligned_batches(range(7), 3) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert aligned_batches([1, 2, 6, 7, 8, 9], 3) == [[1, 2], [6, 7, 8], [9]]
+    assert aligned_batches([], 4) == []
 
 
 @pytest.mark.parametrize("cores, cpu, cuda", [(1, 1, 1), (2, 1, 2), (16, 4, 8), (64, 8, 8)])
@@ -348,7 +355,7 @@ def test_forward_runs_in_inference_mode(encoder, images, tmp_path):
 @pytest.mark.parametrize("channels_last", [True, False])
 @pytest.mark.parametrize("size", [32, 100])
 def test_batched_preprocessing_equals_the_encoder_transform(encoder, images, channels_last, size):
-    from sslsearch.embed import BatchPreprocessing
+    from sslsearch.loader import BatchPreprocessing
 
     encoder = create_encoder(SPEC, image_size=size, device="cpu")
     pre = BatchPreprocessing.of(encoder)
