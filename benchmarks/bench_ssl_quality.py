@@ -1,0 +1,159 @@
+"""SSL quality: k-NN accuracy and retrieval of each method's encoder after a fixed wall-clock budget.
+
+Each method (SimCLR, MoCo v2, DINO) trains ``--backbone`` from random init on DATA for
+``--minutes`` of wall clock (``sslsearch.ssl.train`` with ``max_minutes``); its exported encoder
+(``sslsearch.encoders.create_encoder(run)``) embeds the images, and beside it, on the same images:
+
+* raw pixels — the image resized to the training size, flattened, mean-centred;
+* random init — the same backbone, untrained (``timm:<backbone>``).
+
+Metrics (cosine similarity on L2-normalised vectors): k-NN top-1 accuracy with the DINO protocol
+(k=20, T=0.07, softmax-weighted votes) and class retrieval recall@10 / precision@10
+(``sslsearch.evaluate``). Queries are a held-out set: for the default sample data a second
+sample set drawn with another seed (same classes, new images); for ``--data`` the ``--queries``
+folder, or leave-one-out on DATA when none is given. Labels are never used in training.
+
+    python benchmarks/bench_ssl_quality.py --quick            # CI-sized: test_resnet, 32 px, 20 s each
+    python benchmarks/bench_ssl_quality.py                    # sample data, resnet18 @ 64 px, 3 min each
+    python benchmarks/bench_ssl_quality.py --data IMAGEFOLDER [--queries IMAGEFOLDER] --minutes 10
+
+Appends one JSON line per run to benchmarks/results/ssl_quality.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sslsearch.encoders import create_encoder
+from sslsearch.evaluate import class_retrieval, knn_accuracy
+from sslsearch.sample_data import make_sample_dataset
+from sslsearch.sources import list_images, load_image
+from sslsearch.ssl import TrainConfig, train
+from sslsearch.ssl.config import from_flat, parse_assignments
+
+RESULTS = Path(__file__).resolve().parent / "results" / "ssl_quality.jsonl"
+
+
+def load_labelled(folder: Path) -> tuple[list[Image.Image], np.ndarray]:
+    source = list_images(folder)
+    records = [r for r in source.records if r.label is not None]
+    return [load_image(source.abs_path(r)).image for r in records], np.array([r.label for r in records])
+
+
+def embed(encoder, images: list[Image.Image], batch: int = 128) -> np.ndarray:
+    return np.concatenate([encoder.embed_pil(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def raw_pixels(images: list[Image.Image], size: int) -> np.ndarray:
+    return np.stack([np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.float32).ravel() for im in images])
+
+
+def score(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray | None,
+          query_labels: np.ndarray | None) -> dict[str, float]:
+    """k-NN accuracy (k=20, T=0.07) and class retrieval recall/precision@10; leave-one-out without queries."""
+    loo = queries is None
+    q, q_labels = (bank, bank_labels) if loo else (queries, query_labels)
+    knn = knn_accuracy(bank, bank_labels, q, q_labels, ks=[20], temperature=0.07, leave_one_out=loo, device="cpu")
+    retrieval = class_retrieval(bank, bank_labels, q, q_labels, ks=[10], leave_one_out=loo, device="cpu")
+    return {"knn_accuracy": round(knn.weighted[20], 4), "recall_at_10": round(retrieval.recall[10], 4),
+            "precision_at_10": round(retrieval.precision[10], 4)}
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=False).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, help="labelled ImageFolder to train and evaluate on (default: sample data)")
+    parser.add_argument("--queries", type=Path, help="held-out labelled ImageFolder of queries")
+    parser.add_argument("--methods", default="simclr,moco,dino")
+    parser.add_argument("--minutes", type=float, default=3.0, help="wall-clock training budget per method")
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--set", dest="assignments", action="append", default=[],
+                        help="extra config field for every run, KEY=VALUE (repeatable)")
+    parser.add_argument("--quick", action="store_true", help="CI-sized: test_resnet, 32 px, 300 images, 20 s each")
+    parser.add_argument("--keep", type=Path, help="keep the run directories under this folder")
+    parser.add_argument("--no-save", action="store_true")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.backbone, args.image_size, args.minutes, args.batch_size = "test_resnet", 32, 1 / 3, 32
+    extra = parse_assignments(args.assignments)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        dataset_name = str(args.data) if args.data else "sample data (seed 0; queries: seed 1)"
+        if args.data is None:
+            n = 300 if args.quick else 1000
+            args.data = make_sample_dataset(work / "sample", n_images=n, image_size=args.image_size, seed=0).root
+            args.queries = make_sample_dataset(work / "sample-queries", n_images=n // 2, image_size=args.image_size,
+                                               seed=1).root
+        bank_images, bank_labels = load_labelled(args.data)
+        query_images, query_labels = load_labelled(args.queries) if args.queries else (None, None)
+        rows: dict[str, dict[str, object]] = {}
+        raw_bank = raw_pixels(bank_images, args.image_size)
+        mean = raw_bank.mean(axis=0)
+        raw_queries = raw_pixels(query_images, args.image_size) - mean if query_images else None
+        rows["raw pixels"] = score(raw_bank - mean, bank_labels, raw_queries, query_labels)
+        random_init = create_encoder(f"timm:{args.backbone}", image_size=args.image_size, device=args.device)
+        rows["random init"] = score(embed(random_init, bank_images), bank_labels,
+                                    embed(random_init, query_images) if query_images else None, query_labels)
+        for method in args.methods.split(","):
+            run = work / f"run-{method}-{time.strftime('%H%M%S')}"
+            config = from_flat({"data": str(args.data), "out": str(run), "method": method, "backbone": args.backbone,
+                                "image_size": args.image_size, "batch_size": args.batch_size,
+                                "max_minutes": args.minutes, "device": args.device, "progress": False, **extra},
+                               TrainConfig())
+            result = train(config)
+            encoder = create_encoder(run, device=args.device)
+            rows[method] = {**score(embed(encoder, bank_images), bank_labels,
+                                    embed(encoder, query_images) if query_images else None, query_labels),
+                            "steps": result.steps, "epochs": result.epochs, "train_seconds": result.seconds,
+                            "images_per_second": result.images_per_second, "final_loss": round(result.final_loss, 4),
+                            "warnings": list(result.warnings)}
+    protocol = "held-out queries" if args.queries else "leave-one-out"
+    print(f"{args.backbone} @ {args.image_size}px, batch {args.batch_size}, {args.minutes:g} min per method, "
+          f"{len(bank_labels)} images ({protocol}); k-NN k=20 T=0.07")
+    headers = ["encoder", "k-NN acc", "recall@10", "precision@10", "steps", "epochs"]
+    table = [headers] + [[name, f"{r['knn_accuracy']:.3f}", f"{r['recall_at_10']:.3f}", f"{r['precision_at_10']:.3f}",
+                          str(r.get("steps", "-")), str(r.get("epochs", "-"))] for name, r in rows.items()]
+    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    if not args.no_save:
+        import sslsearch
+
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        record = {"bench": "ssl_quality", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": git_commit(),
+                  "machine": {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
+                              "cores": os.cpu_count(), "load_average": os.getloadavg()[0],
+                              "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+                  "versions": {"torch": torch.__version__, "sslsearch": sslsearch.__version__},
+                  "settings": {"data": dataset_name, "protocol": protocol,
+                               "backbone": args.backbone, "image_size": args.image_size,
+                               "batch_size": args.batch_size, "minutes": args.minutes, "extra": extra,
+                               "quick": args.quick},
+                  "results": rows}
+        with open(RESULTS, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    main()
