@@ -6,15 +6,18 @@ size, the same masking, loss and AdamW, fed by a plain DataLoader with the same 
 the same images, batch and worker count. Repeats are interleaved (plain, sslsearch, plain, ...)
 after a warm-up; each side's images/s is the median over its steps after the first two.
 
-Quality: MAE trains on the sample data set (or ``--data``, any ImageFolder) for ``--minutes`` of
-wall clock; its exported encoder embeds every image, and k-NN accuracy (DINO protocol: k=20,
-T=0.07, leave-one-out), class-retrieval recall@10 (leave-one-out) and a linear probe (half the
-images per class to train, half to test) are reported beside raw pixels and the same ViT at
-random init. MAE features are known to be weak under k-NN and linear probes without fine-tuning
-(He et al. 2021, section 4.3): the figures say by how much, here.
+Quality (the protocol of bench_ssl_quality.py): MAE trains on the sample data (1,000 images,
+seed 0) or ``--data`` for ``--minutes`` of wall clock per variant (the paper's settings, and a
+short-budget variant with a 10× learning rate and a 4-block decoder); its exported encoder embeds
+the images, and the queries (a second sample set, seed 1, or ``--queries``; leave-one-out when
+none) are scored by k-NN accuracy (DINO protocol: k=20, T=0.07), class-retrieval recall@10 and a
+linear probe (trained on the bank, tested on the queries), beside raw pixels and the same ViT at
+random init (pooled the same way). MAE features are known to be weaker under k-NN and linear
+probes than contrastive ones without fine-tuning (He et al. 2021, section 4.3); the figures say
+how much, here.
 
-    python benchmarks/bench_mae.py --quick                  # CI-sized, ~1 min
-    python benchmarks/bench_mae.py                          # 64 px, vit_tiny/8, 10-minute budget
+    python benchmarks/bench_mae.py --quick                  # CI-sized (32 px, 20-second budget)
+    python benchmarks/bench_mae.py                          # 64 px, vit_tiny/8, 10 minutes per variant
     python benchmarks/bench_mae.py --data IMAGEFOLDER --minutes 30
 
 Appends JSON lines to benchmarks/results/mae.jsonl.
@@ -113,6 +116,7 @@ def plain_loop_images_per_second(images: list, config: TrainConfig, steps: int) 
     from torchvision import transforms as T
 
     from sslsearch.encoders import default_preprocessing
+    from sslsearch.ssl.data import compute_threads
 
     kwargs = {**config.model_kwargs, "img_size": config.image_size}
     encoder, _ = create_backbone(config.backbone, **kwargs)
@@ -126,6 +130,8 @@ def plain_loop_images_per_second(images: list, config: TrainConfig, steps: int) 
                                                interpolation=T.InterpolationMode.BICUBIC),
                            T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(pre.mean, pre.std)])
     workers = config.workers or 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(compute_threads(workers))  # what the trainer does: loader processes + threads = cores
     loader = torch.utils.data.DataLoader(CropFlip(images, transform), batch_size=config.batch_size, shuffle=True,
                                          drop_last=True, num_workers=workers, persistent_workers=workers > 0,
                                          prefetch_factor=4 if workers else None)
@@ -145,6 +151,7 @@ def plain_loop_images_per_second(images: list, config: TrainConfig, steps: int) 
             done += 1
             if done >= steps:
                 break
+    torch.set_num_threads(threads)
     return config.batch_size / statistics.median(durations[2:])
 
 
@@ -160,58 +167,84 @@ def trainer_images_per_second(data: Path, config: TrainConfig, steps: int, out: 
 
 # ----------------------------------------------------------------------------- quality
 
-
-def embed_all(encoder, paths: list[Path]) -> np.ndarray:
-    vectors = []
-    for start in range(0, len(paths), 128):
-        vectors.append(encoder.embed_pil([load_image(p).image for p in paths[start:start + 128]]))
-    return np.concatenate(vectors)
+LINEAR_WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)  # up to 0.1: a 1,000-image probe overfits with weaker decay
 
 
-def raw_pixels(paths: list[Path], side: int) -> np.ndarray:
-    """Each image resized to side × side, flattened, centred: the no-learning baseline."""
-    rows = [np.asarray(load_image(p).image.resize((side, side)), np.float32).reshape(-1) / 255 for p in paths]
-    matrix = np.stack(rows)
-    return matrix - matrix.mean(0)
+def load_labelled(folder: Path) -> tuple[list, np.ndarray]:
+    source = list_images(folder)
+    records = [r for r in source.records if r.label is not None]
+    return [load_image(source.abs_path(r)).image for r in records], np.array([r.label for r in records])
 
 
-def score(vectors: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    knn = knn_accuracy(vectors, labels, vectors, labels, ks=[20], leave_one_out=True, device="cpu")
-    retrieval = class_retrieval(vectors, labels, vectors, labels, ks=[10], leave_one_out=True, device="cpu")
-    rng = np.random.default_rng(0)
-    train_rows = np.zeros(len(labels), bool)
-    for label in np.unique(labels):
-        rows = rng.permutation(np.flatnonzero(labels == label))
-        train_rows[rows[:len(rows) // 2]] = True
-    probe = linear_probe(vectors[train_rows], labels[train_rows], vectors[~train_rows], labels[~train_rows],
-                         device="cpu")
-    return {"knn_top1": round(float(knn.weighted[20]), 4),
-            "recall_at_10": round(float(retrieval.recall[10]), 4),
+def embed(encoder, images: list, batch: int = 128) -> np.ndarray:
+    return np.concatenate([encoder.embed_pil(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def raw_pixels(images: list, size: int) -> np.ndarray:
+    """Each image resized to the training size and flattened: the no-learning baseline (centred by the caller)."""
+    from PIL import Image
+
+    return np.stack([np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.float32).ravel() for im in images])
+
+
+def score(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray | None,
+          query_labels: np.ndarray | None) -> dict[str, float]:
+    """k-NN (k=20, T=0.07), class recall@10 and a linear probe (bank → queries); leave-one-out without queries."""
+    loo = queries is None
+    q, q_labels = (bank, bank_labels) if loo else (queries, query_labels)
+    knn = knn_accuracy(bank, bank_labels, q, q_labels, ks=[20], temperature=0.07, leave_one_out=loo, device="cpu")
+    retrieval = class_retrieval(bank, bank_labels, q, q_labels, ks=[10], leave_one_out=loo, device="cpu")
+    if loo:  # half of each class trains the probe, the other half tests it
+        rng = np.random.default_rng(0)
+        train_rows = np.zeros(len(bank_labels), bool)
+        for label in np.unique(bank_labels):
+            rows = rng.permutation(np.flatnonzero(bank_labels == label))
+            train_rows[rows[:len(rows) // 2]] = True
+        probe = linear_probe(bank[train_rows], bank_labels[train_rows], bank[~train_rows], bank_labels[~train_rows],
+                             weight_decays=LINEAR_WEIGHT_DECAYS, device="cpu")
+    else:
+        probe = linear_probe(bank, bank_labels, q, q_labels, weight_decays=LINEAR_WEIGHT_DECAYS, device="cpu")
+    return {"knn_accuracy": round(float(knn.weighted[20]), 4), "recall_at_10": round(float(retrieval.recall[10]), 4),
             "linear_probe": round(float(probe.test_accuracy), 4)}
 
 
-def quality(data: Path, config: TrainConfig, minutes: float, out: Path) -> list[dict[str, object]]:
-    source = list_images(data)
-    paths = [source.abs_path(r) for r in source.records]
-    labels = np.asarray([r.label for r in source.records])
-    run = dataclasses.replace(config, data=str(data), out=str(out), max_minutes=minutes, epochs=None,
-                              checkpoint_every_steps=10**9, progress=False)
-    result = train(run)
-    kwargs = {**config.model_kwargs, "img_size": config.image_size}
-    rows = [{"features": "raw pixels (16×16)", **score(raw_pixels(paths, 16), labels)}]
-    backbone, _ = create_backbone(config.backbone, **kwargs)
-    random_dir = out.parent / "random_init"
+def random_init_encoder(config: TrainConfig, directory: Path):
+    """The trained architecture at its seeded random init, pooled as MAE exports (mean of patch tokens)."""
     from sslsearch.encoders import default_preprocessing, save_encoder
 
-    pooled = {**kwargs, "global_pool": "avg", "fc_norm": False}
-    backbone, _ = create_backbone(config.backbone, **pooled)
-    save_encoder(random_dir, backbone, backbone=config.backbone, model_kwargs=pooled,
+    kwargs = {**config.model_kwargs, "img_size": config.image_size, "global_pool": "avg", "fc_norm": False}
+    backbone, _ = create_backbone(config.backbone, **kwargs)
+    save_encoder(directory, backbone, backbone=config.backbone, model_kwargs=kwargs,
                  preprocessing=default_preprocessing(backbone, config.image_size))
-    rows.append({"features": f"random-init {config.backbone} (mean-pooled)",
-                 **score(embed_all(create_encoder(random_dir, device="cpu"), paths), labels)})
-    rows.append({"features": f"MAE {minutes:g} min ({result.steps} steps, {result.epochs:g} epochs)",
-                 **score(embed_all(create_encoder(out, device="cpu"), paths), labels),
-                 "steps": result.steps, "final_loss": round(result.final_loss, 4)})
+    return create_encoder(directory, device="cpu")
+
+
+def quality(data: Path, queries: Path | None, variants: dict[str, TrainConfig], minutes: float,
+            work: Path) -> list[dict[str, object]]:
+    """Raw pixels, random init, then one MAE run per variant for ``minutes`` each; scored on the same images."""
+    bank_images, bank_labels = load_labelled(data)
+    query_images, query_labels = load_labelled(queries) if queries else (None, None)
+    first = next(iter(variants.values()))
+    raw_bank = raw_pixels(bank_images, first.image_size)
+    mean = raw_bank.mean(axis=0)
+    raw_queries = raw_pixels(query_images, first.image_size) - mean if query_images else None
+    rows = [{"features": "raw pixels", **score(raw_bank - mean, bank_labels, raw_queries, query_labels)}]
+    encoder = random_init_encoder(first, work / "random_init")
+    rows.append({"features": "random init", **score(embed(encoder, bank_images), bank_labels,
+                                                    embed(encoder, query_images) if query_images else None,
+                                                    query_labels)})
+    for name, config in variants.items():
+        out = work / f"run-{name}"
+        result = train(dataclasses.replace(config, data=str(data), out=str(out), max_minutes=minutes, epochs=None,
+                                           checkpoint_every_steps=10**9, progress=False))
+        losses = [r["loss"] for r in read_metrics(out) if "loss" in r and "event" not in r]
+        encoder = create_encoder(out, device="cpu")
+        rows.append({"features": f"MAE {name}", **score(embed(encoder, bank_images), bank_labels,
+                                                         embed(encoder, query_images) if query_images else None,
+                                                         query_labels),
+                     "steps": result.steps, "epochs": result.epochs, "first_loss": round(losses[0], 4),
+                     "final_loss": round(losses[-1], 4), "warnings": list(result.warnings)})
+        print(f"MAE {name}: loss {losses[0]:.4f} → {losses[-1]:.4f} in {result.steps} steps", file=sys.stderr)
     return rows
 
 
@@ -245,21 +278,32 @@ def print_table(header: list[str], rows: list[list[object]]) -> None:
         print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)))
 
 
+VARIANTS = {
+    # the paper's settings: decoder 8 × 512 (capped at the encoder width), base lr 1.5e-4 per 256 images
+    "paper defaults": [],
+    # for short CPU budgets: half the decoder (more steps in the budget) and a 10× learning rate
+    "short-budget (lr×10, decoder depth 4)": ["optimizer.lr=1.5e-3", "mae.decoder_depth=4"],
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="CI-sized: 32 px, patch 8, tiny budget")
+    parser.add_argument("--quick", action="store_true", help="CI-sized: 32 px, 200 images, 20 s budget, one variant")
     parser.add_argument("--data", type=Path, default=None, help="labelled ImageFolder (default: generated sample data)")
+    parser.add_argument("--queries", type=Path, default=None, help="held-out labelled ImageFolder of queries")
     parser.add_argument("--n-images", type=int, default=None, help="sample images to generate (default 1000)")
     parser.add_argument("--backbone", default="vit_tiny_patch16_224")
     parser.add_argument("--patch-size", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=None, help="px (default 64; --quick 32)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--minutes", type=float, default=None, help="training budget of the quality run (default 10)")
+    parser.add_argument("--workers", type=int, default=0, help="loader processes for both sides (default 0, "
+                        "the trainer's choice for in-memory images on few cores)")
+    parser.add_argument("--minutes", type=float, default=None, help="training budget of each quality run (default 10)")
+    parser.add_argument("--variants", default=None, help=f"comma-separated subset of: {', '.join(VARIANTS)}")
     parser.add_argument("--steps", type=int, default=None, help="steps per throughput repeat (default 8)")
     parser.add_argument("--repeats", type=int, default=None, help="throughput repeats (default 3)")
     parser.add_argument("--set", dest="assignments", action="append", default=[],
-                        help="extra config field KEY=VALUE for both runs, e.g. mae.decoder_depth=4")
+                        help="extra config field KEY=VALUE for every run, e.g. mae.decoder_depth=4")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--no-save", action="store_true", help="do not append to benchmarks/results/mae.jsonl")
@@ -267,24 +311,30 @@ def main(argv: list[str] | None = None) -> None:
     from sslsearch.ssl.config import parse_assignments
 
     image_size = args.image_size or (32 if args.quick else 64)
-    minutes = args.minutes or (0.5 if args.quick else 10.0)
+    minutes = args.minutes or (1 / 3 if args.quick else 10.0)
     steps = args.steps or (5 if args.quick else 8)
     repeats = args.repeats or (1 if args.quick else 3)
     n_images = args.n_images or (200 if args.quick else 1000)
-    overrides = {"method": "mae", "backbone": args.backbone, "model_kwargs": {"patch_size": args.patch_size},
-                 "image_size": image_size, "batch_size": args.batch_size, "workers": args.workers,
-                 **parse_assignments(args.assignments)}
-    config = from_flat(overrides, TrainConfig())
+    chosen = args.variants.split(",") if args.variants else (["paper defaults"] if args.quick else list(VARIANTS))
+    base = {"method": "mae", "backbone": args.backbone, "model_kwargs": {"patch_size": args.patch_size},
+            "image_size": image_size, "batch_size": args.batch_size, "workers": args.workers,
+            **parse_assignments(args.assignments)}
+    variants = {name: from_flat({**base, **parse_assignments(VARIANTS[name])}, TrainConfig()) for name in chosen}
+    config = variants[chosen[0]]
     info = machine()
     rows: list[dict[str, object]] = []
     common = {"backbone": args.backbone, "patch_size": args.patch_size, "image_size": image_size,
               "batch_size": args.batch_size, "workers": args.workers, "set": args.assignments}
     with tempfile.TemporaryDirectory(prefix="bench_mae_") as tmp:
-        data = args.data
+        work = Path(tmp)
+        data, queries = args.data, args.queries
+        dataset_name = str(data) if data else f"sample data ({n_images} images, seed 0; queries: {n_images // 2}, seed 1)"
         if data is None:
             from sslsearch.sample_data import make_sample_dataset
 
-            data = make_sample_dataset(Path(tmp) / "images", n_images=n_images, image_size=64, seed=0).root
+            data = make_sample_dataset(work / "sample", n_images=n_images, image_size=image_size, seed=0).root
+            queries = make_sample_dataset(work / "sample-queries", n_images=n_images // 2, image_size=image_size,
+                                          seed=1).root
         if not args.skip_throughput:
             source = list_images(data)
             images = [load_image(source.abs_path(r)).image for r in source.records]
@@ -292,26 +342,30 @@ def main(argv: list[str] | None = None) -> None:
             plain, ours = [], []
             for repeat in range(repeats):
                 plain.append(plain_loop_images_per_second(images, config, steps))
-                ours.append(trainer_images_per_second(data, config, steps, Path(tmp) / f"speed{repeat}"))
+                ours.append(trainer_images_per_second(data, config, steps, work / f"speed{repeat}"))
                 print(f"repeat {repeat}: plain {plain[-1]:.1f} img/s, sslsearch {ours[-1]:.1f} img/s", file=sys.stderr)
-            row = {"kind": "throughput", **common, "steps": steps, "repeats": repeats,
+            row = {"kind": "throughput", **common, "variant": chosen[0], "steps": steps, "repeats": repeats,
                    "plain_images_per_s": round(statistics.median(plain), 2),
                    "sslsearch_images_per_s": round(statistics.median(ours), 2),
                    "ratio": round(statistics.median(o / p for o, p in zip(ours, plain)), 3)}
             rows.append(row)
-            print_table(["backbone", "px", "batch", "plain img/s", "sslsearch img/s", "ratio"],
+            print_table(["backbone", "px", "batch", "decoder", "plain img/s", "sslsearch img/s", "ratio"],
                         [[f"{args.backbone}/{args.patch_size}", image_size, args.batch_size,
-                          row["plain_images_per_s"], row["sslsearch_images_per_s"], row["ratio"]]])
-            print(f"(median of {repeats} interleaved repeats of {steps} steps after a warm-up; "
+                          f"{config.mae.decoder_depth} blocks", row["plain_images_per_s"],
+                          row["sslsearch_images_per_s"], row["ratio"]]])
+            print(f"(median of {repeats} interleaved repeats of {steps} steps, the first 2 of each left out; "
                   f"load average at start {info['load_1min_at_start']})\n")
         if not args.skip_quality:
-            results = quality(Path(data), config, minutes, Path(tmp) / "quality" / "run")
+            results = quality(Path(data), queries, variants, minutes, work / "quality")
+            protocol = "held-out queries" if queries else "leave-one-out"
             for result in results:
-                rows.append({"kind": "quality", **common, "minutes": minutes, "n_images": n_images, **result})
-            print_table(["features", "k-NN top-1 (k=20)", "recall@10", "linear probe"],
-                        [[r["features"], r["knn_top1"], r["recall_at_10"], r["linear_probe"]] for r in results])
-            print(f"(leave-one-out k-NN and retrieval over {len(list_images(data).records)} images; linear probe "
-                  "trained on half of each class, tested on the other half)")
+                rows.append({"kind": "quality", **common, "minutes": minutes, "data": dataset_name,
+                             "protocol": protocol, **result})
+            print(f"{args.backbone}/{args.patch_size} @ {image_size}px, batch {args.batch_size}, {minutes:g} min per "
+                  f"MAE run, {dataset_name} ({protocol}); k-NN k=20 T=0.07")
+            print_table(["features", "k-NN acc", "recall@10", "linear probe", "steps", "loss"],
+                        [[r["features"], r["knn_accuracy"], r["recall_at_10"], r["linear_probe"], r.get("steps", "-"),
+                          f"{r['first_loss']} → {r['final_loss']}" if "final_loss" in r else "-"] for r in results])
     if not args.no_save:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
