@@ -63,7 +63,8 @@ def _pct(value: float) -> str:
 
 KNN_HELP = """k-NN classification accuracy of the embeddings in EMB.
 
-DINO protocol: cosine similarity, k in 10, 20, 100, 200, softmax-weighted votes with T=0.07), with a plain majority vote beside it.
+DINO protocol (cosine similarity, k in 10, 20, 100, 200, softmax-weighted votes with T=0.07),
+with a plain majority vote beside it.
 
 Labels come from the store's label column (ImageFolder class) or --labels FILE. Queries: --queries
 EMB2 (e.g. the test split), --holdout FRACTION of EMB, or leave-one-out (default).
@@ -101,7 +102,8 @@ def knn_command(
 
 LINEAR_HELP = """Linear-probe accuracy of the embeddings in EMB.
 
-Logistic regression on the frozen embeddings (torch, GPU when present), with a small learning-rate x weight-decay sweep chosen on a validation tenth of the
+Logistic regression on the frozen embeddings (torch, GPU when present), with a small
+learning-rate x weight-decay sweep chosen on a validation tenth of the
 training rows, then refitted and scored on the test rows (--queries EMB2, or --holdout, default 0.2).
 
 Example: sslsearch bench linear emb-train/ --queries emb-test/
@@ -165,8 +167,9 @@ def retrieval_command(
             return print_json(rev.to_dict())
         for note in rev.notes:
             info(f"note: {note}")
-        return typer.echo(table([[p, _pct(rev.mean_average_precision[p])] + [_pct(v) for v in rev.mean_precision[p].values()]
-                                 for p in rev.mean_average_precision],
+        rows = [[p, _pct(rev.mean_average_precision[p])] + [_pct(v) for v in rev.mean_precision[p].values()]
+                for p in rev.mean_average_precision]
+        return typer.echo(table(rows,
                                 ["protocol", "mAP"] + [f"mP@{kk}" for kk in rev.mean_precision["medium"]]))
     split = load_split(store, queries=queries, labels_file=labels, drop_unlabelled=drop_unlabelled, holdout=holdout,
                        leave_one_out=leave_one_out or None, seed=seed, require_labels=pairs is None)
@@ -182,7 +185,8 @@ def retrieval_command(
 
 INDEX_HELP = """Recall vs speed of the index in IDX over its search parameter.
 
-Recall@k against exact search over the store, and queries/s (batch and one at a time), over a sweep of its search parameter (nprobe for IVF, efSearch for HNSW). Prints the
+Recall@k against exact search over the store, and queries/s (batch and one at a time), over a
+sweep of its search parameter (nprobe for IVF, efSearch for HNSW). Prints the
 operating-point table and the fastest setting that meets --target-recall; --apply writes that
 setting into the index card (index.json), so `sslsearch search` uses it.
 
@@ -260,7 +264,8 @@ def all_command(
 
 DATASET_HELP = """Write a local CIFAR-10/100 folder as ImageFolders for `sslsearch embed`.
 
-Reads cifar-10-batches-py or cifar-100-python and writes PNG ImageFolders OUT/train/<class>/ and OUT/test/<class>/ (with labels.csv), ready for `sslsearch embed`.
+Reads cifar-10-batches-py or cifar-100-python and writes PNG ImageFolders OUT/train/<class>/
+and OUT/test/<class>/ (with labels.csv), ready for `sslsearch embed`.
 The batch pickles are read with a restricted unpickler (arrays and plain containers only); nothing
 is downloaded.
 

@@ -1,12 +1,13 @@
 """Index recall against exact search and QPS over a sweep of search parameters (nprobe / efSearch)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -31,7 +32,7 @@ class SweepSetting:
         value: its value (0 when there is none).
         recall: mean |approximate top-k ∩ exact top-k| / k.
         qps_batch: queries/s searching all queries in one call.
-        qps_single: queries/s searching them one at a time.
+        qps_single: queries/s searching them one at a time, on one faiss thread.
     """
 
     parameter: str
@@ -113,6 +114,23 @@ def set_search_parameter(index: Any, parameter: str, value: int) -> None:
         apply_search_params(index, {parameter: int(value)})
 
 
+@contextlib.contextmanager
+def _faiss_threads(threads: int) -> Iterator[None]:
+    """Run faiss with this many OpenMP threads, restoring the setting afterwards.
+
+    A single query cannot use more than one thread, and on a busy machine the idle threads'
+    wake-ups make its latency jump by 10x from call to call.
+    """
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def _median_seconds(run: Any, repeats: int, min_seconds: float = 0.02) -> float:
     """Median seconds of one ``run()``, each repeat looping it long enough (>= min_seconds) to be timed."""
     started = time.perf_counter()
@@ -147,7 +165,7 @@ def sweep_index(index_dir: str | os.PathLike[str], store: str | os.PathLike[str]
         queries: (q, d) float32 query vectors, or None to sample store rows.
         k: neighbours compared.
         n_queries: sampled queries for the recall and batch QPS.
-        n_single_queries: how many of them are also searched one at a time.
+        n_single_queries: how many of them are also searched one at a time (on one faiss thread).
         target_recall: the operating point is the fastest setting with recall >= this: the smallest
             nprobe / efSearch that reaches it (search cost grows with the value; timings are noisy).
         values: the parameter values to sweep (default: a grid that fits the index).
@@ -216,8 +234,9 @@ def sweep_index(index_dir: str | os.PathLike[str], store: str | os.PathLike[str]
         _, ids = index.search(query_vectors, search_k)
         recall = recall_at_k(_without_self(ids, self_ids, k), exact_ids)
         batch_seconds = _median_seconds(lambda: index.search(query_vectors, search_k), repeats)
-        single_seconds = _median_seconds(lambda: [index.search(single[i:i + 1], search_k) for i in range(len(single))],
-                                         repeats)
+        with _faiss_threads(1):  # one query at a time on one thread, as a serving worker runs
+            single_seconds = _median_seconds(lambda: [index.search(single[i:i + 1], search_k)
+                                                      for i in range(len(single))], repeats)
         settings.append(SweepSetting(parameter, int(value), recall, len(query_vectors) / max(batch_seconds, 1e-9),
                                      len(single) / max(single_seconds, 1e-9)))
     # The cost of a search grows with nprobe / efSearch, so the smallest value that meets the target is

@@ -117,8 +117,9 @@ def check_ks(ks: Sequence[int] | None, available: int) -> tuple[tuple[int, ...],
         if not fitting:
             raise InvalidArgumentError(f"the database has {available} candidate neighbour(s) per query, fewer than the "
                                        f"smallest default k={DINO_KS[0]}; pass --k with smaller values")
-        notes = (f"k={','.join(map(str, left_out))} left out: the database has only {available} candidates",) if left_out else ()
-        return fitting, notes
+        if not left_out:
+            return fitting, ()
+        return fitting, (f"k={','.join(map(str, left_out))} left out: the database has only {available} candidates",)
     chosen = tuple(sorted(set(int(k) for k in ks)))
     if not chosen or chosen[0] < 1:
         raise InvalidArgumentError(f"k must be >= 1, got {list(ks)}")

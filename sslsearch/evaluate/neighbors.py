@@ -72,7 +72,8 @@ def exact_neighbors(queries: np.ndarray, database: np.ndarray, k: int, *, device
     return Neighbors(scores=scores, positions=positions)
 
 
-def _exact_search(queries: np.ndarray, database: np.ndarray, k: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def _exact_search(queries: np.ndarray, database: np.ndarray, k: int,
+                  device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """The project's one exact search (``index.exact``: blocked matmul + top-k, ties by id)."""
     with warnings.catch_warnings():
         # Store vectors read zero-copy from Parquet are read-only; the search only reads them, so

@@ -129,7 +129,8 @@ def render_markdown(report: BenchmarkReport) -> str:
         lines += ["## Index: recall vs speed", "",
                   f"`{idx.factory}`, {idx.ntotal:,} vectors; recall@{idx.k} against exact search for "
                   f"{idx.queries_from}; QPS for the batch of {idx.n_queries} and for {idx.n_single_queries} queries "
-                  f"one at a time (median of repeats). Exact search (blocked matmul): {idx.exact_qps:,.0f} QPS.", ""]
+                  f"one at a time on one thread (median of repeats). Exact search (blocked matmul): "
+                  f"{idx.exact_qps:,.0f} QPS.", ""]
         lines += _table(["setting", f"recall@{idx.k}", "QPS (batch)", "QPS (single)"],
                         [[("**" + s.label + "**") if s == idx.operating_point else s.label, f"{s.recall:.4f}",
                           f"{s.qps_batch:,.0f}", f"{s.qps_single:,.0f}"] for s in idx.settings])

@@ -79,7 +79,8 @@ def read_revisited_ground_truth(path: str | os.PathLike[str]) -> RevisitedGround
 
     return RevisitedGroundTruth(database_names=tuple(map(str, data["imlist"])),
                                 query_names=tuple(map(str, data["qimlist"])),
-                                easy=tuple(positions(g, "easy") for g in gnd), hard=tuple(positions(g, "hard") for g in gnd),
+                                easy=tuple(positions(g, "easy") for g in gnd),
+                                hard=tuple(positions(g, "hard") for g in gnd),
                                 junk=tuple(positions(g, "junk") for g in gnd))
 
 
