@@ -81,6 +81,17 @@ def test_encoder_sees_only_the_visible_patches() -> None:
     assert predictions.shape == (2, 16, 8 * 8 * 3)
 
 
+def test_bf16_autocast_step_gives_a_float32_loss_and_gradients() -> None:
+    method = build_method()
+    from sslsearch.ssl.schedules import StepContext, TrainingPlan
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = method([torch.randn(4, 3, 32, 32)], StepContext(0, TrainingPlan(10, 10, 1, 24, 8)))
+    assert output.loss.dtype == torch.float32 and torch.isfinite(output.loss)
+    output.loss.backward()
+    assert method.decoder.mask_token.grad is not None and method.backbone.cls_token.grad is not None
+
+
 def test_pooling_choice_keeps_the_weights() -> None:
     # a model that already pools with an fc_norm keeps its own architecture (weights must load in `embed`)
     method = build_method(backbone="test_vit2")

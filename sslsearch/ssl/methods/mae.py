@@ -153,7 +153,9 @@ class MAE(Method):
         width = section.decoder_width or min(DECODER_MAX_WIDTH, model.embed_dim)
         heads = section.decoder_heads or default_decoder_heads(width)
         check_decoder(width, heads, section.decoder_depth, model.embed_dim)
-        if width > DECODER_WIDTH_WARN_RATIO * model.embed_dim:
+        from ..distributed import rank
+
+        if width > DECODER_WIDTH_WARN_RATIO * model.embed_dim and rank() == 0:
             logger.warning(f"warning: mae.decoder_width {width} is more than {DECODER_WIDTH_WARN_RATIO}× the "
                            f"encoder's width {model.embed_dim}; the decoder will cost more than the encoder — "
                            f"the paper's decoder is narrower than its encoder (try {min(512, model.embed_dim)})")
