@@ -95,6 +95,7 @@ def outputs(folder, tmp_path_factory) -> Path:
     (["--out", "{tmp}/new", "--encoder", "timm:resnet_18"], "unknown timm model 'resnet_18'"),
     (["--out", "{tmp}/new", "--dtype", "int8"], "unknown embedding dtype 'int8'"),
     (["--out", "{tmp}/new", "--batch-size", "0"], "--batch-size must be > 0"),
+    (["--out", "{tmp}/new", "--threads", "0"], "threads must be > 0"),
     (["--out", "{tmp}/new", "--device", "tpu"], "unknown device 'tpu'"),
 ])
 def test_errors_are_one_line_and_exit_1(folder, outputs, tmp_path, capsys, args, message):

@@ -36,13 +36,15 @@ def embed_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store at --out, or write into a non-empty folder."),
     strict: bool = typer.Option(False, "--strict", help="Fail on the first file that cannot be decoded instead of skipping it."),
     shard_rows: int = typer.Option(50_000, "--shard-rows", help="Rows per Parquet shard."),
+    threads: Optional[int] = typer.Option(None, "--threads",
+                                          help="CPU threads of the forward pass (default: torch's, one per core)."),
     as_json: bool = JsonOption,
 ) -> None:
     from ..embed import embed_images
 
     result = embed_images(data, encoder, out, weights=weights, image_size=image_size, batch_size=batch_size,
                           workers=workers, dtype=dtype, device=device, resume=resume, overwrite=overwrite,
-                          strict=strict, shard_rows=shard_rows)
+                          strict=strict, shard_rows=shard_rows, threads=threads)
     if as_json:
         print_json(result.to_dict())
         return
