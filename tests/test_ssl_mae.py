@@ -81,6 +81,19 @@ def test_encoder_sees_only_the_visible_patches() -> None:
     assert predictions.shape == (2, 16, 8 * 8 * 3)
 
 
+@pytest.mark.parametrize("backbone", ["test_vit", "test_vit2"])  # class token; register tokens without one
+def test_encoder_with_every_patch_kept_is_timms_forward(backbone: str) -> None:
+    from sslsearch.ssl.losses.mae import PatchMask
+
+    method = build_method(backbone=backbone).eval()
+    images = torch.randn(2, 3, 32, 32)
+    everything = PatchMask(keep=torch.arange(16).repeat(2, 1), restore=torch.arange(16).repeat(2, 1),
+                           mask=torch.zeros(2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(method.encode_visible(images, everything),
+                                   method.backbone.forward_features(images))
+
+
 def test_bf16_autocast_step_gives_a_float32_loss_and_gradients() -> None:
     method = build_method()
     from sslsearch.ssl.schedules import StepContext, TrainingPlan
