@@ -207,17 +207,11 @@ def test_calibration_needs_a_rebuildable_encoder(planted, tmp_path: Path) -> Non
 # ----------------------------------------------------------------------------- --against
 
 
-def write_index(directory: Path, store: Path, vectors: np.ndarray, encoder=ENCODER) -> Path:
-    """An index directory per Contract 3: index.faiss (ids = store ids) + index.json card."""
-    import faiss
+def write_index(directory: Path, store: Path) -> Path:
+    """An exact (flat) index over ``store`` built with ``sslsearch.index.build_index``."""
+    from sslsearch.index import build_index
 
-    directory.mkdir(parents=True)
-    index = faiss.IndexIDMap(faiss.IndexFlatIP(vectors.shape[1]))
-    index.add_with_ids(np.asarray(vectors, np.float32), np.arange(len(vectors), dtype=np.int64))
-    faiss.write_index(index, str(directory / "index.faiss"))
-    (directory / "index.json").write_text(json.dumps({"factory": "Flat", "metric": "ip", "dim": vectors.shape[1],
-                                                      "ntotal": len(vectors), "encoder": encoder,
-                                                      "store": str(store)}))
+    build_index(store, directory, kind="flat", device="cpu", progress=False)
     return directory
 
 
@@ -225,7 +219,7 @@ def test_against_an_existing_index(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     old_vectors = _unit(rng, 12)
     old = make_store(tmp_path / "old", {f"old_{i:02d}.png": noise_image(100 + i) for i in range(12)}, old_vectors)
-    index = write_index(tmp_path / "idx", old, old_vectors)
+    index = write_index(tmp_path / "idx", old)
     new_vectors = _unit(rng, 6)
     new_vectors[0] = _near(old_vectors[4], 0.97, rng)  # new_00 duplicates old_04
     new_vectors[1] = _near(old_vectors[4], 0.95, rng)  # so does new_01
@@ -249,8 +243,18 @@ def test_against_an_existing_index(tmp_path: Path) -> None:
     assert summary["against"]["new_images_duplicating_index"] == 3 and summary["against"]["ntotal"] == 12
     assert result.report.read_text().count("INDEX") >= 2
 
+    shutil.move(old, tmp_path / "moved")  # the index's store is gone: ids and edge similarities only
+    result = deduplicate(new, tmp_path / "dups_moved", threshold=0.9, against=index, report=True)
+    members = {(m.source, m.id): m for c in result.clusters for m in c.members}
+    assert members[("index", 4)].path == "" and members[("index", 4)].keep
+    assert members[("store", 0)].similarity == pytest.approx(0.97, abs=1e-4)
+    assert "in the index" in result.report.read_text()
+    shutil.move(tmp_path / "moved", old)
+
     other = dict(ENCODER, id="enc-other000000000", spec="timm:other")
-    foreign = write_index(tmp_path / "idx2", old, old_vectors, encoder=other)
+    foreign_store = make_store(tmp_path / "foreign", {f"f_{i}.png": noise_image(300 + i) for i in range(12)}, old_vectors,
+                               encoder=other)
+    foreign = write_index(tmp_path / "idx2", foreign_store)
     with pytest.raises(EncoderMismatchError, match="timm:other"):
         deduplicate(new, tmp_path / "dups2", threshold=0.9, against=foreign)
 

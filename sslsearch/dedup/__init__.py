@@ -3,7 +3,7 @@
 Modules: graph (k-NN graph → similar pairs, chunked), clusters (union-find, keep policy), exact
 (file and pixel hashes), edits (the edits copies differ by), calibrate (self-calibrated
 threshold), result (typed results), outputs (files in DUPS/), report (HTML), run (``deduplicate``),
-against (new images vs an existing index), convenience (embed then deduplicate).
+against (new images vs an existing index, via index.load_index), convenience (embed then deduplicate).
 """
 from __future__ import annotations
 

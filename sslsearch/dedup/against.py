@@ -1,7 +1,6 @@
 """Incremental dedup: which new images duplicate what an existing index holds, without rebuilding it."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,11 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import IndexFileError, InputNotFoundError
-from ..store import EmbeddingStore, check_same_encoder
-
-INDEX_FILE = "index.faiss"
-CARD_FILE = "index.json"
+from ..errors import SSLSearchError
+from ..store import check_same_encoder
 
 
 @dataclass(frozen=True)
@@ -59,95 +55,50 @@ class IndexMatches:
         return {(int(r), int(n)): float(s) for r, n, s in zip(self.rows, self.nodes, self.scores)}
 
 
-def _read_card(index_dir: Path) -> dict[str, Any]:
-    if not index_dir.is_dir():
-        raise InputNotFoundError(f"index {index_dir} does not exist; build one with `sslsearch index build EMB --out IDX`")
-    card_path = index_dir / CARD_FILE
-    if not card_path.is_file() or not (index_dir / INDEX_FILE).is_file():
-        missing = CARD_FILE if not card_path.is_file() else INDEX_FILE
-        raise IndexFileError(f"{index_dir} is not an sslsearch index: no {missing}; build one with "
-                             "`sslsearch index build EMB --out IDX`")
-    try:
-        return json.loads(card_path.read_text())
-    except ValueError as error:
-        raise IndexFileError(f"{card_path} is not valid JSON ({error}); rebuild the index") from None
-
-
-def _index_store(card: dict[str, Any]) -> EmbeddingStore | None:
-    """The store the index was built from, when the card names one that still exists."""
-    for key in ("store", "store_dir", "embeddings"):
-        value = card.get(key)
-        if isinstance(value, dict):
-            value = value.get("directory") or value.get("path")
-        if isinstance(value, str) and (Path(value) / "manifest.json").is_file():
-            try:
-                return EmbeddingStore.open(value)
-            except Exception:  # noqa: BLE001 - a store that moved or changed only costs us the paths
-                return None
-    return None
-
-
-def _search(index_dir: Path, queries: np.ndarray, k: int, card: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(q, k) cosine similarities and index ids; the card's search parameters are applied."""
-    import faiss
-
-    try:
-        index = faiss.read_index(str(index_dir / INDEX_FILE))
-    except RuntimeError as error:
-        raise IndexFileError(f"{index_dir / INDEX_FILE} cannot be read by faiss ({str(error).splitlines()[0]}); "
-                             "rebuild the index") from None
-    if index.d != queries.shape[1]:
-        raise IndexFileError(f"index {index_dir} holds dim {index.d} vectors but the store has dim {queries.shape[1]}; "
-                             "dedup against an index built from the same encoder")
-    params = card.get("search_params") or card.get("search_parameters") or {}
-    if params:
-        text = ",".join(f"{key}={value}" for key, value in params.items())
-        try:
-            faiss.ParameterSpace().set_index_parameters(index, text)
-        except RuntimeError:
-            pass  # a parameter this index type does not take: its defaults are used
-    scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, max(1, index.ntotal)))
-    if index.metric_type == faiss.METRIC_L2:  # squared L2 between unit vectors = 2 - 2·cosine
-        scores = 1.0 - scores / 2.0
-    return scores.astype(np.float32), ids.astype(np.int64)
-
-
 def match_against_index(index_dir: str | os.PathLike[str], vectors: np.ndarray, encoder: dict[str, Any],
-                        threshold: float, *, neighbors: int = 16) -> IndexMatches:
+                        threshold: float, *, neighbors: int = 16, device: str = "cpu") -> IndexMatches:
     """Search every new vector in an existing index and keep the matches at or above ``threshold``.
 
     Args:
-        index_dir: an index directory (Contract 3: ``index.faiss`` + ``index.json``).
+        index_dir: an index directory written by ``sslsearch index build`` (opened with ``load_index``,
+            its tuned search parameters applied).
         vectors: (n, d) float32 L2-normalised vectors of the new store.
         encoder: the new store's encoder fingerprint (must match the index card's).
         threshold: cosine similarity at or above which a new image duplicates an index item.
         neighbors: index items searched per new image.
+        device: where to search (``load_index``'s device: ``cpu``, ``auto`` or ``cuda``).
 
     Raises:
         InputNotFoundError, IndexFileError: a missing or unreadable index.
         EncoderMismatchError: the index was built with another encoder.
     """
+    from ..index import load_index
+
     index_dir = Path(index_dir)
-    card = _read_card(index_dir)
-    card_encoder = card.get("encoder") or card.get("encoder_fingerprint") or {}
-    check_same_encoder(card_encoder, encoder, int(card.get("dim", vectors.shape[1])),
-                       what="the new store's vectors", where=f"index {index_dir}")
-    scores, ids = _search(index_dir, vectors, neighbors, card)
+    index = load_index(index_dir, device=device)
+    check_same_encoder(index.card.encoder, encoder, index.dim, what="the new store's vectors",
+                       where=f"index {index_dir}")
+    if vectors.shape[1] != index.dim:
+        index.search_arrays(vectors[:1], 1)  # raises the index's dim error, naming its encoder
+    k = min(neighbors, len(index))
+    if k == 0 or len(vectors) == 0:
+        scores, ids = np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
+    else:
+        scores, ids = index.search_arrays(np.ascontiguousarray(vectors, dtype=np.float32), k)
     rows = np.repeat(np.arange(len(vectors), dtype=np.int64), ids.shape[1])
-    ids, scores = ids.reshape(-1), scores.reshape(-1)
+    ids, scores = ids.reshape(-1).astype(np.int64), scores.reshape(-1).astype(np.float32)
     keep = (ids >= 0) & (scores >= threshold)
     rows, ids, scores = rows[keep], ids[keep], scores[keep]
     unique_ids, nodes = np.unique(ids, return_inverse=True)
-    store = _index_store(card)
+    store = index.store  # None when the index's store moved or changed: no paths, edge scores only
     paths: tuple[str, ...] = tuple("" for _ in unique_ids)
     node_vectors = None
     if store is not None and len(unique_ids):
         paths = tuple(p or "" for p in store.paths(unique_ids))
         try:
             node_vectors = store.vectors_for(unique_ids)
-        except Exception:  # noqa: BLE001 - ids the store no longer holds: fall back to edge scores
+        except SSLSearchError:
             node_vectors = None
-    ntotal = int(card.get("ntotal", 0))
-    return IndexMatches(index_dir=index_dir, ntotal=ntotal, rows=rows, nodes=nodes.astype(np.int64),
-                        scores=scores.astype(np.float32), ids=unique_ids.astype(np.int64), paths=paths,
+    return IndexMatches(index_dir=index_dir, ntotal=len(index), rows=rows, nodes=nodes.astype(np.int64),
+                        scores=scores, ids=unique_ids.astype(np.int64), paths=paths,
                         source_root=store.source_root if store is not None else None, vectors=node_vectors)

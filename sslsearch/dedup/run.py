@@ -283,7 +283,8 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
             from .against import match_against_index
 
             mark_against = time.perf_counter()
-            matches = match_against_index(against, rows.vectors, rows.store.encoder, cut, neighbors=neighbors)
+            matches = match_against_index(against, rows.vectors, rows.store.encoder, cut, neighbors=neighbors,
+                                          device=device)
             firsts.append(matches.rows)
             seconds.append(matches.nodes + n)
             timings["against"] = time.perf_counter() - mark_against
