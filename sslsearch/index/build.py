@@ -28,7 +28,7 @@ TARGET_RECALL = 0.95
 EVAL_QUERIES = 500
 RECALL_K = 10
 CHUNK_ROWS = 65_536
-EF_SEARCH_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+EF_SEARCH_LADDER = (10, 12, 16, 20, 24, 28, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 384, 512, 768, 1024)
 NPROBE_LADDER = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048, 4096)
 PLATEAU = 0.005  # when the target is out of reach: the smallest setting within this of the best recall seen
 
