@@ -99,11 +99,7 @@ class MAE(Method):
         section: MAEConfig = config.mae
         self.section = section
         self.patch_size = patch_size_of(backbone)
-        if config.image_size % self.patch_size:
-            lower = config.image_size // self.patch_size * self.patch_size
-            raise InvalidArgumentError(f"--image-size {config.image_size} is not a multiple of {config.backbone}'s "
-                                       f"{self.patch_size} px patches; use {lower or self.patch_size} or "
-                                       f"{lower + self.patch_size}")
+        check_image_size(config.image_size, self.patch_size, config.backbone)
         side = config.image_size // self.patch_size
         self.grid = (side, side)
         self.num_patches = side * side
@@ -144,10 +140,7 @@ class MAE(Method):
         if native != config.image_size and not getattr(model, "dynamic_img_size", False):
             raise InvalidArgumentError(f"model_kwargs img_size {native} differs from --image-size {config.image_size}; "
                                        "drop img_size from model_kwargs (it follows --image-size)")
-        if config.image_size % patch:
-            lower = config.image_size // patch * patch
-            raise InvalidArgumentError(f"--image-size {config.image_size} is not a multiple of {config.backbone}'s "
-                                       f"{patch} px patches; use {lower or patch} or {lower + patch}")
+        check_image_size(config.image_size, patch, config.backbone)
         section = config.mae
         visible_patch_count((config.image_size // patch) ** 2, section.mask_ratio)
         width = section.decoder_width or min(DECODER_MAX_WIDTH, model.embed_dim)
@@ -251,6 +244,14 @@ class MAE(Method):
         if self._preview_batch is None or not self.config.out or rank() != 0:
             return
         save_preview(self.preview(self._preview_batch, seed=PREVIEW_SEED + step), preview_path(self.config.out, step))
+
+
+def check_image_size(image_size: int, patch: int, name: str) -> None:
+    """Raises InvalidArgumentError when the image does not split into whole patches (naming the nearest sizes)."""
+    if image_size % patch:
+        lower = image_size // patch * patch
+        raise InvalidArgumentError(f"--image-size {image_size} is not a multiple of {name}'s {patch} px patches; "
+                                   f"use {lower or patch} or {lower + patch}")
 
 
 def check_decoder(width: int, heads: int, depth: int, encoder_dim: int) -> None:
