@@ -15,6 +15,15 @@ from sslsearch.ssl.optimizers import LARS
 from sslsearch.ssl.schedules import StepContext, TrainingPlan, cosine, linear_ramp, warmup_cosine
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: tiny models gain nothing from two, and on a busy shared box two stall each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def plan(total: int = 100, per_epoch: int = 10) -> TrainingPlan:
     return TrainingPlan(total_steps=total, steps_per_epoch=per_epoch, warmup_steps=10, dataset_size=80,
                         global_batch_size=8)
@@ -111,6 +120,7 @@ def test_moco_step_updates_keys_by_momentum_only() -> None:
 
 def test_dino_freezes_the_last_layer_and_schedules_the_teacher() -> None:
     config = from_flat({"method": "dino", "dino.prototypes": 32, "dino.hidden_dim": 32, "dino.bottleneck_dim": 16,
+                        "dino.teacher_temperature": 0.07,
                         "dino.freeze_last_layer_epochs": 1}, TrainConfig())
     backbone, dim = tiny_backbone()
     method = DINO(backbone, dim, config)

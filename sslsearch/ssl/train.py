@@ -36,7 +36,7 @@ from .schedules import StepContext, TrainingPlan, cosine, warmup_cosine
 from .transforms import resolve_augmentation
 
 DEFAULT_EPOCHS = 100.0
-CALIBRATION_STEPS = 3  # timed steps (after one untimed) that size a --max-minutes run
+CALIBRATION_STEPS = 2  # timed steps (after one untimed) that size a --max-minutes run
 BUDGET_SAFETY = 0.93  # plan for this fraction of the time left, so the run ends inside the budget
 BUDGET_HARD_STOP = 1.10  # stop (checkpoint, export) if the run overshoots its budget by this factor
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -423,7 +423,9 @@ class Trainer:
         self.current_lr = self.current_weight_decay = 0.0
         stop_at = plan.total_steps if config.stop_after_steps is None else min(plan.total_steps, config.stop_after_steps)
         hard_limit = plan.budget_seconds * BUDGET_HARD_STOP + 10 if plan.budget_seconds else None
-        monitor = CollapseMonitor(grace_steps=plan.warmup_steps)
+        # early on a healthy run can look collapsed (DINO's loss starts at ln K): judge after the warm-ups
+        monitor = CollapseMonitor(grace_steps=max(plan.warmup_steps, min(int(0.3 * plan.total_steps),
+                                                                          2 * plan.steps_per_epoch)))
         val_every = self.val_every_steps()
         sampler = StepBatchSampler(len(self.images), config.batch_size, steps_per_epoch=plan.steps_per_epoch,
                                    start_step=self.step, total_steps=stop_at, seed=config.seed,
