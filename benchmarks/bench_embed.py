@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -66,19 +67,28 @@ def predecode(encoder, data: Path, batch_size: int) -> list[torch.Tensor]:
     return [torch.stack(tensors[i:i + batch_size]) for i in range(0, len(tensors), batch_size)]
 
 
-def time_forward(encoder, batches: list[torch.Tensor]) -> float:
-    """images/s of the encoder alone on pre-decoded tensors (normalised float32 out, as embed does)."""
-    started = time.perf_counter()
+def cpu_seconds() -> float:
+    """CPU time of this process and its reaped children (the decode workers), user + system."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def time_forward(encoder, batches: list[torch.Tensor]) -> tuple[float, float]:
+    """(images/s, CPU s per image) of the encoder alone on pre-decoded tensors (normalised float32 out, as embed)."""
+    started, cpu = time.perf_counter(), cpu_seconds()
     for batch in batches:
         encoder.embed_tensors(batch)
-    return sum(len(b) for b in batches) / (time.perf_counter() - started)
+    n = sum(len(b) for b in batches)
+    return n / (time.perf_counter() - started), (cpu_seconds() - cpu) / n
 
 
-def time_end_to_end(encoder, data: Path, out: Path, *, batch_size: int, workers: int, threads: int) -> float:
-    started = time.perf_counter()
+def time_end_to_end(encoder, data: Path, out: Path, *, batch_size: int, workers: int,
+                    threads: int) -> tuple[float, float]:
+    """(images/s, CPU s per image) of the whole embed_images call, decode workers included."""
+    started, cpu = time.perf_counter(), cpu_seconds()
     result = embed_images(data, encoder, out, batch_size=batch_size, workers=workers, threads=threads,
                           overwrite=True, progress=False)
-    return result.embedded_now / (time.perf_counter() - started)
+    return result.embedded_now / (time.perf_counter() - started), (cpu_seconds() - cpu) / result.embedded_now
 
 
 def git_commit() -> str:
@@ -148,19 +158,28 @@ def main(argv: list[str] | None = None) -> None:
                         forward.append(time_forward(encoder, batches))
                         end_to_end.append(time_end_to_end(encoder, data, Path(tmp) / "emb", batch_size=args.batch_size,
                                                           workers=workers, threads=threads))
+                    rate_f, rate_e = [f[0] for f in forward], [e[0] for e in end_to_end]
                     row = {"model": args.model, "image_size": size, "batch_size": args.batch_size, "device": args.device,
                            "n_images": n_images, "source_size": args.source_size, "workers": workers,
                            "threads": threads, "repeats": repeats,
-                           "forward_images_per_s": round(statistics.median(forward), 1),
-                           "end_to_end_images_per_s": round(statistics.median(end_to_end), 1),
-                           "ratio": round(statistics.median(e / f for e, f in zip(end_to_end, forward)), 3)}
+                           "forward_images_per_s": round(statistics.median(rate_f), 1),
+                           "end_to_end_images_per_s": round(statistics.median(rate_e), 1),
+                           "ratio": round(statistics.median(e / f for e, f in zip(rate_e, rate_f)), 3),
+                           # CPU work per image, forward-only / end-to-end: what the pipeline adds (decode,
+                           # preprocessing, Parquet), much less sensitive to other load than wall-clock rates
+                           "forward_cpu_ms_per_image": round(1e3 * statistics.median(f[1] for f in forward), 3),
+                           "end_to_end_cpu_ms_per_image": round(1e3 * statistics.median(e[1] for e in end_to_end), 3),
+                           "cpu_work_ratio": round(statistics.median(f[1] / e[1] for f, e in zip(forward, end_to_end)), 3),
+                           "load_1min_at_end": round(os.getloadavg()[0], 2)}
                     rows.append(row)
                     print(f"{args.model} @{size}px b{args.batch_size} workers={workers} threads={threads}: "
                           f"forward {row['forward_images_per_s']} img/s, end-to-end {row['end_to_end_images_per_s']} "
-                          f"img/s, ratio {row['ratio']}", file=sys.stderr)
-    header = ["model", "px", "batch", "workers", "threads", "forward img/s", "end-to-end img/s", "ratio"]
+                          f"img/s, ratio {row['ratio']}, CPU work ratio {row['cpu_work_ratio']}", file=sys.stderr)
+    header = ["model", "px", "batch", "workers", "threads", "forward img/s", "end-to-end img/s", "ratio",
+              "CPU ms/img fwd", "CPU ms/img e2e", "CPU work ratio"]
     table = [[r["model"], r["image_size"], r["batch_size"], r["workers"], r["threads"], r["forward_images_per_s"],
-              r["end_to_end_images_per_s"], r["ratio"]] for r in rows]
+              r["end_to_end_images_per_s"], r["ratio"], r["forward_cpu_ms_per_image"], r["end_to_end_cpu_ms_per_image"],
+              r["cpu_work_ratio"]] for r in rows]
     widths = [max(len(str(x)) for x in column) for column in zip(header, *table)]
     for line in [header, ["-" * w for w in widths], *table]:
         print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)))

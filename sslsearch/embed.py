@@ -38,14 +38,16 @@ def default_workers(device: str | torch.device = "cpu") -> int:
     """Decode worker processes by default.
 
     With a GPU the CPU only decodes: one worker per core, at most 8. On the CPU the forward pass
-    needs the cores too and decoding costs a fraction of it (about 1/5 for resnet18 at 64 px,
-    1/12 at 112 px), so a quarter of the cores, at least one: on 2 cores, 1 worker beat 2 and 0
-    (see benchmarks/bench_embed.py).
+    already keeps every core busy and decoding costs about a fifth of its CPU work (resnet18 at
+    64 px: ~1.1 ms vs ~4 ms per image; at 112 px ~1.3 vs ~11.7), so a quarter of the cores: enough
+    to keep up, few enough not to crowd the forward threads. Below 4 cores that is 0 (decode in the
+    main process): on a busy 2-core machine 1 or 2 workers were measured slower than none
+    (benchmarks/bench_embed.py), the extra process costing more than the overlap gains.
     """
     cores = usable_cores()
     if torch.device(device).type == "cuda":
         return max(1, min(cores, 8))
-    return max(1, min(cores // 4, 8))
+    return min(cores // 4, 8)
 
 
 # --------------------------------------------------------------------------- results
@@ -288,7 +290,7 @@ def embed_images(data: str | os.PathLike[str] | ImageSource, encoder: str | Enco
         image_size: overrides the encoder's eval crop size.
         batch_size: images per forward pass.
         workers: decode processes (0 decodes in this process); default ``default_workers(device)``:
-            one per core up to 8 with a GPU, a quarter of the cores (at least 1) on the CPU.
+            one per core up to 8 with a GPU, a quarter of the cores on the CPU (0 below 4 cores).
         dtype: ``float16`` (default) or ``float32`` storage.
         device: ``auto``, ``cpu`` or ``cuda``.
         resume: finish an interrupted store at ``out`` (same encoder and images).

@@ -28,8 +28,8 @@ def embed_command(
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass."),
     workers: Optional[int] = typer.Option(
         None, "--workers", "-w",
-        help="Decode processes (0 = in-process). Default: a quarter of the cores (at least 1) on CPU, one per core "
-             "(at most 8) with a GPU."),
+        help="Decode processes (0 = in-process). Default: a quarter of the cores on CPU (0 below 4 cores), one "
+             "per core (at most 8) with a GPU."),
     dtype: str = typer.Option("float16", "--dtype", help="Storage dtype of the vectors: float16 or float32."),
     device: str = DeviceOption,
     resume: bool = typer.Option(False, "--resume", help="Finish an interrupted store at --out (same encoder and images)."),
