@@ -1,6 +1,7 @@
 """Searching an index directory: by vectors, store ids or image files; typed results with store paths."""
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -232,13 +233,18 @@ class Index:
         if matrix.ndim != 2 or matrix.shape[1] != self._dim:
             self._dim_error(matrix)
         squared = np.einsum("ij,ij->i", matrix, matrix)
-        # (a Python comparison for one query: numpy reductions cost more than the search of a small index)
-        valid = 0 < float(squared[0]) < np.inf if len(squared) == 1 else squared.min() > 0 and squared.max() < np.inf
-        if not valid:
-            bad = int(np.flatnonzero(~(squared > 0) | ~np.isfinite(squared))[0])
-            raise InvalidArgumentError(f"query row {bad} is zero or not finite; every query needs a real direction")
-        normalized = matrix.copy()  # never normalise the caller's array in place
-        faiss_normalize(normalized)
+        # One query takes a scalar path: each numpy call costs microseconds, as much as a small search.
+        if len(squared) == 1:
+            value = float(squared[0])
+            if not 0 < value < math.inf:
+                raise InvalidArgumentError("query row 0 is zero or not finite; every query needs a real direction")
+            normalized = matrix * np.float32(1 / math.sqrt(value))
+        else:
+            if not (squared.min() > 0 and squared.max() < np.inf):
+                bad = int(np.flatnonzero(~(squared > 0) | ~np.isfinite(squared))[0])
+                raise InvalidArgumentError(f"query row {bad} is zero or not finite; every query needs a real direction")
+            normalized = matrix.copy()  # never normalise the caller's array in place
+            faiss_normalize(normalized)
         scores, ids = self.search_arrays(normalized, k)
         names = list(names) if names is not None else [f"row:{i}" for i in range(len(matrix))]
         return self._results(names, scores, ids)
@@ -312,7 +318,9 @@ class Index:
     def _results(self, names: Sequence[str], scores: np.ndarray, ids: np.ndarray) -> list[SearchResult]:
         paths = self._path_lookup()
         make = SearchResult._of_row
-        if len(ids) and ids.min() < 0:  # places an approximate index could not fill: dropped
+        # faiss puts the places it could not fill (id -1) at the end of each row
+        missing = bool(ids[0, -1] < 0) if len(ids) == 1 else len(ids) > 0 and ids[:, -1].min() < 0
+        if missing:  # dropped from the results
             return [make(name, row_ids[row_ids >= 0], row_scores[row_ids >= 0], paths)
                     for name, row_scores, row_ids in zip(names, scores, ids)]
         return [make(name, row_ids, row_scores, paths) for name, row_scores, row_ids in zip(names, scores, ids)]
