@@ -70,6 +70,7 @@ def test_update_momentum_is_an_ema() -> None:
 def test_short_run_momentum() -> None:
     assert short_run_momentum(0.996, 125_000) == 0.996
     assert short_run_momentum(0.996, 200) == pytest.approx(0.95)
+    assert short_run_momentum(0.996, 40) == pytest.approx(0.9)  # the floor
 
 
 def test_schedules() -> None:

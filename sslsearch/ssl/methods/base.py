@@ -144,11 +144,14 @@ def update_momentum(target: nn.Module, source: nn.Module, momentum: float) -> No
     torch._foreach_add_(target_params, source_params, alpha=1 - momentum)
 
 
-def short_run_momentum(momentum: float, total_steps: int, horizon_fraction: float = 0.1) -> float:
-    """Cap an EMA momentum so the average spans at most ``horizon_fraction`` of the run.
+def short_run_momentum(momentum: float, total_steps: int, horizon_fraction: float = 0.1,
+                       floor: float = 0.9) -> float:
+    """Cap an EMA momentum so the average spans at most ``horizon_fraction`` of the run, but not below ``floor``.
 
     A teacher with momentum 0.996 averages over ~250 steps: in a 200-step run it would stay
-    mostly at its random initialisation. ``1 - 1 / (horizon_fraction · total_steps)`` keeps it moving.
+    mostly at its random initialisation; ``1 - 1 / (horizon_fraction · total_steps)`` keeps it
+    moving. Below ``floor`` the key encoder / teacher would follow the student too closely to
+    give consistent targets (MoCo's queue then collapses), so very short runs keep 0.9.
     """
     horizon = max(horizon_fraction * total_steps, 1.0)
-    return min(momentum, max(1.0 - 1.0 / horizon, 0.0))
+    return min(momentum, max(1.0 - 1.0 / horizon, floor))
