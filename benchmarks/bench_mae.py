@@ -7,8 +7,8 @@ the same images, batch and worker count. Repeats are interleaved (plain, sslsear
 after a warm-up; each side's images/s is the median over its steps after the first two.
 
 Quality (the protocol of bench_ssl_quality.py): MAE trains on the sample data (1,000 images,
-seed 0) or ``--data`` for ``--minutes`` of wall clock per variant (the paper's settings, and a
-short-budget variant with a 10× learning rate and a 4-block decoder); its exported encoder embeds
+seed 0) or ``--data`` for ``--minutes`` of wall clock per variant (``paper``: the paper's settings;
+``short-budget``: a 10× learning rate and a 4-block decoder); its exported encoder embeds
 the images, and the queries (a second sample set, seed 1, or ``--queries``; leave-one-out when
 none) are scored by k-NN accuracy (DINO protocol: k=20, T=0.07), class-retrieval recall@10 and a
 linear probe (trained on the bank, tested on the queries), beside raw pixels and the same ViT at
@@ -239,9 +239,9 @@ def quality(data: Path, queries: Path | None, variants: dict[str, TrainConfig], 
                                            checkpoint_every_steps=10**9, progress=False))
         losses = [r["loss"] for r in read_metrics(out) if "loss" in r and "event" not in r]
         encoder = create_encoder(out, device="cpu")
-        rows.append({"features": f"MAE {name}", **score(embed(encoder, bank_images), bank_labels,
-                                                         embed(encoder, query_images) if query_images else None,
-                                                         query_labels),
+        scores = score(embed(encoder, bank_images), bank_labels,
+                       embed(encoder, query_images) if query_images else None, query_labels)
+        rows.append({"features": f"MAE {name} {' '.join(VARIANTS.get(name, []))}".strip(), **scores,
                      "steps": result.steps, "epochs": result.epochs, "first_loss": round(losses[0], 4),
                      "final_loss": round(losses[-1], 4), "warnings": list(result.warnings)})
         print(f"MAE {name}: loss {losses[0]:.4f} → {losses[-1]:.4f} in {result.steps} steps", file=sys.stderr)
@@ -279,10 +279,10 @@ def print_table(header: list[str], rows: list[list[object]]) -> None:
 
 
 VARIANTS = {
-    # the paper's settings: decoder 8 × 512 (capped at the encoder width), base lr 1.5e-4 per 256 images
-    "paper defaults": [],
-    # for short CPU budgets: half the decoder (more steps in the budget) and a 10× learning rate
-    "short-budget (lr×10, decoder depth 4)": ["optimizer.lr=1.5e-3", "mae.decoder_depth=4"],
+    # the paper's settings: decoder 8 blocks × min(512, encoder width), base lr 1.5e-4 per 256 images
+    "paper": [],
+    # for short CPU budgets: half the decoder (more steps fit) and a 10× learning rate
+    "short-budget": ["optimizer.lr=1.5e-3", "mae.decoder_depth=4"],
 }
 
 
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     steps = args.steps or (5 if args.quick else 8)
     repeats = args.repeats or (1 if args.quick else 3)
     n_images = args.n_images or (200 if args.quick else 1000)
-    chosen = args.variants.split(",") if args.variants else (["paper defaults"] if args.quick else list(VARIANTS))
+    chosen = args.variants.split(",") if args.variants else (["paper"] if args.quick else list(VARIANTS))
     base = {"method": "mae", "backbone": args.backbone, "model_kwargs": {"patch_size": args.patch_size},
             "image_size": image_size, "batch_size": args.batch_size, "workers": args.workers,
             **parse_assignments(args.assignments)}
