@@ -1,6 +1,6 @@
 """SSL quality: k-NN accuracy and retrieval of each method's encoder after a fixed wall-clock budget.
 
-Each method (SimCLR, MoCo v2, DINO) trains ``--backbone`` from random init on DATA for
+Each method (SimCLR, MoCo v2, DINO; MAE on vit_tiny/8 when --backbone is a CNN) trains ``--backbone`` from random init on DATA for
 ``--minutes`` of wall clock (``sslsearch.ssl.train`` with ``max_minutes``); its exported encoder
 (``sslsearch.encoders.create_encoder(run)``) embeds the images, and beside it, on the same images:
 
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="labelled ImageFolder to train and evaluate on (default: sample data)")
     parser.add_argument("--queries", type=Path, help="held-out labelled ImageFolder of queries")
-    parser.add_argument("--methods", default="simclr,moco,dino")
+    parser.add_argument("--methods", default="simclr,moco,dino,mae")
     parser.add_argument("--minutes", type=float, default=3.0, help="wall-clock training budget per method")
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--image-size", type=int, default=64)
@@ -117,13 +117,16 @@ def main(argv: list[str] | None = None) -> None:
                                     embed(random_init, query_images) if query_images else None, query_labels)
         for method in args.methods.split(","):
             run = work / f"run-{method}-{time.strftime('%H%M%S')}"
+            # MAE masks ViT patches: beside a CNN --backbone it trains vit_tiny with 8-px patches instead
+            vit = {"backbone": "vit_tiny_patch16_224", "model_kwargs": {"patch_size": 8}} \
+                if method == "mae" and not args.backbone.startswith(("vit", "deit")) else {}
             config = from_flat({"data": str(args.data), "out": str(run), "method": method, "backbone": args.backbone,
                                 "image_size": args.image_size, "batch_size": args.batch_size,
-                                "max_minutes": args.minutes, "device": args.device, "progress": False, **extra},
-                               TrainConfig())
+                                "max_minutes": args.minutes, "device": args.device, "progress": False, **extra,
+                                **vit}, TrainConfig())
             result = train(config)
             encoder = create_encoder(run, device=args.device)
-            rows[method] = {**score(embed(encoder, bank_images), bank_labels,
+            rows[f"{method} (vit_tiny/8)" if vit else method] = {**score(embed(encoder, bank_images), bank_labels,
                                     embed(encoder, query_images) if query_images else None, query_labels),
                             "steps": result.steps, "epochs": result.epochs, "train_seconds": result.seconds,
                             "images_per_second": result.images_per_second, "final_loss": round(result.final_loss, 4),
