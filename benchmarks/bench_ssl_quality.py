@@ -2,7 +2,8 @@
 
 Each method (SimCLR, MoCo v2, DINO; MAE, on vit_tiny with 8-px patches when --backbone is a CNN)
 trains ``--backbone`` from random init on DATA for ``--minutes`` of wall clock (``sslsearch.ssl.train``
-with ``max_minutes``); its exported encoder (``sslsearch.encoders.create_encoder(run)``) embeds the images, and beside it, on the same images:
+with ``max_minutes``); its exported encoder (``sslsearch.encoders.create_encoder(run)``) embeds the
+images, and beside it, on the same images:
 
 * raw pixels — the image resized to the training size, flattened, mean-centred;
 * random init — the same backbone, untrained (``timm:<backbone>``).
