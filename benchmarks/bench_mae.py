@@ -328,7 +328,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_mae_") as tmp:
         work = Path(tmp)
         data, queries = args.data, args.queries
-        dataset_name = str(data) if data else f"sample data ({n_images} images, seed 0; queries: {n_images // 2}, seed 1)"
+        dataset_name = str(data) if data else \
+            f"sample data ({n_images} images, seed 0; queries: {n_images // 2}, seed 1)"
         if data is None:
             from sslsearch.sample_data import make_sample_dataset
 

@@ -121,7 +121,8 @@ def test_pooling_choice_keeps_the_weights() -> None:
     ({"mae.mask_ratio": 0.97}, "leaves 0 visible"),
     ({"image_size": 36}, "not a multiple of test_vit's 8 px patches; use 32 or 40"),
     ({"mae.decoder_heads": 3}, "does not divide"),
-    ({"model_kwargs": {"patch_size": 8, "img_size": 64, "dynamic_img_size": False}}, "img_size 64 differs from --image-size 32"),
+    ({"model_kwargs": {"patch_size": 8, "img_size": 64, "dynamic_img_size": False}},
+     "img_size 64 differs from --image-size 32"),
     ({"backbone": "test_vit3"}, "global_pool map"),
 ])
 def test_bad_input_is_a_one_line_error_and_writes_nothing(small_list: Path, tmp_path: Path, overrides: dict,
