@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
             **parse_assignments(args.assignments)}
     variants = {name: from_flat({**base, **parse_assignments(VARIANTS[name])}, TrainConfig()) for name in chosen}
     config = variants[chosen[0]]
-    info = machine()
+    info, commit = machine(), git_commit()  # the code measured, even if HEAD moves during a long run
     rows: list[dict[str, object]] = []
     common = {"backbone": args.backbone, "patch_size": args.patch_size, "image_size": image_size,
               "batch_size": args.batch_size, "workers": args.workers, "set": args.assignments}
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         with open(RESULTS, "a") as handle:
             for row in rows:
-                handle.write(json.dumps({"bench": "mae", "time": stamp, "commit": git_commit(), "machine": info,
+                handle.write(json.dumps({"bench": "mae", "time": stamp, "commit": commit, "machine": info,
                                          "argv": sys.argv[1:], **row}) + "\n")
 
 
