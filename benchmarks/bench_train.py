@@ -49,6 +49,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "train.jsonl"
 WARMUP_STEPS = 2
 PROTOTYPES, DINO_HIDDEN, DINO_BOTTLENECK, LOCAL_CROPS = 4096, 2048, 256, 6
 QUEUE = 512
+EXTRA: dict = {}  # extra config fields for the sslsearch runs (--set)
 
 
 # ----------------------------------------------------------------------------- data
@@ -266,7 +267,7 @@ def time_sslsearch(method: str, args, data: Path, work: Path) -> list[float]:
                         "checkpoint_every_steps": 10**9, "optimizer.name": "sgd", "moco.symmetric": False,
                         "moco.batch_norm_splits": 1, "moco.queue_size": QUEUE, "dino.prototypes": PROTOTYPES,
                         "dino.hidden_dim": DINO_HIDDEN, "dino.bottleneck_dim": DINO_BOTTLENECK,
-                        "augmentation.local_crop_count": LOCAL_CROPS}, TrainConfig())
+                        "augmentation.local_crop_count": LOCAL_CROPS, **EXTRA}, TrainConfig())
     train(config)
     rates = [r["images_per_second"] for r in read_metrics(run) if "images_per_second" in r and "event" not in r]
     return [args.batch_size * 1.0 / rate for rate in rates[WARMUP_STEPS:]]
@@ -292,10 +293,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-lightly", action="store_true")
+    parser.add_argument("--set", dest="assignments", action="append", default=[],
+                        help="extra config field for the sslsearch runs, KEY=VALUE (repeatable)")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
+    from sslsearch.ssl.config import parse_assignments
+
+    EXTRA.update(parse_assignments(args.assignments))
     if args.quick:
-        args.backbone, args.image_size, args.batch_size, args.steps, args.repeats = "test_resnet", 32, 16, 6, 1
+        args.backbone, args.image_size, args.batch_size = "test_resnet", 32, 16
+        args.steps, args.repeats = min(args.steps, 6), min(args.repeats, 1)
     device = resolve_device(args.device)
     args.n_images = args.batch_size * (args.steps + 2)
     use_lightly = lightly_available() and not args.no_lightly
@@ -343,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
                                "lightly": __import__("lightly").__version__ if use_lightly else None},
                   "settings": {"backbone": args.backbone, "image_size": args.image_size, "batch_size": args.batch_size,
                                "steps": args.steps, "repeats": args.repeats, "workers": args.workers,
-                               "device": str(device), "quick": args.quick},
+                               "device": str(device), "quick": args.quick, "extra": EXTRA},
                   "results": results}
         with open(RESULTS, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
