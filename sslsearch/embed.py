@@ -38,16 +38,16 @@ def default_workers(device: str | torch.device = "cpu") -> int:
     """Decode worker processes by default.
 
     With a GPU the CPU only decodes: one worker per core, at most 8. On the CPU the forward pass
-    already keeps every core busy and decoding costs about a fifth of its CPU work (resnet18 at
-    64 px: ~1.1 ms vs ~4 ms per image; at 112 px ~1.3 vs ~11.7), so a quarter of the cores: enough
-    to keep up, few enough not to crowd the forward threads. Below 4 cores that is 0 (decode in the
-    main process): on a busy 2-core machine 1 or 2 workers were measured slower than none
-    (benchmarks/bench_embed.py), the extra process costing more than the overlap gains.
+    already keeps every core busy and decoding costs a fraction of its CPU work (resnet18, 128 px
+    sources: ~1.1 ms vs ~4 ms per image at 64 px, ~1.3 vs ~11 at 112 px), so a quarter of the
+    cores, at least 1 (0 on a single core). On the busy 2-core box, 0, 1 and 2 workers were within
+    run-to-run noise of each other (benchmarks/bench_embed.py); one worker keeps the decoding of
+    large photos off the forward thread.
     """
     cores = usable_cores()
     if torch.device(device).type == "cuda":
         return max(1, min(cores, 8))
-    return min(cores // 4, 8)
+    return 0 if cores < 2 else max(1, min(cores // 4, 8))
 
 
 # --------------------------------------------------------------------------- results
@@ -290,7 +290,7 @@ def embed_images(data: str | os.PathLike[str] | ImageSource, encoder: str | Enco
         image_size: overrides the encoder's eval crop size.
         batch_size: images per forward pass.
         workers: decode processes (0 decodes in this process); default ``default_workers(device)``:
-            one per core up to 8 with a GPU, a quarter of the cores on the CPU (0 below 4 cores).
+            one per core up to 8 with a GPU; on the CPU a quarter of the cores, at least 1 (0 on one core).
         dtype: ``float16`` (default) or ``float32`` storage.
         device: ``auto``, ``cpu`` or ``cuda``.
         resume: finish an interrupted store at ``out`` (same encoder and images).

@@ -317,7 +317,7 @@ def test_aligned_batches_follow_fixed_slots():
     assert aligned_batches([], 4) == []
 
 
-@pytest.mark.parametrize("cores, cpu, cuda", [(1, 0, 1), (2, 0, 2), (4, 1, 4), (16, 4, 8), (64, 8, 8)])
+@pytest.mark.parametrize("cores, cpu, cuda", [(1, 0, 1), (2, 1, 2), (4, 1, 4), (16, 4, 8), (64, 8, 8)])
 def test_default_workers(monkeypatch, cores, cpu, cuda):
     monkeypatch.setattr("sslsearch.embed.usable_cores", lambda: cores)
     assert (default_workers("cpu"), default_workers("cuda")) == (cpu, cuda)

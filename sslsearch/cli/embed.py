@@ -28,7 +28,7 @@ def embed_command(
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass."),
     workers: Optional[int] = typer.Option(
         None, "--workers", "-w",
-        help="Decode processes (0 = in-process). Default: a quarter of the cores on CPU (0 below 4 cores), one "
+        help="Decode processes (0 = in-process). Default: a quarter of the cores on CPU (at least 1), one "
              "per core (at most 8) with a GPU."),
     dtype: str = typer.Option("float16", "--dtype", help="Storage dtype of the vectors: float16 or float32."),
     device: str = DeviceOption,
