@@ -367,3 +367,16 @@ def test_batched_preprocessing_equals_the_encoder_transform(encoder, images, cha
     assert batch.dtype == torch.float32 and batch.shape == expected.shape == (5, 3, size, size)
     assert batch.is_contiguous(memory_format=torch.channels_last) == channels_last
     assert torch.equal(batch, expected)
+
+
+def test_encoder_from_a_run_directory(encoder, images, tmp_path):
+    from sslsearch.encoders import save_encoder
+
+    save_encoder(tmp_path / "run", encoder.module, backbone="test_resnet", model_kwargs={},
+                 preprocessing=encoder.preprocessing)
+    result = embed_images(images, tmp_path / "run", tmp_path / "emb", workers=0, dtype="float32", progress=False)
+    assert result.encoder["spec"].startswith("run:") and result.rows == 20
+    _, from_run = read_store(tmp_path / "emb")
+    reference = direct_vectors(encoder, images)
+    for path, vector in zip(from_run.columns["path"], from_run.embeddings):
+        np.testing.assert_allclose(vector, reference[path], atol=2e-5)
