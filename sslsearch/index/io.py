@@ -129,8 +129,9 @@ class IndexCard:
 
     def summary_lines(self) -> list[str]:
         """Readable lines for ``sslsearch index info``."""
+        queries = "held-out queries" if self.recall_definition == RECALL_HELD_OUT else "store vectors, own id left out"
         recall = ("not measured (too few vectors)" if self.recall_at_10 is None else
-                  f"{self.recall_at_10:.4f} (recall@{self.recall_k} vs exact, {self.n_eval_queries} held-out queries)")
+                  f"{self.recall_at_10:.4f} (recall@{self.recall_k} vs exact, {self.n_eval_queries} {queries})")
         params = ", ".join(f"{k}={v}" for k, v in self.search_params.items()) or "none (exact)"
         return [
             f"index      {self.factory} ({self.kind}, metric {self.metric})",
