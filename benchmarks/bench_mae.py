@@ -13,7 +13,7 @@ the images, and the queries (a second sample set, seed 1, or ``--queries``; leav
 none) are scored by k-NN accuracy (DINO protocol: k=20, T=0.07), class-retrieval recall@10 and a
 linear probe (trained on the bank, tested on the queries), beside raw pixels and the same ViT at
 random init (pooled the same way). MAE features are known to be weaker under k-NN and linear
-probes than contrastive ones without fine-tuning (He et al. 2021, section 4.3); the figures say
+probes than contrastive ones without fine-tuning (He et al. 2021); the figures say
 how much, here.
 
     python benchmarks/bench_mae.py --quick                  # CI-sized (32 px, 20-second budget)
