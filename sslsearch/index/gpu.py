@@ -45,9 +45,10 @@ def index_to_gpu(index: Any, device: str = "auto") -> Any:
 
 
 def index_to_cpu(index: Any) -> Any:
-    """A CPU copy of a GPU index (what ``faiss.write_index`` needs); CPU indexes pass through."""
+    """A CPU copy of an index that is, or wraps, a GPU index (what ``faiss.write_index`` needs).
+
+    ``index_gpu_to_cpu`` walks wrappers such as ``IndexIDMap``, whose own type is not a GPU one.
+    """
     import faiss
 
-    if type(index).__name__.startswith("Gpu"):
-        return faiss.index_gpu_to_cpu(index)
-    return index
+    return faiss.index_gpu_to_cpu(index) if faiss_gpu_count() > 0 else index
