@@ -194,3 +194,12 @@ def test_a_second_live_process_is_refused(folder, tmp_path, capsys):
     finally:
         holder.communicate("", timeout=60)
     assert holder.returncode == 0
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--version", "embed", "--help"]])
+def test_version_needs_no_command(args, capsys):
+    import sslsearch
+
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert out.strip() == f"sslsearch {sslsearch.__version__}"

@@ -22,18 +22,23 @@ app.add_typer(index_app, name="index")
 app.add_typer(bench_app, name="bench")
 
 
-@app.callback()
-def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks (or set SSLSEARCH_DEBUG=1)."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
-) -> None:
-    if debug:
-        os.environ["SSLSEARCH_DEBUG"] = "1"
-    if version:
+def _print_version(value: bool) -> None:
+    # An eager option's callback runs before Click checks that a command was given.
+    if value:
         from .. import __version__
 
         typer.echo(f"sslsearch {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks (or set SSLSEARCH_DEBUG=1)."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                 callback=_print_version),
+) -> None:
+    if debug:
+        os.environ["SSLSEARCH_DEBUG"] = "1"
 
 
 # --- command registration: one line per command module (keep this block sorted) ---

@@ -5,7 +5,7 @@ The database streams block by block (an array, an ``EmbeddingStore`` or an itera
 top-k per query is merged. Memory is the queries, one database block and one (query block ×
 database block) score matrix. On a CUDA device (``device="auto"`` when torch sees one) the same
 code runs on the GPU. ``backend="faiss"`` scores blocks with ``faiss.knn`` instead; the torch path
-is the default because it measured faster on batch queries (see docs/readme/index.md).
+is the default (README, "Indexes and search", compares the two).
 """
 from __future__ import annotations
 
