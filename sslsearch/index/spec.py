@@ -28,7 +28,7 @@ from ..errors import InvalidArgumentError, unknown_name
 KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 METRIC = "ip"  # inner product on L2-normalised vectors = cosine similarity
 
-FLAT_MAX_VECTORS = 20_000  # exact search below this: a scan of 20k vectors is sub-millisecond per query batch row
+FLAT_MAX_VECTORS = 20_000  # exact search up to this many vectors (exact and perfect; the build is instant)
 HNSW_MAX_VECTORS = 2_000_000  # above this, a 2-core HNSW build takes hours; IVF trains on a sample
 HNSW_M = 32  # graph degree (level 0 holds 2·M links per vector)
 # efConstruction 80, not the usual 200: measured on 100k × 384 clustered vectors, faiss builds the
