@@ -218,3 +218,16 @@ def test_disk_full_while_checkpointing_keeps_the_old_checkpoint(small_list: Path
     assert (run / "checkpoints" / "last.pt").read_bytes() == before
     assert load_checkpoint(run)["step"] == 2
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco"])
+def test_budget_calibration_changes_nothing(method: str, small_list: Path, tmp_path: Path) -> None:
+    # A generous --max-minutes times a few whole steps (optimizer step and EMA/queue update included)
+    # before training; the epoch bound then decides the length, so the weights must equal a plain run's.
+    plain = train(tiny_config(small_list, tmp_path / "plain", method=method, epochs=2 / 3))
+    budgeted = train(tiny_config(small_list, tmp_path / "budget", method=method, epochs=2 / 3, max_minutes=30))
+    assert plain.steps == budgeted.steps == 2
+    expected, actual = model_state(tmp_path / "plain"), model_state(tmp_path / "budget")
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)

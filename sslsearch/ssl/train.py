@@ -36,7 +36,7 @@ from .schedules import StepContext, TrainingPlan, cosine, warmup_cosine
 from .transforms import resolve_augmentation
 
 DEFAULT_EPOCHS = 100.0
-CALIBRATION_STEPS = 2  # timed steps (after one untimed) that size a --max-minutes run
+CALIBRATION_STEPS = 3  # timed steps (after one untimed) that size a --max-minutes run
 BUDGET_SAFETY = 0.93  # plan for this fraction of the time left, so the run ends inside the budget
 BUDGET_HARD_STOP = 1.10  # stop (checkpoint, export) if the run overshoots its budget by this factor
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -316,8 +316,12 @@ class Trainer:
         return time.perf_counter() - began
 
     def calibrate(self) -> float:
-        """Median seconds of a training step (data included), measured without changing the model."""
+        """Median seconds of a whole training step (data, forward, backward, optimizer step, EMA update).
+
+        The model and the optimizer are restored afterwards, so calibration changes nothing.
+        """
         snapshot = copy.deepcopy(self.method.state_dict())
+        optimizer_snapshot = copy.deepcopy(self.optimizer.state_dict())
         provisional = TrainingPlan(total_steps=max(10 * self.steps_per_epoch, 1000),
                                    steps_per_epoch=self.steps_per_epoch, warmup_steps=0,
                                    dataset_size=len(self.images), global_batch_size=self.global_batch)
@@ -331,9 +335,15 @@ class Trainer:
                              seed=self.config.seed)
             began = time.perf_counter()
             for i, (views, _) in enumerate(loader):
-                output = self.forward(views, StepContext(i, provisional))
-                output.loss.backward()
+                ctx = StepContext(i, provisional)
+                output = self.forward(views, ctx)
                 self.optimizer.zero_grad(set_to_none=True)
+                output.loss.backward()
+                self.method.before_optimizer_step(ctx)
+                if self.config.optimizer.clip_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(self.trainable, self.config.optimizer.clip_grad_norm, foreach=True)
+                self.optimizer.step()
+                self.method.on_step_end(ctx)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 now = time.perf_counter()
@@ -341,6 +351,8 @@ class Trainer:
                     durations.append(now - began)
                 began = now
         self.method.load_state_dict(snapshot)
+        self.optimizer.load_state_dict(optimizer_snapshot)
+        self.optimizer.zero_grad(set_to_none=True)
         seconds = statistics.median(durations) if durations else 1.0
         return float(distributed.all_reduce_mean(torch.tensor(seconds, dtype=torch.float64)))
 
