@@ -86,6 +86,8 @@ class MoCoConfig:
 
     projection_hidden_dim: int | None = option(None, "projection MLP hidden width (default: the backbone's dim)")
     projection_dim: int = option(128, "projection output dim")
+    head_batch_norm: bool = option(False, "batch norm in the projection MLP's hidden layer (MoCo v3 style; "
+                                          "MoCo v2 has none)")
     temperature: float = option(0.2, "InfoNCE temperature τ")
     queue_size: int = option(4096, "negatives kept in the queue (capped at half the dataset, rounded to the batch)")
     momentum: float = option(0.99, "key-encoder EMA momentum at the start (paper: 0.999 for 200+ epochs)")

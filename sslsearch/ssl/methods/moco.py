@@ -41,7 +41,7 @@ class MoCo(Method):
         section = config.moco
         self.section = section
         self.head = ProjectionHead(feature_dim, section.projection_hidden_dim or feature_dim, section.projection_dim,
-                                   batch_norm=False)
+                                   batch_norm=section.head_batch_norm)
         self.key_backbone = frozen_copy(self.backbone)
         self.key_head = frozen_copy(self.head)
         generator = torch.Generator().manual_seed(config.seed)
