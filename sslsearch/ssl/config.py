@@ -58,7 +58,7 @@ class AugmentationConfig:
 class OptimizerConfig:
     """Optimiser and schedules. ``None`` means the method's default (see methods/*.py ``DEFAULTS``)."""
 
-    name: str = option("auto", "auto (AdamW for ViTs, LARS for SimCLR on CNNs, SGD otherwise), sgd, lars or adamw")
+    name: str = option("auto", "auto (AdamW for ViTs, LARS for SimCLR/MoCo on CNNs, SGD otherwise), sgd, lars or adamw")
     lr: float | None = option(None, "base learning rate for a global batch of 256 (scaled linearly with the batch)")
     final_lr_ratio: float = option(0.001, "the cosine schedule ends at lr × this")
     warmup_fraction: float = option(0.1, "fraction of all steps over which the lr ramps linearly from 0")

@@ -33,8 +33,11 @@ class MoCo(Method):
 
     name = "moco"
     min_batch_size = 2
+    # LARS on CNNs, as MoCo v3 (Chen, Xie, He 2021, arXiv:2104.02057) does for ResNets: on the sample
+    # data (resnet18 @ 32 px, 150 steps) leave-one-out k-NN 0.120 with SGD, 0.164 with LARS.
     optimizer_defaults = OptimizerDefaults(lr={"sgd": 0.24, "lars": 1.0, "adamw": 2e-3},
-                                           weight_decay={"sgd": 1e-4, "lars": 1e-6, "adamw": 0.05})
+                                           weight_decay={"sgd": 1e-4, "lars": 1e-6, "adamw": 0.05},
+                                           cnn_optimizer="lars")
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: TrainConfig) -> None:
         super().__init__(backbone, feature_dim, config)
@@ -99,13 +102,18 @@ class MoCo(Method):
     def forward_loss(self, views: list[torch.Tensor], ctx: StepContext) -> MethodOutput:
         view_1, view_2 = views[0], views[1]
         negatives = self.queue.clone()  # the enqueue below must not change what this step contrasts with
-        q_1 = self._encode_queries(view_1)
-        k_2 = self._encode_keys(view_2)
-        loss = info_nce_loss(q_1, k_2, negatives, self.section.temperature)
         if self.section.symmetric:
-            q_2 = self._encode_queries(view_2)
-            k_1 = self._encode_keys(view_1)
-            loss = (loss + info_nce_loss(q_2, k_1, negatives, self.section.temperature)) / 2
+            # Both views in one pass per encoder: half the forward calls, and batch norm groups of B
+            # images instead of B / splits (the keys are shuffled across both views before grouping).
+            both = torch.cat([view_1, view_2])
+            q_1, q_2 = self._encode_queries(both).chunk(2)
+            k_1, k_2 = self._encode_keys(both).chunk(2)
+            loss = (info_nce_loss(q_1, k_2, negatives, self.section.temperature)
+                    + info_nce_loss(q_2, k_1, negatives, self.section.temperature)) / 2
+        else:
+            q_1 = self._encode_queries(view_1)
+            k_2 = self._encode_keys(view_2)
+            loss = info_nce_loss(q_1, k_2, negatives, self.section.temperature)
         self._enqueue(k_2)
         return MethodOutput(loss=loss, logs={"momentum": self.momentum(ctx)}, embeddings=q_1.detach())
 
