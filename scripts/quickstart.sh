@@ -27,8 +27,7 @@ step "3/7 embedding the images with the trained encoder"
 sslsearch embed "$out/images" --encoder "$out/run" --out "$out/embeddings"
 
 step "4/7 building an index (kind chosen automatically) and showing its card"
-sslsearch index build "$out/embeddings" --out "$out/index"
-sslsearch index info "$out/index"
+sslsearch index build "$out/embeddings" --out "$out/index"   # prints the card; later: sslsearch index info
 
 step "5/7 searching: the 5 nearest neighbours of three images (the first hit is the image itself)"
 queries=$(for class in circle star checker; do ls "$out/images/$class"/* | head -n 1; done)
