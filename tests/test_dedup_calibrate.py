@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sslsearch.dedup.calibrate import calibrate_threshold, check_precision, choose_threshold, precision_recall
+from sslsearch.dedup.calibrate import (StoreFalsePairRate, calibrate_threshold, check_precision, choose_store_threshold,
+                                      choose_threshold, precision_recall, store_precision)
+from sslsearch.dedup.graph import similar_pairs
 from sslsearch.dedup.edits import EDITS, edited_copy
 from sslsearch.encoders import create_encoder
 from sslsearch.errors import InputNotFoundError, InvalidArgumentError
@@ -92,6 +94,54 @@ def test_calibration_on_generated_copies(embedded_sample) -> None:
     assert stricter.threshold >= result.threshold
     data = result.to_dict()
     assert data["curve"] and {"threshold", "precision", "recall"} <= set(data["curve"][0])
+
+
+def test_store_false_pairs_scale_with_the_store() -> None:
+    # 2 of 4 query images have a false neighbour at >= 0.9: half an image each, so 1000 images form 250 pairs
+    rate = StoreFalsePairRate(np.array([0.95, 0.92, 0.5]), queries=4, store_images=1000)
+    assert rate.false_pairs(0.9) == 250 and rate.false_pairs(0.99) == 0 and rate.false_pairs(0.4) == 375
+
+
+@pytest.mark.parametrize("pairs,threshold,expected", [
+    ([0.99, 0.98, 0.97, 0.96], 0.95, 1.0),  # no false neighbour at or above 0.95
+    ([0.99, 0.98, 0.97, 0.96], 0.9, 0.5),  # 2 predicted false pairs among the 4 found
+    ([0.99], 0.9, 0.0),  # more predicted false pairs than found: clipped at 0
+    ([0.8], 0.9, 1.0),  # nothing found at the threshold
+])
+def test_store_precision(pairs: list[float], threshold: float, expected: float) -> None:
+    rate = StoreFalsePairRate(np.array([0.92]), queries=50, store_images=200)  # 200 / 50 / 2 = 2 pairs >= 0.92
+    assert store_precision(np.array(pairs), rate, threshold) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("positives,negatives,target,expected,reached", [
+    ([0.99, 0.97, 0.93, 0.9], [0.92], 0.9, 0.93, True),  # 0.9 takes in 2 predicted false pairs: stop at 0.93
+    ([0.99, 0.97, 0.93, 0.9], [0.5], 0.9, 0.9, True),  # no false neighbour that high: every copy
+    ([0.99, 0.97], [0.995], 0.9, 0.97, False),  # 2 false pairs above every copy: the most precise (1/3 at 0.97)
+])
+def test_choose_store_threshold(positives: list[float], negatives: list[float], target: float, expected: float,
+                                reached: bool) -> None:
+    pairs = np.array([0.99, 0.98, 0.97, 0.96, 0.95, 0.94, 0.93, 0.91, 0.9, 0.9])  # the store's pairs, descending
+    rate = StoreFalsePairRate(np.array(negatives), queries=50, store_images=200)
+    threshold, ok = choose_store_threshold(np.array(positives), pairs, rate, target)
+    assert threshold == pytest.approx(expected) and ok is reached
+
+
+def test_store_calibration_is_stricter_than_copies_alone(embedded_sample) -> None:
+    vectors, paths, encoder = embedded_sample
+    floors = []
+
+    def store_pairs(floor: float) -> np.ndarray:
+        floors.append(floor)
+        return similar_pairs(vectors, floor, neighbors=8, method="exact", device="cpu", progress=False).similarity
+
+    copies = calibrate_threshold(vectors, paths, encoder, precision=0.95, sample_size=60, seed=3)
+    store = calibrate_threshold(vectors, paths, encoder, precision=0.95, sample_size=60, seed=3,
+                                store_pairs=store_pairs)
+    assert copies.method == "copies" and store.method == "store" and store.store_pairs > 0
+    assert len(floors) == 1 and floors[0] <= store.threshold
+    # a sample where every image has a copy overstates precision; the store estimate never goes lower
+    assert store.threshold >= copies.threshold
+    assert 0.0 <= store.estimated_precision <= 1.0 and 0.0 <= store.copy_precision <= 1.0
 
 
 def test_calibration_small_store_makes_several_copies_per_image(embedded_sample) -> None:

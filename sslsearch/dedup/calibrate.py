@@ -10,15 +10,19 @@ precision of these matches stays at least the target at every higher threshold; 
 fraction of copies that reach it.
 
 This estimates how well the encoder tells an edited copy from the rest of *your* collection.
-It assumes the edits resemble your duplicates, and it counts every copy as having one true
-match, so when duplicates are rare in a very large collection the precision of the final pair
-list can be lower than estimated; choose a higher ``precision`` (or a ``threshold``) then.
+It assumes the edits resemble your duplicates. Every copy has one true match, far more than a
+real collection where duplicates are rare, so copy precision alone is optimistic (measured: an
+estimate of 0.99 for a real pair precision of 0.63). When the store's own candidate pairs are
+given (``store_pairs``), precision is estimated for the store instead: the copies give the
+rate of false matches per image above each threshold, which predicts how many of the store's
+pairs above it are false; the threshold is the lowest whose predicted store precision, and that
+of every higher threshold, is at least the target.
 """
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -47,8 +51,12 @@ class Calibration:
     Attributes:
         threshold: the cosine similarity at or above which two images are duplicates.
         target_precision: the precision asked for.
-        estimated_precision: precision of copy matches at ``threshold``.
+        estimated_precision: the store's predicted pair precision at ``threshold`` when store pairs
+            were given (``method == "store"``), else the precision of copy matches.
         estimated_recall: fraction of copies whose similarity to their original reaches ``threshold``.
+        copy_precision: precision of copy matches alone at ``threshold`` (one true match per copy).
+        method: "store" (base-rate aware, from the store's own pairs) or "copies".
+        store_pairs: the store's candidate pairs the estimate used (0 for "copies").
         reached: false when no threshold reaches the target; ``threshold`` then maximises precision.
         images: distinct images the copies were made from.
         copies: edited copies made (true pairs).
@@ -73,11 +81,14 @@ class Calibration:
     seed: int
     seconds: float
     curve: tuple[tuple[float, float, float], ...] = ()
+    copy_precision: float = float("nan")
+    method: str = "copies"
+    store_pairs: int = 0
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
         data["curve"] = [{"threshold": t, "precision": round(p, 4), "recall": round(r, 4)} for t, p, r in self.curve]
-        for key in ("threshold", "estimated_precision", "estimated_recall", "seconds"):
+        for key in ("threshold", "estimated_precision", "estimated_recall", "copy_precision", "seconds"):
             data[key] = round(float(data[key]), 4)
         return data
 
@@ -93,6 +104,7 @@ def check_precision(precision: float) -> float:
 def calibrate_threshold(vectors: np.ndarray, image_paths: Sequence[str | Path], encoder: Encoder, *,
                         precision: float = DEFAULT_PRECISION, sample_size: int = DEFAULT_SAMPLE_SIZE,
                         file_sha256: Sequence[str | None] | None = None, seed: int = 0,
+                        store_pairs: Callable[[float], np.ndarray] | None = None,
                         progress: bool | None = None) -> Calibration:
     """Choose the duplicate threshold on edited copies of a sample of the store's own images.
 
@@ -105,6 +117,9 @@ def calibrate_threshold(vectors: np.ndarray, image_paths: Sequence[str | Path], 
         file_sha256: the store's file hashes by row (stored files with the original's bytes are
             left out of the false pairs), or None.
         seed: seed of the image sample and the edits; the same seed gives the same threshold.
+        store_pairs: given a similarity floor, the (m,) similarities of the store's candidate
+            pairs (unique, undirected) at or above it, e.g. from the dedup k-NN graph; the
+            threshold is then chosen for the store's predicted precision (module docstring).
         progress: progress bar on stderr (default: when stderr is a terminal).
 
     Returns:
@@ -135,14 +150,26 @@ def calibrate_threshold(vectors: np.ndarray, image_paths: Sequence[str | Path], 
             f"cannot calibrate the threshold: none of the {unreadable} sampled images could be read (e.g. "
             f"{image_paths[0]}); restore the images, or pass a fixed --threshold T")
     positives = np.einsum("id,id->i", copies, vectors[rows])
-    negatives, ambiguous = _false_pair_scores(vectors, rows, copies, positives, file_sha256)
-    threshold, reached = choose_threshold(positives, negatives, precision)
-    estimated_precision, estimated_recall = precision_recall(positives, negatives, threshold)
-    curve = tuple((t, *precision_recall(positives, negatives, t)) for t in CURVE_POINTS)
+    negatives, queries, ambiguous = _false_pair_scores(vectors, rows, copies, positives, file_sha256)
+    if store_pairs is None:
+        threshold, reached = choose_threshold(positives, negatives, precision)
+        estimate = lambda t: precision_recall(positives, negatives, t)  # noqa: E731
+        method, pair_count = "copies", 0
+    else:
+        # candidates are the copies' similarities, so no store pair below the lowest one matters
+        pairs = np.sort(np.asarray(store_pairs(float(positives.min())), dtype=np.float64))[::-1]
+        rate = StoreFalsePairRate(negatives, queries, len(vectors))
+        threshold, reached = choose_store_threshold(positives, pairs, rate, precision)
+        estimate = lambda t: (store_precision(pairs, rate, t), precision_recall(positives, negatives, t)[1])  # noqa: E731
+        method, pair_count = "store", len(pairs)
+    estimated_precision, estimated_recall = estimate(threshold)
+    curve = tuple((t, *estimate(t)) for t in CURVE_POINTS)
     return Calibration(threshold=threshold, target_precision=float(precision),
                        estimated_precision=estimated_precision, estimated_recall=estimated_recall, reached=reached,
                        images=len(set(rows.tolist())), copies=len(rows), negatives=len(negatives), ambiguous=ambiguous,
-                       unreadable=unreadable, seed=seed, seconds=time.perf_counter() - start, curve=curve)
+                       unreadable=unreadable, seed=seed, seconds=time.perf_counter() - start, curve=curve,
+                       copy_precision=precision_recall(positives, negatives, threshold)[0], method=method,
+                       store_pairs=pair_count)
 
 
 def _make_copies(image_paths: Sequence[str | Path], sample_size: int, seed: int, encoder: Encoder,
@@ -185,8 +212,10 @@ def _make_copies(image_paths: Sequence[str | Path], sample_size: int, seed: int,
 
 
 def _false_pair_scores(vectors: np.ndarray, rows: np.ndarray, copies: np.ndarray, positives: np.ndarray,
-                       file_sha256: Sequence[str | None] | None) -> tuple[np.ndarray, int]:
-    """Similarities of each copy to its nearest stored images other than its original.
+                       file_sha256: Sequence[str | None] | None) -> tuple[np.ndarray, int, int]:
+    """Similarities of each copy, and each original, to its nearest stored images that are not its duplicates.
+
+    Returns (similarities, query images they come from (copies + originals), ambiguous pairs left out).
 
     Left out as probable duplicates already in the data: stored files with the original's
     bytes, and the original's ``AMBIGUOUS_RANK`` nearest stored images when they are as close
@@ -228,7 +257,66 @@ def _false_pair_scores(vectors: np.ndarray, rows: np.ndarray, copies: np.ndarray
                 ambiguous.add((row, label))
                 continue
             kept.append(score)
-    return np.asarray(kept, dtype=np.float32), len(ambiguous)
+    return np.asarray(kept, dtype=np.float32), len(rows) + len(originals), len(ambiguous)
+
+
+@dataclass(frozen=True)
+class StoreFalsePairRate:
+    """False matches per image above a threshold, seen on the calibration queries, scaled to the store.
+
+    Each calibration query (a copy or an original) was compared with its nearest stored images;
+    ``negatives`` are the similarities of those that are not its duplicates. An image of the
+    store has on average ``count(negatives >= t) / queries`` such neighbours above t, so the
+    store's n images are expected to form n times that over 2 false (undirected) pairs.
+    """
+
+    negatives: np.ndarray
+    queries: int
+    store_images: int
+
+    def false_pairs(self, threshold: float) -> float:
+        above = int(np.count_nonzero(self.negatives >= threshold))
+        return above / max(self.queries, 1) * self.store_images / 2
+
+
+def store_precision(pairs_descending: np.ndarray, rate: StoreFalsePairRate, threshold: float) -> float:
+    """Predicted precision of the store's pairs at or above ``threshold`` (1.0 when there are none).
+
+    Example:
+        >>> rate = StoreFalsePairRate(np.array([0.91]), queries=10, store_images=100)  # 5 false pairs ≥ 0.9
+        >>> store_precision(np.array([0.99, 0.97, 0.95, 0.93, 0.92, 0.91, 0.91, 0.9, 0.9, 0.9]), rate, 0.9)
+        0.5
+    """
+    found = int(np.count_nonzero(pairs_descending >= threshold))
+    if found == 0:
+        return 1.0
+    return float(max(0.0, 1.0 - rate.false_pairs(threshold) / found))
+
+
+def choose_store_threshold(positives: np.ndarray, pairs_descending: np.ndarray, rate: StoreFalsePairRate,
+                           target: float) -> tuple[float, bool]:
+    """The lowest threshold whose predicted store precision, and that of every higher one, is ≥ ``target``.
+
+    Candidates are the copies' similarities to their originals (a threshold needs a true match to
+    stand on). When even the highest fails, the candidate with the best predicted precision is
+    returned with ``reached=False``.
+
+    Args:
+        positives: (p,) similarities of copies to their originals.
+        pairs_descending: (m,) similarities of the store's candidate pairs, sorted descending.
+        rate: false matches per image from the calibration queries.
+        target: precision in (0, 1).
+    """
+    candidates = np.unique(np.asarray(positives, dtype=np.float64))[::-1]
+    precisions = np.array([store_precision(pairs_descending, rate, float(t)) for t in candidates])
+    failing = np.flatnonzero(precisions < target)
+    # The threshold is the candidate itself (float32 values, so exact): a margin below it could take
+    # in store pairs the check above never counted.
+    if len(failing) == 0 or failing[0] > 0:
+        accepted = len(candidates) - 1 if len(failing) == 0 else int(failing[0]) - 1
+        return float(candidates[accepted]), True
+    best = int(np.flatnonzero(precisions >= precisions.max())[-1])
+    return float(candidates[best]), False
 
 
 def precision_recall(positives: np.ndarray, negatives: np.ndarray, threshold: float) -> tuple[float, float]:

@@ -86,8 +86,9 @@ class ThresholdChoice:
             return f"threshold {self.value:.4f} (given)"
         c = self.calibration
         verdict = "" if c.reached else f", target {c.target_precision:g} NOT reached"
+        scope = " of the store's pairs" if c.method == "store" else " of copy matches"
         return (f"threshold {self.value:.4f} calibrated for precision {c.target_precision:g} on {c.copies} edited copies "
-                f"of {c.images} images: estimated precision {c.estimated_precision:.3f}, recall "
+                f"of {c.images} images: estimated precision{scope} {c.estimated_precision:.3f}, recall "
                 f"{c.estimated_recall:.3f}{verdict}")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +72,7 @@ def _read_store(embeddings: str | os.PathLike[str]) -> _StoreRows:
 
 
 def _calibrate(rows: _StoreRows, precision: float, sample_size: int, seed: int, device: str,
-               progress: bool | None) -> ThresholdChoice:
+               progress: bool | None, store_pairs: Callable[[float], np.ndarray] | None = None) -> ThresholdChoice:
     from ..encoders import encoder_from_fingerprint
 
     fingerprint = rows.store.encoder
@@ -85,7 +85,8 @@ def _calibrate(rows: _StoreRows, precision: float, sample_size: int, seed: int, 
                                    "--threshold T (e.g. 0.9)") from None
     paths = [rows.absolute(i) for i in range(len(rows.paths))]
     calibration = calibrate_threshold(rows.vectors, paths, encoder, precision=precision, sample_size=sample_size,
-                                      file_sha256=rows.sha256, seed=seed, progress=progress)
+                                      file_sha256=rows.sha256, seed=seed, store_pairs=store_pairs,
+                                      progress=progress)
     return ThresholdChoice(calibration.threshold, "calibrated", calibration)
 
 
@@ -248,6 +249,17 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
         timings["load"] = time.perf_counter() - started
         n = len(rows.ids)
         mark = time.perf_counter()
+        graphs: list[SimilarPairs] = []
+
+        def graph(floor: float) -> SimilarPairs:
+            # One k-NN graph serves calibration (the store's pairs above its floor) and the clusters.
+            if not graphs or graphs[0].min_similarity > floor:
+                began = time.perf_counter()
+                graphs[:] = [similar_pairs(rows.vectors, floor, neighbors=neighbors, method=method, device=device,
+                                           seed=seed, progress=progress)]
+                timings["graph"] = timings.get("graph", 0.0) + time.perf_counter() - began
+            return graphs[0].above(floor)
+
         if threshold is not None:
             choice = ThresholdChoice(float(threshold), "given")
         elif n < 2 and against is None:
@@ -256,14 +268,12 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
             raise InvalidArgumentError(f"store {rows.store.directory} holds 1 image: too few to calibrate a threshold; "
                                        "pass --threshold T (e.g. the one in the summary.json of a full dedup run)")
         else:
-            choice = _calibrate(rows, precision, sample_size, seed, device, progress)
-        timings["calibration"] = time.perf_counter() - mark
+            choice = _calibrate(rows, precision, sample_size, seed, device, progress,
+                                store_pairs=lambda floor: graph(min(floor, EXACT_CANDIDATE_SIMILARITY)).similarity)
+        timings["calibration"] = time.perf_counter() - mark - timings.get("graph", 0.0)
 
-        mark = time.perf_counter()
         cut = choice.value if choice.value is not None else 1.0
-        pairs = similar_pairs(rows.vectors, min(cut, EXACT_CANDIDATE_SIMILARITY), neighbors=neighbors, method=method,
-                              device=device, seed=seed, progress=progress)
-        timings["graph"] = time.perf_counter() - mark
+        pairs = graph(min(cut, EXACT_CANDIDATE_SIMILARITY))
 
         mark = time.perf_counter()
         hasher = ContentHasher(rows.absolute, rows.sha256)
@@ -274,7 +284,7 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
             firsts.append(file_first)
             seconds.append(file_second)
         if cut > EXACT_CANDIDATE_SIMILARITY:  # pairs below the threshold join only when their pixels are identical
-            below = pairs.similarity < cut
+            below = pairs.similarity < cut  # pairs holds nothing under EXACT_CANDIDATE_SIMILARITY
             same_first, same_second = identical_pairs(pairs.first[below], pairs.second[below], hasher)
             firsts.append(same_first)
             seconds.append(same_second)
