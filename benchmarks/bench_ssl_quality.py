@@ -17,6 +17,7 @@ folder, or leave-one-out on DATA when none is given. Labels are never used in tr
     python benchmarks/bench_ssl_quality.py --quick            # CI-sized: test_resnet, 32 px, 20 s each
     python benchmarks/bench_ssl_quality.py                    # sample data, resnet18 @ 64 px, 3 min each
     python benchmarks/bench_ssl_quality.py --data IMAGEFOLDER [--queries IMAGEFOLDER] --minutes 10
+    python benchmarks/bench_ssl_quality.py --methods simclr --epochs 40 --image-size 32 --set augmentation.hue=0.5
 
 Appends one JSON line per run to benchmarks/results/ssl_quality.jsonl.
 """
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queries", type=Path, help="held-out labelled ImageFolder of queries")
     parser.add_argument("--methods", default="simclr,moco,dino,mae")
     parser.add_argument("--minutes", type=float, default=3.0, help="wall-clock training budget per method")
+    parser.add_argument("--epochs", type=float, help="train this many epochs per method instead of --minutes "
+                                                     "(a fixed length, for comparing settings on a noisy machine)")
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -123,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
                 if method == "mae" and not args.backbone.startswith(("vit", "deit")) else {}
             config = from_flat({"data": str(args.data), "out": str(run), "method": method, "backbone": args.backbone,
                                 "image_size": args.image_size, "batch_size": args.batch_size,
-                                "max_minutes": args.minutes, "device": args.device, "progress": False, **extra,
+                                **({"epochs": args.epochs} if args.epochs else {"max_minutes": args.minutes}),
+                                "device": args.device, "progress": False, **extra,
                                 **vit}, TrainConfig())
             result = train(config)
             encoder = create_encoder(run, device=args.device)
@@ -133,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
                             "images_per_second": result.images_per_second, "final_loss": round(result.final_loss, 4),
                             "warnings": list(result.warnings)}
     protocol = "held-out queries" if args.queries else "leave-one-out"
-    print(f"{args.backbone} @ {args.image_size}px, batch {args.batch_size}, {args.minutes:g} min per method, "
+    length = f"{args.epochs:g} epochs" if args.epochs else f"{args.minutes:g} min"
+    print(f"{args.backbone} @ {args.image_size}px, batch {args.batch_size}, {length} per method, "
           f"{len(bank_labels)} images ({protocol}); k-NN k=20 T=0.07")
     headers = ["encoder", "k-NN acc", "recall@10", "precision@10", "steps", "epochs"]
     table = [headers] + [[name, f"{r['knn_accuracy']:.3f}", f"{r['recall_at_10']:.3f}", f"{r['precision_at_10']:.3f}",
@@ -152,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
                   "versions": {"torch": torch.__version__, "sslsearch": sslsearch.__version__},
                   "settings": {"data": dataset_name, "protocol": protocol,
                                "backbone": args.backbone, "image_size": args.image_size,
-                               "batch_size": args.batch_size, "minutes": args.minutes, "extra": extra,
+                               "batch_size": args.batch_size, "minutes": None if args.epochs else args.minutes,
+                               "epochs": args.epochs, "extra": extra,
                                "quick": args.quick},
                   "results": rows}
         with open(RESULTS, "a", encoding="utf-8") as handle:
