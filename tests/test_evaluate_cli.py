@@ -110,7 +110,8 @@ def test_bench_all_writes_the_report(stores, capsys, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 5.0 / (1 + s), "lr": 0.1}) + "\n"
-                                               for s in range(0, 100, 10)) + '{"step": 10')
+                                               for s in range(0, 100, 10))
+                                       + '{"step": 90, "event": "end", "final_loss": 0.1}\n{"step": 10')
     out = tmp_path / "report"
     code, stdout, _ = run_cli(["bench", "all", str(stores / "train"), "--queries", str(stores / "test"), "--out",
                                str(out), "--index", str(tmp_path / "idx"), "--run", str(run), "--epochs", "3",
@@ -120,6 +121,7 @@ def test_bench_all_writes_the_report(stores, capsys, tmp_path):
     assert report["knn"]["n_queries"] == 60 and report["linear"]["n_test"] == 60
     assert report["retrieval"]["ground_truth"] == "class" and report["index"]["settings"]
     assert report["training"]["skipped_lines"] == 1
+    assert "final_loss" not in report["training"]["final"]  # the run's end summary is not a curve
     markdown = (out / "report.md").read_text()
     for section in ("## k-NN classification", "## Linear probe", "## Retrieval (class ground truth)",
                     "## Index: recall vs speed", "## Training", "sslsearch bench all"):

@@ -135,6 +135,8 @@ def read_training_curves(run: str | os.PathLike[str]) -> TrainingCurves:
         if not isinstance(record, dict) or not isinstance(record.get("step"), (int, float)):
             skipped += 1
             continue
+        if "event" in record:  # the run's summary ("end": steps, seconds, final_loss), not a step's metrics
+            continue
         step = float(record["step"])
         for name, value in _flatten(record).items():
             if name != "step":
