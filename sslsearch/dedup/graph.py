@@ -171,7 +171,7 @@ def _exact(vectors: np.ndarray, min_similarity: float, neighbors: int, device,
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
             scores, labels = exact_search(vectors[start:stop], vectors, k, device=device,
-                                          backend="torch" if on_gpu else "faiss", block_size=EXACT_DATABASE_BLOCK)
+                                          block_size=EXACT_DATABASE_BLOCK)
             parts.append(_keep(np.arange(start, stop, dtype=np.int64), scores, labels, min_similarity))
             bar.update(stop - start)
     return _concat(parts)
