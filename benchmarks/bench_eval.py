@@ -159,10 +159,13 @@ def main(argv: list[str] | None = None) -> None:
 
         gemm()
         few = queries[:256]
-        record("exact_search k=200 (torch)",
+        record(f"exact_search k=200 (default: {'torch' if device.type == 'cuda' else 'faiss'} backend)",
                median_seconds(lambda: exact_search(queries, database, 200, device=device), repeats,
                               lambda: exact_search(few, database, 200, device=device)))
         if device.type == "cpu":
+            record("exact_search k=200 (torch backend)",
+                   median_seconds(lambda: exact_search(queries, database, 200, device=device, backend="torch"),
+                                  repeats, lambda: exact_search(few, database, 200, device=device, backend="torch")))
             import faiss
 
             record("faiss.knn k=200 (IndexFlatIP)",
