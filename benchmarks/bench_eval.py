@@ -15,6 +15,7 @@ search and the votes (k-NN, 4 ks × 2 votes) or the relevance, recall, precision
     python benchmarks/bench_eval.py --quick     # 2,000 queries vs 20,000 rows (CI-sized)
     python benchmarks/bench_eval.py             # 10,000 vs 100,000 (a few minutes on 2 cores)
     python benchmarks/bench_eval.py --full      # 100,000 vs 1,000,000 (the issue's size: use a GPU)
+    python benchmarks/bench_eval.py --full --commands-only   # the same, only the two commands (CPU: ~20 min)
 
 Vectors come from ``sslsearch.index.synthetic`` (clustered, low intrinsic dimension, dim 384),
 stored as float16 like ``sslsearch embed`` does; labels (10 classes, the argmax of random
@@ -118,6 +119,23 @@ def write_store(directory: Path, n: int, dim: int, seed: int, directions: np.nda
     return np.concatenate(parts), labels
 
 
+def search_rows(record, queries: np.ndarray, few: np.ndarray, database: np.ndarray, device: torch.device,
+                repeats: int) -> None:
+    """Time exact_search (default and torch backends) and raw faiss.knn at k=200 on the arrays."""
+    record(f"exact_search k=200 (default: {'torch' if device.type == 'cuda' else 'faiss'} backend)",
+           median_seconds(lambda: exact_search(queries, database, 200, device=device), repeats,
+                          lambda: exact_search(few, database, 200, device=device)))
+    if device.type == "cpu":
+        record("exact_search k=200 (torch backend)",
+               median_seconds(lambda: exact_search(queries, database, 200, device=device, backend="torch"),
+                              repeats, lambda: exact_search(few, database, 200, device=device, backend="torch")))
+        import faiss
+
+        record("faiss.knn k=200 (IndexFlatIP)",
+               median_seconds(lambda: faiss.knn(queries, database, 200, metric=faiss.METRIC_INNER_PRODUCT), repeats,
+                              lambda: faiss.knn(few, database, 200, metric=faiss.METRIC_INNER_PRODUCT)))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     size = parser.add_mutually_exclusive_group()
@@ -129,6 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, help="timed repeats (default: 3 quick, 2 default, 1 full)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/results/eval.jsonl")
+    parser.add_argument("--commands-only", action="store_true",
+                        help="time only the two commands (bench knn, bench retrieval) and the GEMM ceiling, not the "
+                             "search backends on their own (what --full can afford on a CPU)")
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full" if args.full else "default"
     n_queries, n_database = SIZES[mode]
@@ -159,18 +180,8 @@ def main(argv: list[str] | None = None) -> None:
 
         gemm()
         few = queries[:256]
-        record(f"exact_search k=200 (default: {'torch' if device.type == 'cuda' else 'faiss'} backend)",
-               median_seconds(lambda: exact_search(queries, database, 200, device=device), repeats,
-                              lambda: exact_search(few, database, 200, device=device)))
-        if device.type == "cpu":
-            record("exact_search k=200 (torch backend)",
-                   median_seconds(lambda: exact_search(queries, database, 200, device=device, backend="torch"),
-                                  repeats, lambda: exact_search(few, database, 200, device=device, backend="torch")))
-            import faiss
-
-            record("faiss.knn k=200 (IndexFlatIP)",
-                   median_seconds(lambda: faiss.knn(queries, database, 200, metric=faiss.METRIC_INNER_PRODUCT), repeats,
-                                  lambda: faiss.knn(few, database, 200, metric=faiss.METRIC_INNER_PRODUCT)))
+        if not args.commands_only:
+            search_rows(record, queries, few, database, device, repeats)
         database_dir, queries_dir = Path(tmp) / "database", Path(tmp) / "queries"
         loaded = {}
 
@@ -205,7 +216,8 @@ def main(argv: list[str] | None = None) -> None:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         line = {"bench": "eval", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": git_commit(), "mode": mode,
                 "machine": info, "device": str(device), "n_queries": n_queries, "n_database": n_database,
-                "dim": args.dim, "repeats": repeats, "gemm_gflops": flops / 1e9, "figures": figures}
+                "dim": args.dim, "repeats": repeats, "commands_only": args.commands_only, "gemm_gflops": flops / 1e9,
+                "figures": figures}
         with open(RESULTS, "a") as handle:
             handle.write(json.dumps(line) + "\n")
         print(f"appended to {RESULTS}")
