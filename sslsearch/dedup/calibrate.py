@@ -274,8 +274,8 @@ class StoreFalsePairRate:
     queries: int
     store_images: int
 
-    def false_pairs(self, threshold: float) -> float:
-        above = int(np.count_nonzero(self.negatives >= threshold))
+    def false_pairs(self, threshold: float | np.ndarray) -> float | np.ndarray:
+        above = _count_at_least(np.sort(self.negatives)[::-1], threshold)
         return above / max(self.queries, 1) * self.store_images / 2
 
 
@@ -287,10 +287,19 @@ def store_precision(pairs_descending: np.ndarray, rate: StoreFalsePairRate, thre
         >>> store_precision(np.array([0.99, 0.97, 0.95, 0.93, 0.92, 0.91, 0.91, 0.9, 0.9, 0.9]), rate, 0.9)
         0.5
     """
-    found = int(np.count_nonzero(pairs_descending >= threshold))
-    if found == 0:
-        return 1.0
-    return float(max(0.0, 1.0 - rate.false_pairs(threshold) / found))
+    return float(_store_precisions(pairs_descending, rate, np.array([threshold]))[0])
+
+
+def _count_at_least(descending: np.ndarray, thresholds: float | np.ndarray) -> np.ndarray:
+    """How many of the descending values are >= each threshold (binary search, not a scan)."""
+    return np.searchsorted(-np.asarray(descending, dtype=np.float64), -np.asarray(thresholds, dtype=np.float64),
+                           side="right")
+
+
+def _store_precisions(pairs_descending: np.ndarray, rate: StoreFalsePairRate, thresholds: np.ndarray) -> np.ndarray:
+    found = _count_at_least(pairs_descending, thresholds)
+    predicted = 1.0 - rate.false_pairs(thresholds) / np.maximum(found, 1)
+    return np.where(found > 0, np.maximum(predicted, 0.0), 1.0)
 
 
 def choose_store_threshold(positives: np.ndarray, pairs_descending: np.ndarray, rate: StoreFalsePairRate,
@@ -308,7 +317,7 @@ def choose_store_threshold(positives: np.ndarray, pairs_descending: np.ndarray, 
         target: precision in (0, 1).
     """
     candidates = np.unique(np.asarray(positives, dtype=np.float64))[::-1]
-    precisions = np.array([store_precision(pairs_descending, rate, float(t)) for t in candidates])
+    precisions = _store_precisions(pairs_descending, rate, candidates)
     failing = np.flatnonzero(precisions < target)
     # The threshold is the candidate itself (float32 values, so exact): a margin below it could take
     # in store pairs the check above never counted.
