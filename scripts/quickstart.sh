@@ -40,7 +40,7 @@ sslsearch dedup "$out/embeddings" --out "$out/duplicates" --report
 step "7/7 how good are the embeddings? k-NN accuracy (each image's own class, leave-one-out; chance 0.10)"
 sslsearch bench knn "$out/embeddings" --k 20
 echo "the same for an untrained resnet18 (random init), the baseline training must beat:" >&2
-sslsearch embed "$out/images" --encoder timm:resnet18 --image-size 32 --out "$out/baseline-embeddings" 2>/dev/null
+sslsearch embed "$out/images" --encoder timm:resnet18 --image-size 32 --out "$out/baseline-embeddings"
 sslsearch bench knn "$out/baseline-embeddings" --k 20
 
 printf '\nDone. Outputs are in %s/: run/ (encoder), embeddings/, index/, duplicates/ (report.html), baseline-embeddings/.\n' "$out" >&2
