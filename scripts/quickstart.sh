@@ -30,7 +30,8 @@ step "4/7 building an index (kind chosen automatically) and showing its card"
 sslsearch index build "$out/embeddings" --out "$out/index"   # prints the card; later: sslsearch index info
 
 step "5/7 searching: the 5 nearest neighbours of three images (the first hit is the image itself)"
-queries=$(for class in circle star checker; do ls "$out/images/$class"/* | head -n 1; done)
+# the first file of each class, by glob (no `ls | head`: under pipefail its SIGPIPE can end the script)
+queries=$(for class in circle star checker; do files=("$out/images/$class"/*); echo "${files[0]}"; done)
 # shellcheck disable=SC2086
 sslsearch search "$out/index" $queries -k 5
 
