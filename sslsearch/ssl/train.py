@@ -336,14 +336,7 @@ class Trainer:
             began = time.perf_counter()
             for i, (views, _) in enumerate(loader):
                 ctx = StepContext(i, provisional)
-                output = self.forward(views, ctx)
-                self.optimizer.zero_grad(set_to_none=True)
-                output.loss.backward()
-                self.method.before_optimizer_step(ctx)
-                if self.config.optimizer.clip_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(self.trainable, self.config.optimizer.clip_grad_norm, foreach=True)
-                self.optimizer.step()
-                self.method.on_step_end(ctx)
+                self.optimize(self.forward(views, ctx), ctx)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 now = time.perf_counter()
@@ -416,15 +409,20 @@ class Trainer:
         weight_decay = cosine(self.step, self.plan.total_steps, optimizer_config.weight_decay,
                               optimizer_config.weight_decay_final)
         set_hyperparameters(self.optimizer, lr=lr, weight_decay=weight_decay)
-        output = self.forward(views, ctx)
+        output = self.optimize(self.forward(views, ctx), ctx)
+        self.current_lr, self.current_weight_decay = lr, weight_decay
+        return output
+
+    def optimize(self, output: Any, ctx: StepContext) -> Any:
+        """Backward, the method's hooks, gradient clipping and the optimizer step (shared with calibration)."""
         self.optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
         self.method.before_optimizer_step(ctx)
-        if optimizer_config.clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.trainable, optimizer_config.clip_grad_norm, foreach=True)
+        clip = self.config.optimizer.clip_grad_norm
+        if clip:
+            torch.nn.utils.clip_grad_norm_(self.trainable, clip, foreach=True)
         self.optimizer.step()
         self.method.on_step_end(ctx)
-        self.current_lr, self.current_weight_decay = lr, weight_decay
         return output
 
     def loop(self) -> TrainResult:
