@@ -90,3 +90,16 @@ def test_cuda_matches_cpu(vectors):
     assert recall_at_k(gpu[1], cpu[1]) > 0.999
     resident = (torch.arange(len(vectors), device="cuda"), torch.from_numpy(vectors).cuda())
     np.testing.assert_array_equal(exact_search(vectors[:100], [resident], 10, device="cuda")[1], gpu[1])
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch", "faiss"])
+def test_any_backend_agrees_on_float16_and_strided_databases(vectors, backend):
+    # the faiss path scores a float32 C-contiguous array in one call and anything else block by block
+    queries = vectors[:25]
+    half = vectors.astype(np.float16)
+    strided = np.asfortranarray(vectors)
+    expected = brute_force(queries, half.astype(np.float32), 10)
+    np.testing.assert_array_equal(exact_search(queries, half, 10, backend=backend, block_size=512, device="cpu")[1],
+                                  expected)
+    np.testing.assert_array_equal(exact_search(queries, strided, 10, backend=backend, block_size=512,
+                                               device="cpu")[1], brute_force(queries, vectors, 10))

@@ -133,8 +133,11 @@ def exact_search(queries: np.ndarray, database: Any, k: int, *, device: str | to
     n_queries, dim = query_array.shape
     if backend == "auto":
         backend = "torch" if resolve_device(device).type == "cuda" else "faiss"
-    if backend == "faiss" and isinstance(database, np.ndarray):
-        block_size = max(block_size, len(database))  # faiss blocks internally: one call, nothing to merge
+    if backend == "faiss" and isinstance(database, np.ndarray) and database.dtype == np.float32 \
+            and database.flags.c_contiguous:
+        # faiss blocks internally: one call on a view of the array, nothing to merge (any other dtype or
+        # layout is converted block by block, so memory stays one block)
+        block_size = max(block_size, len(database))
     torch_device = resolve_device(device) if backend == "torch" else torch.device("cpu")
     query_block = max(1, min(n_queries, SCORE_BLOCK_BYTES // (4 * block_size)))
     best_scores = torch.full((n_queries, k), -float("inf"), device=torch_device)
