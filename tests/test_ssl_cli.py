@@ -69,6 +69,8 @@ def test_resume_needs_no_repeated_options(sample_dir: Path, tmp_path: Path, caps
     (["--backbone", "resnet181"], "did you mean"),
     (["--set", "optimizer.lrr=3"], "did you mean 'optimizer.lr'"),
     (["--set", "lr"], "is not KEY=VALUE"),
+    (["--method", "dino", "--set", "dino.centering=sinkorn"], "unknown dino.centering 'sinkorn' (did you mean "
+                                                              "'sinkhorn'?)"),
 ])
 def test_bad_options(sample_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str],
                      message: str) -> None:

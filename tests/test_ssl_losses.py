@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from sslsearch.ssl.losses import DINOLoss, info_nce_loss, nt_xent_loss
+from sslsearch.ssl.losses.dino import sinkhorn_knopp
 
 
 def reference_nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> float:
@@ -136,3 +137,54 @@ def test_dino_uniform_student_and_teacher_give_log_k() -> None:
     loss = DINOLoss(50)
     value = loss(torch.zeros(8, 50), torch.zeros(4, 50), student_temperature=0.1, teacher_temperature=0.04)
     assert float(value) == pytest.approx(math.log(50), rel=1e-6)
+
+
+def reference_sinkhorn(scores: torch.Tensor, iterations: int) -> torch.Tensor:
+    """SwAV's Algorithm (arXiv:2006.09882, appendix A.1), in float64 loops: Q = exp(scores)ᵀ, then
+    alternately make each prototype row sum to 1/K and each sample column sum to 1/n; rows of n·Qᵀ."""
+    q = torch.exp(scores.double()).T.clone()
+    k, n = q.shape
+    q /= q.sum()
+    for _ in range(iterations):
+        for row in range(k):
+            q[row] /= q[row].sum() * k
+        for column in range(n):
+            q[:, column] /= q[:, column].sum() * n
+    return (q * n).T
+
+
+def test_sinkhorn_matches_reference_and_balances_prototypes() -> None:
+    generator = torch.Generator().manual_seed(3)
+    scores = torch.randn(12, 5, generator=generator) * 4
+    assignments = sinkhorn_knopp(scores, iterations=3)
+    torch.testing.assert_close(assignments.double(), reference_sinkhorn(scores, 3), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(assignments.sum(dim=1), torch.ones(12))
+    # more rounds: every prototype holds n / K of the mass
+    balanced = sinkhorn_knopp(scores, iterations=50)
+    torch.testing.assert_close(balanced.sum(dim=0), torch.full((5,), 12 / 5), rtol=1e-3, atol=1e-3)
+
+
+def test_sinkhorn_survives_sharp_scores() -> None:
+    """Logits / 0.02 span ±50: exp must not overflow, and near-identical rows still get spread out."""
+    scores = torch.randn(64, 32, generator=torch.Generator().manual_seed(0)) * 50
+    assignments = sinkhorn_knopp(scores)
+    assert torch.isfinite(assignments).all()
+    torch.testing.assert_close(assignments.sum(dim=1), torch.ones(64))
+
+
+def test_dino_sinkhorn_centering_cannot_collapse_to_one_prototype() -> None:
+    """Every teacher output prefers prototype 0 (the one-prototype collapse): mean centering at the start
+    (center 0) follows it, Sinkhorn spreads the batch over all prototypes."""
+    teacher = torch.zeros(16, 8)
+    teacher[:, 0] = 1.0
+    teacher += 0.01 * torch.randn(16, 8, generator=torch.Generator().manual_seed(1))
+    mean = DINOLoss(8).teacher_probabilities(teacher, 0.04)
+    sinkhorn = DINOLoss(8, centering="sinkhorn").teacher_probabilities(teacher, 0.04)
+    assert float(mean[:, 0].mean()) > 0.99
+    assert float(sinkhorn.mean(dim=0).max()) < 0.3  # no prototype takes much more than 1/8 of the batch
+    torch.testing.assert_close(sinkhorn.sum(dim=1), torch.ones(16))
+
+
+def test_dino_loss_rejects_unknown_centering() -> None:
+    with pytest.raises(ValueError, match="sinkhorn"):
+        DINOLoss(8, centering="median")

@@ -143,6 +143,19 @@ def test_dino_freezes_the_last_layer_and_schedules_the_teacher() -> None:
     assert method.export_backbone() is method.teacher_backbone
 
 
+def test_dino_sinkhorn_centering_leaves_the_center_alone_and_balances_the_teacher() -> None:
+    config = from_flat({"method": "dino", "dino.prototypes": 8, "dino.hidden_dim": 32, "dino.bottleneck_dim": 16,
+                        "dino.centering": "sinkhorn"}, TrainConfig())
+    backbone, dim = tiny_backbone()
+    method = DINO(backbone, dim, config)
+    views = [torch.randn(16, 3, 32, 32), torch.randn(16, 3, 32, 32)]
+    output = method(views, StepContext(0, plan()))
+    output.loss.backward()
+    assert torch.count_nonzero(method.loss.center) == 0
+    # 32 teacher outputs spread over the 8 prototypes: the batch-mean distribution is close to uniform
+    assert float(output.logs["teacher_mean_entropy"]) > 0.95 * math.log(8)
+
+
 def test_lars_scales_updates_by_the_trust_ratio() -> None:
     weight = torch.nn.Parameter(torch.full((2, 2), 2.0))  # ‖w‖ = 4
     bias = torch.nn.Parameter(torch.ones(2))

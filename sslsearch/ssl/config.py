@@ -114,7 +114,10 @@ class DINOConfig:
                                               "suits long runs; a short run needs the sharper 0.04 to leave ln K)")
     teacher_temperature_warmup_fraction: float = option(0.3, "fraction of steps for the teacher-temperature warm-up")
     teacher_momentum: float = option(0.996, "teacher EMA momentum at the start; cosine to 1.0 at the end")
-    center_momentum: float = option(0.9, "EMA momentum of the teacher-output center")
+    center_momentum: float = option(0.9, "EMA momentum of the teacher-output center (mean centering)")
+    centering: str = option("mean", "teacher centering: mean (the paper's EMA center) or sinkhorn (Sinkhorn-Knopp "
+                                    "over the batch, as DINOv2: every prototype gets an equal share, so the "
+                                    "teacher can neither go uniform nor put every image on one prototype)")
     freeze_last_layer_epochs: float = option(1.0, "epochs during which the head's last layer is frozen "
                                                   "(capped at 20% of the steps)")
 

@@ -26,6 +26,7 @@ from . import distributed
 from .backbone import build_backbone, check_input_sizes, is_vision_transformer
 from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .config import TrainConfig, to_dict
+from .losses.dino import CENTERINGS
 from .data import (StepBatchSampler, ViewDataset, compute_threads, default_workers, load_training_images,
                    make_loader)
 from .methods import Method, get_method
@@ -112,6 +113,8 @@ def validate_config(config: TrainConfig) -> type[Method]:
             raise InvalidArgumentError(f"--{name.replace('_', '-')} must be positive, got {value}")
     if config.precision not in PRECISIONS:
         raise unknown_name("precision", config.precision, PRECISIONS)
+    if config.method == "dino" and config.dino.centering not in CENTERINGS:
+        raise unknown_name("dino.centering", config.dino.centering, CENTERINGS)
     for name in ("checkpoint_every_steps", "log_every_steps", "keep_checkpoints"):
         if getattr(config, name) < 1:
             raise InvalidArgumentError(f"{name} must be at least 1, got {getattr(config, name)}")

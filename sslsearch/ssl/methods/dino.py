@@ -49,7 +49,7 @@ class DINO(Method):
                              batch_norm=batch_norm, norm_last_layer=section.norm_last_layer)
         self.teacher_backbone = frozen_copy(self.backbone)
         self.teacher_head = frozen_copy(self.head)
-        self.loss = DINOLoss(section.prototypes, section.center_momentum)
+        self.loss = DINOLoss(section.prototypes, section.center_momentum, section.centering)
 
     @classmethod
     def build_transform(cls, image_size: int, augmentation: AugmentationConfig, mean: tuple[float, ...],
@@ -94,7 +94,8 @@ class DINO(Method):
             entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum(-1).mean()
             mean_probability = probabilities.mean(0)
             mean_entropy = -(mean_probability * mean_probability.clamp_min(1e-12).log()).sum()
-        self.loss.update_center(teacher_logits)
+        if self.loss.centering == "mean":
+            self.loss.update_center(teacher_logits)
         batch = views[0].shape[0]
         logs = {"teacher_temperature": teacher_temperature, "teacher_momentum": self.teacher_momentum(ctx),
                 "teacher_entropy": entropy, "teacher_mean_entropy": mean_entropy,
