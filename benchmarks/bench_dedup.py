@@ -41,7 +41,7 @@ import numpy as np
 from sslsearch import __version__
 from sslsearch.dedup import connected_groups, deduplicate, similar_pairs
 from sslsearch.embed import embed_images
-from sslsearch.sample_data import make_sample_dataset, read_near_duplicates
+from sslsearch.sample_data import make_sample_dataset, read_near_duplicate_edits, read_near_duplicates
 from sslsearch.sources import list_images, load_image
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dedup.jsonl"
@@ -85,6 +85,17 @@ def prf(predicted: set, truth: set) -> dict[str, float]:
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
             "predicted_pairs": len(predicted), "true_pairs": len(truth)}
+
+
+def recall_by_edit(edits: dict[tuple[str, str], tuple[str, ...]], row: dict[str, int],
+                   predicted: set) -> dict[str, str]:
+    """For each edit, "found/planted" over the copies that edit made (a copy with two edits counts for both)."""
+    found: dict[str, list[int]] = {}
+    for (original, copy), names in edits.items():
+        hit = frozenset((row[original], row[copy])) in predicted
+        for name in names or ("unknown",):
+            found.setdefault(name, []).append(hit)
+    return {name: f"{sum(hits)}/{len(hits)}" for name, hits in sorted(found.items())}
 
 
 def best_threshold(scores: np.ndarray, is_true: np.ndarray, n_true: int, higher_is_closer: bool) -> dict[str, float]:
@@ -134,6 +145,10 @@ def quality(args: argparse.Namespace, work: Path) -> dict[str, object]:
             predicted.add(frozenset((a, b)))
     ours = prf(predicted, truth)
     ours["threshold"] = result.threshold.value
+    ours["recall_by_edit"] = recall_by_edit(read_near_duplicate_edits(data.root), row, predicted)
+    ours["false_pairs"] = len(predicted - truth)
+    ours["false_pairs_same_class"] = sum(1 for pair in predicted - truth
+                                         if len({source.records[i].label for i in pair}) == 1)
     calibration = result.threshold.calibration
     ours["estimated_precision"] = calibration.estimated_precision if calibration else None
     ours["estimated_recall"] = calibration.estimated_recall if calibration else None
@@ -329,6 +344,10 @@ def main(argv: list[str] | None = None) -> None:
               f"dedup {figures['dedup_images_per_second_after_embedding']} images/s after embedding "
               f"({figures['embed_images_per_second']} images/s embedding); pHash "
               f"{figures['phash_best']['images_per_second']} images/s", flush=True)
+        print("automatic threshold, copies found by edit: "
+              + ", ".join(f"{name} {found}" for name, found in ours["recall_by_edit"].items())
+              + f"; false matches: {ours['false_pairs']} ({ours['false_pairs_same_class']} within one class)",
+              flush=True)
         if not args.no_save:
             append_result({"bench": "dedup", "part": "quality", "time": stamp, "commit": commit, "machine": info,
                            "figures": figures})

@@ -7,7 +7,8 @@ faint textures, sensor noise) with random colours, position, scale, rotation and
 nuisances, so raw pixels are a weak k-NN baseline while a shape-aware encoder can do well.
 A fraction of the images are near-duplicates: an existing image with small edits (JPEG
 re-encode, slight resize, small crop, brightness shift, tiny rotation, small watermark), in the
-same class folder under its own name; the pairs are listed in ``near_duplicates.csv``.
+same class folder under its own name; the pairs are listed in ``near_duplicates.csv`` (columns
+original, copy, edits: root-relative paths and the edits joined by "+", e.g. ``crop+rotate``).
 """
 from __future__ import annotations
 
@@ -130,15 +131,17 @@ def make_sample_dataset(
             if i in wanted:
                 originals[i] = image
         pairs: list[tuple[str, str]] = []
+        edit_names: list[str] = []
         for j, source in enumerate(copy_sources.tolist()):
             rng = np.random.default_rng([seed, 2, j])
             class_name = CLASSES[source % len(CLASSES)]
-            copy = near_duplicate(originals[source], rng)
+            copy, edits = edited_copy(originals[source], rng)
             pairs.append((paths[source], _save(staging, class_name, int(names[n_originals + j]), copy, rng)))
+            edit_names.append("+".join(edits))
         with open(staging / NEAR_DUPLICATES_FILE, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(["original", "copy"])
-            writer.writerows(pairs)
+            writer.writerow(["original", "copy", "edits"])
+            writer.writerows((original, copy, edits) for (original, copy), edits in zip(pairs, edit_names))
         _move_into_place(staging, target)
     finally:
         if staging.exists():
@@ -149,11 +152,22 @@ def make_sample_dataset(
 
 def read_near_duplicates(path: str | os.PathLike[str]) -> tuple[tuple[str, str], ...]:
     """Read the (original, copy) pairs of a sample folder (the folder or its ``near_duplicates.csv``)."""
+    return tuple((row["original"], row["copy"]) for row in _near_duplicate_rows(path))
+
+
+def read_near_duplicate_edits(path: str | os.PathLike[str]) -> dict[tuple[str, str], tuple[str, ...]]:
+    """(original, copy) → the edits that made the copy, e.g. ``("crop", "rotate")`` (empty for files
+    written before the ``edits`` column existed)."""
+    return {(row["original"], row["copy"]): tuple(e for e in (row.get("edits") or "").split("+") if e)
+            for row in _near_duplicate_rows(path)}
+
+
+def _near_duplicate_rows(path: str | os.PathLike[str]) -> list[dict[str, str]]:
     location = Path(path)
     if location.is_dir():
         location = location / NEAR_DUPLICATES_FILE
     with open(location, newline="", encoding="utf-8") as handle:
-        return tuple((row["original"], row["copy"]) for row in csv.DictReader(handle))
+        return list(csv.DictReader(handle))
 
 
 def _check_arguments(n_images: int, image_size: int, duplicate_fraction: float) -> None:
@@ -374,12 +388,18 @@ def _shape_mask(class_name: str, size: int, center: np.ndarray, radius: float, a
 
 def near_duplicate(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     """A copy of ``image`` with one or two small edits from ``DUPLICATE_EDITS`` (deterministic for ``rng``)."""
+    return edited_copy(image, rng)[0]
+
+
+def edited_copy(image: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, tuple[str, ...]]:
+    """``near_duplicate`` and the names of the edits it applied, in the order applied."""
     n_edits = int(rng.integers(1, 3))
-    edits = rng.choice(len(DUPLICATE_EDITS), size=n_edits, replace=False)
+    edits = [DUPLICATE_EDITS[index] for index in sorted(rng.choice(len(DUPLICATE_EDITS), size=n_edits,
+                                                                   replace=False).tolist())]
     out = image
-    for index in sorted(edits.tolist()):
-        out = _EDITS[DUPLICATE_EDITS[index]](out, rng)
-    return out
+    for name in edits:
+        out = _EDITS[name](out, rng)
+    return out, tuple(edits)
 
 
 def _edit_jpeg(image: Image.Image, rng: np.random.Generator) -> Image.Image:

@@ -69,6 +69,13 @@ def test_instance_retrieval_with_pairs(tmp_path):
     pairs_file = tmp_path / "pairs.csv"
     pairs_file.write_text("original,copy\n" + "".join(f"{paths[i]},{paths[10 + i]}\n" for i in range(4)))
     pairs = read_positive_pairs(pairs_file)
+    with_edits = tmp_path / "with_edits.csv"  # the sample data's third column (edits) is ignored
+    with_edits.write_text("original,copy,edits\n" + "".join(f"{a},{b},crop\n" for a, b in pairs))
+    assert read_positive_pairs(with_edits) == pairs
+    one_column = tmp_path / "one_column.csv"
+    one_column.write_text("path\n" + "".join(f"{a}\n" for a, _ in pairs))
+    with pytest.raises(InvalidArgumentError, match="fewer than two columns"):
+        read_positive_pairs(one_column)
     result = instance_retrieval(rows, rows, pairs, ks=[1], leave_one_out=True, device="cpu")
     assert result.n_queries == 8 and result.n_without_positives == 6  # both sides of each pair are queries
     assert result.recall[1] == 1.0 and result.mean_average_precision == pytest.approx(1.0)

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from sslsearch.cli.app import app
 from sslsearch.errors import InvalidArgumentError, OutputExistsError
-from sslsearch.sample_data import CLASSES, NEAR_DUPLICATES_FILE, make_sample_dataset, read_near_duplicates
+from sslsearch.sample_data import (CLASSES, DUPLICATE_EDITS, NEAR_DUPLICATES_FILE, make_sample_dataset,
+                                   read_near_duplicate_edits, read_near_duplicates)
 from sslsearch.sources import list_images, load_image
 
 
@@ -41,8 +42,11 @@ def test_sample_dir_fixture(sample_dataset, sample_dir: Path) -> None:
 def test_ground_truth_csv_matches_files(sample_dataset, sample_dir: Path) -> None:
     with open(sample_dir / NEAR_DUPLICATES_FILE, newline="") as handle:
         rows = list(csv.reader(handle))
-    assert rows[0] == ["original", "copy"]
-    assert tuple(map(tuple, rows[1:])) == sample_dataset.near_duplicates == read_near_duplicates(sample_dir)
+    assert rows[0] == ["original", "copy", "edits"]
+    assert tuple((a, b) for a, b, _ in rows[1:]) == sample_dataset.near_duplicates == read_near_duplicates(sample_dir)
+    edits = read_near_duplicate_edits(sample_dir)
+    assert set(edits) == set(sample_dataset.near_duplicates)
+    assert all(1 <= len(names) <= 2 and set(names) <= set(DUPLICATE_EDITS) for names in edits.values())
     paths = set(list_images(sample_dir).paths)
     copies = [copy for _, copy in sample_dataset.near_duplicates]
     originals = [original for original, _ in sample_dataset.near_duplicates]

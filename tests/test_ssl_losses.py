@@ -188,3 +188,24 @@ def test_dino_sinkhorn_centering_cannot_collapse_to_one_prototype() -> None:
 def test_dino_loss_rejects_unknown_centering() -> None:
     with pytest.raises(ValueError, match="sinkhorn"):
         DINOLoss(8, centering="median")
+
+
+def test_info_nce_with_batch_keys_matches_reference() -> None:
+    """Query i's denominator: its positive, the queue, and this step's keys of the *other* images."""
+    generator = torch.Generator().manual_seed(5)
+    batch, views, dim = 4, 2, 8
+    q = torch.randn(batch, dim, generator=generator)
+    keys = torch.randn(views * batch, dim, generator=generator)  # view-major: key j is image j % batch
+    queue = torch.randn(6, dim, generator=generator)
+    positive_keys = keys[batch:]  # view 2's keys are the positives of view 1's queries
+    excluded = (torch.arange(views * batch) % batch)[None, :] == torch.arange(batch)[:, None]
+    value = info_nce_loss(q, positive_keys, queue, 0.2, batch_keys=keys, batch_keys_excluded=excluded)
+    qn, kn, queue_n = (t.double() / t.double().norm(dim=1, keepdim=True) for t in (q, keys, queue))
+    total = 0.0
+    for i in range(batch):
+        positive = math.exp(float(qn[i] @ kn[batch + i]) / 0.2)
+        others = [j for j in range(views * batch) if j % batch != i]
+        negatives = sum(math.exp(float(qn[i] @ kn[j]) / 0.2) for j in others)
+        negatives += sum(math.exp(float(qn[i] @ queue_n[m]) / 0.2) for m in range(queue.shape[0]))
+        total += -math.log(positive / (positive + negatives))
+    assert float(value) == pytest.approx(total / batch, rel=1e-5)

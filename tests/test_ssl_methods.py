@@ -119,6 +119,34 @@ def test_moco_step_updates_keys_by_momentum_only() -> None:
         torch.testing.assert_close(new, m * old + (1 - m) * student.detach())
 
 
+def test_moco_batch_negatives_add_the_other_images_keys_only() -> None:
+    """Extra negatives can only raise InfoNCE; by hand: each query's denominator holds the queue and the
+    keys of the other three images (both views), never its own image's keys."""
+    import dataclasses
+
+    from sslsearch.ssl.losses import info_nce_loss
+
+    config = from_flat({"method": "moco", "moco.queue_size": 8, "moco.batch_norm_splits": 1}, TrainConfig())
+    backbone, dim = tiny_backbone()
+    method = MoCo(backbone, dim, config).eval()  # eval: batch norm does not depend on the batch make-up
+    views = [torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)]
+    ctx = StepContext(0, plan())
+    queue = method.queue.clone()
+    with torch.no_grad():
+        plain = float(method(views, ctx).loss)
+        method.queue.copy_(queue)
+        method.section = dataclasses.replace(method.section, batch_negatives=True)
+        extra = float(method(views, ctx).loss)
+        q_1, q_2 = method.head(method.backbone(torch.cat(views))).chunk(2)
+        keys = method.key_head(method.key_backbone(torch.cat(views)))
+        k_1, k_2 = keys.chunk(2)
+        others = [torch.cat([keys[[j for j in range(8) if j % 4 != i]], queue]) for i in range(4)]
+        by_hand = sum(float(info_nce_loss(q[i:i + 1], k[i:i + 1], others[i], 0.2)) for q, k in ((q_1, k_2), (q_2, k_1))
+                      for i in range(4)) / 8
+    assert extra > plain
+    assert extra == pytest.approx(by_hand, rel=1e-4)
+
+
 def test_dino_freezes_the_last_layer_and_schedules_the_teacher() -> None:
     config = from_flat({"method": "dino", "dino.prototypes": 32, "dino.hidden_dim": 32, "dino.bottleneck_dim": 16,
                         "dino.teacher_temperature": 0.07,

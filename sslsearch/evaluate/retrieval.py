@@ -157,10 +157,11 @@ def class_retrieval(database_embeddings: np.ndarray, database_labels: np.ndarray
 
 
 def read_positive_pairs(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
-    """Read a CSV of positive pairs: two columns of store-relative paths (header row required).
+    """Read a CSV of positive pairs: two columns of store-relative paths (header row required); further
+    columns are ignored.
 
     The pairs are undirected (each side is a positive of the other); the sample data's
-    ``near_duplicates.csv`` (original,copy) is such a file.
+    ``near_duplicates.csv`` (original,copy,edits) is such a file.
 
     Raises:
         InputNotFoundError, InvalidArgumentError: missing file, not two columns, no rows.
@@ -170,10 +171,10 @@ def read_positive_pairs(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
         raise InputNotFoundError(f"positive-pairs file {path} does not exist")
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))
-    if len(rows) < 2 or any(len(row) != 2 for row in rows if row):
+    if len(rows) < 2 or any(len(row) < 2 for row in rows if row):
         raise InvalidArgumentError(f"{path} must be a CSV with a header and two columns of paths per row (e.g. "
-                                   "query,positive); found none or rows of another width")
-    return [(a, b) for a, b in (row for row in rows[1:] if row)]
+                                   "query,positive); found no rows, or rows of fewer than two columns")
+    return [(row[0], row[1]) for row in rows[1:] if row]
 
 
 def instance_retrieval(database: LabelledEmbeddings, queries: LabelledEmbeddings, pairs: Sequence[tuple[str, str]], *,

@@ -96,6 +96,8 @@ class MoCoConfig:
     batch_norm_splits: int = option(2, "shuffled batch norm: keys are shuffled and encoded in this many groups so "
                                        "a query and its key rarely share batch statistics (1 = off)")
     symmetric: bool = option(True, "also contrast view 2 → view 1 (twice the signal per image; the paper is one-way)")
+    batch_negatives: bool = option(False, "also contrast with this step's keys of the other images (fresh negatives "
+                                          "from the current key encoder, as MoCo v3), besides the queue")
 
 
 @dataclass

@@ -7,7 +7,8 @@ from torch import nn
 
 
 def info_nce_loss(query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor,
-                  temperature: float = 0.2) -> torch.Tensor:
+                  temperature: float = 0.2, *, batch_keys: torch.Tensor | None = None,
+                  batch_keys_excluded: torch.Tensor | None = None) -> torch.Tensor:
     """InfoNCE with one positive key per query and shared negatives (He et al. 2020, arXiv:1911.05722, eq. 1).
 
     ``ℓ_i = -log exp(q_i·k_i/τ) / (exp(q_i·k_i/τ) + Σ_n exp(q_i·n/τ))``, averaged over the batch.
@@ -17,6 +18,10 @@ def info_nce_loss(query: torch.Tensor, key: torch.Tensor, negatives: torch.Tenso
         key: (B, d) positive keys from the momentum encoder (no gradient expected).
         negatives: (K, d) the queue of earlier keys.
         temperature: τ > 0.
+        batch_keys: optional (M, d) keys of this step's images, also negatives (MoCo v3's in-batch
+            negatives, here beside the queue).
+        batch_keys_excluded: (B, M) bool, True where a batch key belongs to the query's own image
+            (its positive or another view of it): left out of that query's denominator.
 
     Returns:
         Scalar float32 loss.
@@ -26,7 +31,13 @@ def info_nce_loss(query: torch.Tensor, key: torch.Tensor, negatives: torch.Tenso
     negatives = F.normalize(negatives.float(), dim=1)
     positive = (query * key).sum(dim=1, keepdim=True)  # (B, 1)
     negative = query @ negatives.T  # (B, K)
-    logits = torch.cat([positive, negative], dim=1) / temperature
+    columns = [positive, negative]
+    if batch_keys is not None:
+        in_batch = query @ F.normalize(batch_keys.float(), dim=1).T  # (B, M)
+        if batch_keys_excluded is not None:
+            in_batch = in_batch.masked_fill(batch_keys_excluded, float("-inf"))
+        columns.append(in_batch)
+    logits = torch.cat(columns, dim=1) / temperature
     return F.cross_entropy(logits, torch.zeros(query.shape[0], dtype=torch.long, device=query.device))
 
 

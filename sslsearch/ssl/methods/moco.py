@@ -89,6 +89,17 @@ class MoCo(Method):
         keys[order] = shuffled
         return F.normalize(self.key_head(keys).float(), dim=1)
 
+    def _batch_negatives(self, keys: torch.Tensor, batch: int) -> dict[str, torch.Tensor]:
+        """With ``moco.batch_negatives``: this step's keys of the other images, as extra negatives.
+
+        ``keys`` is (V·B, d), view-major; key j belongs to image ``j % B``, so query i skips keys i, B+i, ...
+        """
+        if not self.section.batch_negatives:
+            return {}
+        owner = torch.arange(keys.shape[0], device=keys.device) % batch
+        excluded = owner[None, :] == torch.arange(batch, device=keys.device)[:, None]  # (B, V·B)
+        return {"batch_keys": keys, "batch_keys_excluded": excluded}
+
     @torch.no_grad()
     def _enqueue(self, keys: torch.Tensor) -> None:
         keys = gather(keys)
@@ -107,13 +118,16 @@ class MoCo(Method):
             # images instead of B / splits (the keys are shuffled across both views before grouping).
             both = torch.cat([view_1, view_2])
             q_1, q_2 = self._encode_queries(both).chunk(2)
-            k_1, k_2 = self._encode_keys(both).chunk(2)
-            loss = (info_nce_loss(q_1, k_2, negatives, self.section.temperature)
-                    + info_nce_loss(q_2, k_1, negatives, self.section.temperature)) / 2
+            keys = self._encode_keys(both)
+            k_1, k_2 = keys.chunk(2)
+            extra = self._batch_negatives(keys, view_1.shape[0])
+            loss = (info_nce_loss(q_1, k_2, negatives, self.section.temperature, **extra)
+                    + info_nce_loss(q_2, k_1, negatives, self.section.temperature, **extra)) / 2
         else:
             q_1 = self._encode_queries(view_1)
             k_2 = self._encode_keys(view_2)
-            loss = info_nce_loss(q_1, k_2, negatives, self.section.temperature)
+            loss = info_nce_loss(q_1, k_2, negatives, self.section.temperature,
+                                 **self._batch_negatives(k_2, view_1.shape[0]))
         self._enqueue(k_2)
         return MethodOutput(loss=loss, logs={"momentum": self.momentum(ctx)}, embeddings=q_1.detach())
 
