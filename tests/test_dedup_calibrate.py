@@ -126,7 +126,7 @@ def test_choose_store_threshold(positives: list[float], negatives: list[float], 
     assert threshold == pytest.approx(expected) and ok is reached
 
 
-def test_store_calibration_is_stricter_than_copies_alone(embedded_sample) -> None:
+def test_store_calibration_uses_the_store_pairs(embedded_sample) -> None:
     vectors, paths, encoder = embedded_sample
     floors = []
 
@@ -139,9 +139,9 @@ def test_store_calibration_is_stricter_than_copies_alone(embedded_sample) -> Non
                                 store_pairs=store_pairs)
     assert copies.method == "copies" and store.method == "store" and store.store_pairs > 0
     assert len(floors) == 1 and floors[0] <= store.threshold
-    # a sample where every image has a copy overstates precision; the store estimate never goes lower
-    assert store.threshold >= copies.threshold
-    assert 0.0 <= store.estimated_precision <= 1.0 and 0.0 <= store.copy_precision <= 1.0
+    # the store estimate is the one reported, and it meets the target it was chosen for
+    assert store.reached and store.estimated_precision >= 0.95
+    assert 0.0 <= store.copy_precision <= 1.0 and 0.0 < store.estimated_recall <= 1.0
 
 
 def test_calibration_small_store_makes_several_copies_per_image(embedded_sample) -> None:
@@ -160,3 +160,28 @@ def test_calibration_skips_missing_images_and_fails_when_none_can_be_read(embedd
         calibrate_threshold(vectors, gone, encoder, sample_size=20)
     with pytest.raises(InvalidArgumentError, match="paths"):
         calibrate_threshold(vectors, paths[:-1], encoder)
+
+
+def test_a_close_unrelated_image_counts_as_a_false_pair() -> None:
+    """An original's neighbour less similar than its own copies is a false pair, even when some other
+    image's copy is harsher (a low quantile of all copies once hid such pairs as "duplicates": a weak
+    encoder's estimate said precision 1.0 where 0.70 was measured). A neighbour closer than its own
+    copy is a probable duplicate already in the data."""
+    from sslsearch.dedup.calibrate import _false_pair_scores
+
+    dim = 32
+    basis = np.eye(dim, dtype=np.float32)
+
+    def mix(a: int, b: int, similarity: float) -> np.ndarray:
+        return similarity * basis[a] + np.sqrt(1 - similarity ** 2) * basis[b]
+
+    # stored: originals 0..5 on axes 0..5; image 6 is 0.92 from original 0 (unrelated but close);
+    # image 7 is 0.99 from original 1 (a real duplicate, closer than original 1's copy)
+    stored = np.stack([basis[i] for i in range(6)] + [mix(0, 20, 0.92), mix(1, 21, 0.99)])
+    rows = np.arange(6)
+    copy_similarity = np.array([0.97, 0.97, 0.97, 0.97, 0.97, 0.80])  # image 5's copy is a harsh edit
+    copies = np.stack([mix(i, 10 + i, s) for i, s in enumerate(copy_similarity)]).astype(np.float32)
+    kept, queries, ambiguous = _false_pair_scores(stored, rows, copies, copy_similarity, None)
+    assert queries == 12
+    assert np.isclose(kept, 0.92, atol=1e-3).sum() == 1  # original 0 ↔ image 6 counted false
+    assert not np.isclose(kept, 0.99, atol=1e-3).any() and ambiguous >= 1  # original 1 ↔ image 7 left out

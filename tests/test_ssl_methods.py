@@ -126,7 +126,8 @@ def test_moco_batch_negatives_add_the_other_images_keys_only() -> None:
 
     from sslsearch.ssl.losses import info_nce_loss
 
-    config = from_flat({"method": "moco", "moco.queue_size": 8, "moco.batch_norm_splits": 1}, TrainConfig())
+    config = from_flat({"method": "moco", "moco.queue_size": 8, "moco.batch_norm_splits": 1,
+                        "moco.batch_negatives": False}, TrainConfig())
     backbone, dim = tiny_backbone()
     method = MoCo(backbone, dim, config).eval()  # eval: batch norm does not depend on the batch make-up
     views = [torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)]
@@ -141,8 +142,9 @@ def test_moco_batch_negatives_add_the_other_images_keys_only() -> None:
         keys = method.key_head(method.key_backbone(torch.cat(views)))
         k_1, k_2 = keys.chunk(2)
         others = [torch.cat([keys[[j for j in range(8) if j % 4 != i]], queue]) for i in range(4)]
-        by_hand = sum(float(info_nce_loss(q[i:i + 1], k[i:i + 1], others[i], 0.2)) for q, k in ((q_1, k_2), (q_2, k_1))
-                      for i in range(4)) / 8
+        temperature = method.section.temperature
+        by_hand = sum(float(info_nce_loss(q[i:i + 1], k[i:i + 1], others[i], temperature))
+                      for q, k in ((q_1, k_2), (q_2, k_1)) for i in range(4)) / 8
     assert extra > plain
     assert extra == pytest.approx(by_hand, rel=1e-4)
 

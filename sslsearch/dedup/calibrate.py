@@ -3,9 +3,9 @@
 The method: take a seeded sample of the store's images, make edited copies of each (see
 ``edits.py``), embed the copies with the store's encoder and search them against the whole
 store. A copy matching its original is a true match; a copy matching any other stored image is
-a false match, except that stored images as close to the original as a typical copy (at least
-the 5th percentile of copy similarities) or with the same file bytes are taken to be duplicates
-already in the data and left out. The threshold is the lowest similarity at which the
+a false match, except that stored images as close to the original as its own edited copies
+(or as the median copy) or with the same file bytes are taken to be duplicates already in the
+data and left out. The threshold is the lowest similarity at which the
 precision of these matches stays at least the target at every higher threshold; recall is the
 fraction of copies that reach it.
 
@@ -38,7 +38,6 @@ DEFAULT_PRECISION = 0.99
 DEFAULT_SAMPLE_SIZE = 300  # edited copies made (fewer images, several copies each, for small stores)
 MAX_COPIES_PER_IMAGE = 3
 CALIBRATION_NEIGHBORS = 20  # stored images each copy is compared with
-AMBIGUOUS_QUANTILE = 0.05  # a stored image closer to the original than this quantile of copies may be a real duplicate
 AMBIGUOUS_RANK = 2  # ... if it is also one of the original's 2 nearest stored images
 EMBED_BATCH = 64
 CURVE_POINTS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995)
@@ -219,15 +218,22 @@ def _false_pair_scores(vectors: np.ndarray, rows: np.ndarray, copies: np.ndarray
 
     Left out as probable duplicates already in the data: stored files with the original's
     bytes, and the original's ``AMBIGUOUS_RANK`` nearest stored images when they are as close
-    to it as a typical copy. Only the nearest few: a weak encoder puts many unrelated images
-    that close, and those must count as false pairs.
+    to it as its own edited copies (or as the median copy, when its copies are harsher). Only
+    the nearest few: a weak encoder puts many unrelated images that close, and those must count
+    as false pairs.
     """
     import faiss
 
     k = min(CALIBRATION_NEIGHBORS + 1, len(vectors))
     scores, labels = faiss.knn(copies, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
-    ambiguous_floor = float(np.quantile(positives, AMBIGUOUS_QUANTILE))
     originals = np.unique(rows)
+    # A stored image as close to the original as its own edited copies, or as a median copy, is
+    # probably a duplicate already in the data. (A low quantile of all copies instead let a weak
+    # encoder's false pairs through as "duplicates": estimated precision 1.0, measured 0.70.)
+    typical = float(np.median(positives))
+    own_floor = dict.fromkeys(originals.tolist(), typical)
+    for row, score in zip(rows.tolist(), positives.tolist()):
+        own_floor[row] = min(own_floor[row], score)
     k_original = min(AMBIGUOUS_RANK + 9, len(vectors))
     original_scores, original_labels = faiss.knn(vectors[originals], vectors, k_original, metric=faiss.METRIC_INNER_PRODUCT)
 
@@ -239,7 +245,7 @@ def _false_pair_scores(vectors: np.ndarray, rows: np.ndarray, copies: np.ndarray
         chosen = {label for label in neighbour_labels.tolist() if label >= 0 and same_file(row, label)}
         near = [label for score, label in zip(neighbour_scores.tolist(), neighbour_labels.tolist())
                 if label >= 0 and label != row and label not in chosen][:AMBIGUOUS_RANK]
-        chosen.update(label for label in near if float(vectors[row] @ vectors[label]) >= ambiguous_floor)
+        chosen.update(label for label in near if float(vectors[row] @ vectors[label]) >= own_floor[row])
         chosen.discard(row)
         probable[row] = chosen
     kept: list[float] = []
