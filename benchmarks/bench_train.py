@@ -265,7 +265,8 @@ def time_sslsearch(method: str, args, data: Path, work: Path) -> list[float]:
                         "image_size": args.image_size, "batch_size": args.batch_size, "epochs": epochs,
                         "device": args.device, "workers": args.workers, "log_every_steps": 1, "progress": False,
                         "checkpoint_every_steps": 10**9, "optimizer.name": "sgd", "moco.symmetric": False,
-                        "moco.batch_norm_splits": 1, "moco.queue_size": QUEUE, "dino.prototypes": PROTOTYPES,
+                        "moco.batch_norm_splits": 1, "moco.queue_size": QUEUE, "moco.batch_negatives": False,
+                        "moco.head_batch_norm": False, "moco.temperature": 0.2, "dino.prototypes": PROTOTYPES,
                         "dino.hidden_dim": DINO_HIDDEN, "dino.bottleneck_dim": DINO_BOTTLENECK,
                         "augmentation.local_crop_count": LOCAL_CROPS, **EXTRA}, TrainConfig())
     train(config)

@@ -23,9 +23,11 @@ LOSS_AT_LOG_K_TOLERANCE = 0.01  # DINO loss within 1% of ln K: the student copie
 HINTS = {
     "embeddings": "lower optimizer.lr or raise the method's temperature; check the two views differ "
                   "(augmentation) and the batch is not tiny",
-    "uniform": "DINO teacher is uniform: lower dino.teacher_temperature (sharpen) or raise dino.center_momentum",
-    "one_prototype": "DINO teacher puts every image on one prototype: lower dino.center_momentum (centre faster) "
-                     "or raise dino.teacher_temperature_start",
+    "uniform": "DINO teacher is uniform: lower dino.teacher_temperature (sharpen), raise dino.center_momentum, "
+               "or try dino.centering=sinkhorn with fewer dino.prototypes",
+    "one_prototype": "DINO teacher puts every image on one prototype: set dino.centering=sinkhorn (balances the "
+                     "prototypes), or lower dino.center_momentum (centre faster) or raise "
+                     "dino.teacher_temperature_start",
     "loss_at_log_k": "DINO loss is stuck at ln K (student copies a uniform teacher): lower "
                      "dino.teacher_temperature, lower optimizer.lr, or lengthen the teacher warm-up",
 }
