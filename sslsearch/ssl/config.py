@@ -100,8 +100,8 @@ class MoCoConfig:
                                        "a query and its key rarely share batch statistics (1 = off)")
     symmetric: bool = option(True, "also contrast view 2 → view 1 (twice the signal per image; the paper is one-way)")
     batch_negatives: bool = option(True, "also contrast with this step's keys of the other images (fresh negatives "
-                                         "from the current key encoder, as MoCo v3), besides the queue (MoCo v2: "
-                                         "the queue only)")
+                                         "from the current key encoder, as MoCo v3; under DDP this process's), "
+                                         "besides the queue (MoCo v2: the queue only)")
 
 
 @dataclass
