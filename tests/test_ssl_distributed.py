@@ -42,6 +42,11 @@ def _worker(rank: int, port: int, out: str, data: str) -> None:
     loss.backward()
     results["loss"] = float(loss)
     results["grad_a"], results["grad_b"] = local_a.grad, local_b.grad
+    # 1b. Sinkhorn-Knopp (DINO's sinkhorn centering) over a batch split between the processes.
+    from sslsearch.ssl.losses.dino import sinkhorn_knopp
+
+    scores = torch.randn(8, 5, generator=torch.Generator().manual_seed(1)) * 3
+    results["sinkhorn"] = sinkhorn_knopp(scores[rows])
     # 2. A short DDP training run of each method (the trainer reuses this process group).
     for method in ("simclr", "moco", "dino"):
         config = from_flat({"data": data, "out": f"{out}/run-{method}", "method": method, "backbone": "test_resnet",
@@ -79,6 +84,14 @@ def test_gathered_nt_xent_equals_the_full_batch_loss(ddp_results: tuple[Path, li
         rows = slice(rank * 4, rank * 4 + 4)
         torch.testing.assert_close(r["grad_a"] / WORLD, z_a.grad[rows], rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(r["grad_b"] / WORLD, z_b.grad[rows], rtol=1e-4, atol=1e-6)
+
+
+def test_sinkhorn_over_processes_equals_the_full_batch(ddp_results: tuple[Path, list[dict]]) -> None:
+    from sslsearch.ssl.losses.dino import sinkhorn_knopp
+
+    _, results = ddp_results
+    scores = torch.randn(8, 5, generator=torch.Generator().manual_seed(1)) * 3
+    torch.testing.assert_close(torch.cat([r["sinkhorn"] for r in results]), sinkhorn_knopp(scores))
 
 
 @pytest.mark.parametrize("method", ["simclr", "moco", "dino"])

@@ -26,9 +26,9 @@ from . import distributed
 from .backbone import build_backbone, check_input_sizes, is_vision_transformer
 from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .config import TrainConfig, to_dict
-from .losses.dino import CENTERINGS
 from .data import (StepBatchSampler, ViewDataset, compute_threads, default_workers, load_training_images,
                    make_loader)
+from .losses.dino import CENTERINGS
 from .methods import Method, get_method
 from .monitor import CollapseMonitor, KNNMonitor
 from .optimizers import build_optimizer, resolve_optimizer_config, set_hyperparameters

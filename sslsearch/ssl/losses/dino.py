@@ -87,7 +87,14 @@ class DINOLoss(nn.Module):
         Returns:
             Scalar float32 loss, the mean over crop pairs of the batch-mean cross entropy.
         """
-        teacher = self.teacher_probabilities(teacher_logits, teacher_temperature).chunk(global_crops)
+        return self.cross_entropy(student_logits, self.teacher_probabilities(teacher_logits, teacher_temperature),
+                                  student_temperature=student_temperature, global_crops=global_crops)
+
+    def cross_entropy(self, student_logits: torch.Tensor, teacher_probabilities: torch.Tensor, *,
+                      student_temperature: float, global_crops: int = 2) -> torch.Tensor:
+        """``forward`` from the teacher's probabilities (``teacher_probabilities``), for a caller that
+        also logs them: the centering (Sinkhorn's all-reduces included) then runs once per step."""
+        teacher = teacher_probabilities.chunk(global_crops)
         crops = student_logits.shape[0] // teacher[0].shape[0]
         student = F.log_softmax(student_logits.float() / student_temperature, dim=-1).chunk(crops)
         total = student_logits.new_zeros((), dtype=torch.float32)

@@ -87,10 +87,10 @@ class DINO(Method):
             features.append(self.backbone(torch.cat(views[2:])))  # (N·B, dim): locals share one size
         student_logits = self.head(torch.cat(features))  # ((2+N)·B, K)
         teacher_temperature = self.teacher_temperature(ctx)
-        loss = self.loss(student_logits, teacher_logits, student_temperature=self.section.student_temperature,
-                         teacher_temperature=teacher_temperature)
+        probabilities = self.loss.teacher_probabilities(teacher_logits, teacher_temperature)  # no gradient
+        loss = self.loss.cross_entropy(student_logits, probabilities,
+                                       student_temperature=self.section.student_temperature)
         with torch.no_grad():
-            probabilities = self.loss.teacher_probabilities(teacher_logits, teacher_temperature)
             entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum(-1).mean()
             mean_probability = probabilities.mean(0)
             mean_entropy = -(mean_probability * mean_probability.clamp_min(1e-12).log()).sum()
