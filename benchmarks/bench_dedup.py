@@ -138,25 +138,33 @@ def quality(args: argparse.Namespace, work: Path) -> dict[str, object]:
                             progress=False)
     embed_seconds = time.perf_counter() - started
 
-    result = deduplicate(work / "emb", work / "dups", precision=args.precision, device=args.device, progress=False)
-    predicted = set()
-    for cluster in result.clusters:
-        for a, b in itertools.combinations([row[m.path] for m in cluster.members], 2):
-            predicted.add(frozenset((a, b)))
-    ours = prf(predicted, truth)
-    ours["threshold"] = result.threshold.value
-    ours["recall_by_edit"] = recall_by_edit(read_near_duplicate_edits(data.root), row, predicted)
-    ours["false_pairs"] = len(predicted - truth)
-    ours["false_pairs_same_class"] = sum(1 for pair in predicted - truth
-                                         if len({source.records[i].label for i in pair}) == 1)
-    calibration = result.threshold.calibration
-    ours["estimated_precision"] = calibration.estimated_precision if calibration else None
-    ours["estimated_recall"] = calibration.estimated_recall if calibration else None
-    ours["calibration_reached"] = calibration.reached if calibration else None
+    edits = read_near_duplicate_edits(data.root)
+
+    def run(score: str) -> tuple[dict[str, object], object]:
+        result = deduplicate(work / "emb", work / f"dups-{score}", precision=args.precision, score=score,
+                             device=args.device, progress=False)
+        predicted = set()
+        for cluster in result.clusters:
+            for a, b in itertools.combinations([row[m.path] for m in cluster.members], 2):
+                predicted.add(frozenset((a, b)))
+        ours = prf(predicted, truth)
+        ours["threshold"] = result.threshold.value
+        ours["recall_by_edit"] = recall_by_edit(edits, row, predicted)
+        ours["false_pairs"] = len(predicted - truth)
+        ours["false_pairs_same_class"] = sum(1 for pair in predicted - truth
+                                             if len({source.records[i].label for i in pair}) == 1)
+        calibration = result.threshold.calibration
+        ours["estimated_precision"] = calibration.estimated_precision if calibration else None
+        ours["estimated_recall"] = calibration.estimated_recall if calibration else None
+        ours["calibration_reached"] = calibration.reached if calibration else None
+        return ours, result
+
+    ours, result = run("adjusted")  # the default with a calibrated threshold
+    ours_cosine, _ = run("cosine")
 
     from sslsearch.store import EmbeddingStore
 
-    table = EmbeddingStore.open(work / "emb").read_all(("id", "embedding"))
+    table = EmbeddingStore.open(work / "emb").read_all(("id", "embedding", "path"))
     vectors = np.empty_like(table.embeddings)
     vectors[table.ids] = table.embeddings
     first, second = np.triu_indices(len(vectors), 1)
@@ -164,6 +172,16 @@ def quality(args: argparse.Namespace, work: Path) -> dict[str, object]:
     is_true = np.fromiter((frozenset((a, b)) in truth for a, b in zip(first.tolist(), second.tolist())), bool,
                           count=len(first))
     oracle = best_threshold(similarity, is_true, len(truth), True) if similarity is not None else None
+    oracle_adjusted = None
+    density = result.threshold.density
+    if similarity is not None and density is not None:
+        # the run's backgrounds are by store row; the pairs here are by id
+        position = {int(i): r for r, i in enumerate(EmbeddingStore.open(work / "emb").read_all(("id",)).ids.tolist())}
+        by_id = np.empty(len(vectors), np.float32)
+        for i, r in position.items():
+            by_id[i] = density.background[r]
+        adjusted = density.score(similarity, by_id[first], by_id[second])
+        oracle_adjusted = best_threshold(adjusted.astype(np.float64), is_true, len(truth), True)
 
     hashes = {}
     for kind in ("phash", "dhash"):
@@ -173,7 +191,8 @@ def quality(args: argparse.Namespace, work: Path) -> dict[str, object]:
                         "images_per_second": round(rate, 1)}
     return {"images": len(paths), "true_pairs": len(truth), "encoder": encoder, "image_size": args.image_size,
             "encoder_fingerprint": embedded.encoder.get("id"), "precision_target": args.precision,
-            "ours_auto": ours, "ours_best_threshold": oracle, "phash_best": hashes["phash"], "dhash_best": hashes["dhash"],
+            "ours_auto": ours, "ours_auto_cosine": ours_cosine, "ours_best_threshold": oracle_adjusted,
+            "ours_best_threshold_cosine": oracle, "phash_best": hashes["phash"], "dhash_best": hashes["dhash"],
             "embed_images_per_second": round(len(paths) / embed_seconds, 1),
             "dedup_seconds": result.summary["seconds"],
             "dedup_images_per_second_after_embedding": round(len(paths) / result.summary["seconds"]["total"], 1)}
@@ -332,12 +351,18 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nquality: {figures['images']} sample images, {figures['true_pairs']} planted near-duplicate pairs, "
               f"encoder {figures['encoder']} @ {figures['image_size']} px")
         print(f"{'method':<34}{'threshold':>10}{'precision':>10}{'recall':>8}{'F1':>7}")
-        ours = figures["ours_auto"]
-        rows = [(f"sslsearch auto (precision {args.precision:g})", f"{ours['threshold']:.4f}", ours),
-                ("sslsearch, best threshold (oracle)", f"{figures['ours_best_threshold']['threshold']:.4f}",
-                 figures["ours_best_threshold"]),
-                ("imagehash pHash, best Hamming", f"{figures['phash_best']['threshold']:.0f}", figures["phash_best"]),
-                ("imagehash dHash, best Hamming", f"{figures['dhash_best']['threshold']:.0f}", figures["dhash_best"])]
+        ours, cosine = figures["ours_auto"], figures["ours_auto_cosine"]
+        rows = [(f"sslsearch auto (precision {args.precision:g})", f"{ours['threshold']:.4f}", ours)]
+        if figures["ours_best_threshold"] is not None:
+            rows.append(("sslsearch, best threshold (oracle)", f"{figures['ours_best_threshold']['threshold']:.4f}",
+                         figures["ours_best_threshold"]))
+        rows += [("  cosine score, auto", f"{cosine['threshold']:.4f}", cosine)]
+        if figures["ours_best_threshold_cosine"] is not None:
+            rows.append(("  cosine score, best (oracle)", f"{figures['ours_best_threshold_cosine']['threshold']:.4f}",
+                         figures["ours_best_threshold_cosine"]))
+        rows += [
+            ("imagehash pHash, best Hamming", f"{figures['phash_best']['threshold']:.0f}", figures["phash_best"]),
+            ("imagehash dHash, best Hamming", f"{figures['dhash_best']['threshold']:.0f}", figures["dhash_best"])]
         for name, threshold, values in rows:
             print(f"{name:<34}{threshold:>10}{values['precision']:>10.3f}{values['recall']:>8.3f}{values['f1']:>7.3f}")
         print(f"calibration estimated precision {ours['estimated_precision']}, recall {ours['estimated_recall']}; "

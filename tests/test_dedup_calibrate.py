@@ -167,7 +167,7 @@ def test_a_close_unrelated_image_counts_as_a_false_pair() -> None:
     image's copy is harsher (a low quantile of all copies once hid such pairs as "duplicates": a weak
     encoder's estimate said precision 1.0 where 0.70 was measured). A neighbour closer than its own
     copy is a probable duplicate already in the data."""
-    from sslsearch.dedup.calibrate import _false_pair_scores
+    from sslsearch.dedup.calibrate import _compare
 
     dim = 32
     basis = np.eye(dim, dtype=np.float32)
@@ -181,7 +181,8 @@ def test_a_close_unrelated_image_counts_as_a_false_pair() -> None:
     rows = np.arange(6)
     copy_similarity = np.array([0.97, 0.97, 0.97, 0.97, 0.97, 0.80])  # image 5's copy is a harsh edit
     copies = np.stack([mix(i, 10 + i, s) for i, s in enumerate(copy_similarity)]).astype(np.float32)
-    store_pairs, copy_pairs, ambiguous = _false_pair_scores(stored, rows, copies, copy_similarity, None)
-    kept = np.concatenate([store_pairs, copy_pairs])
+    compared = _compare(stored, rows, copies, copy_similarity, None)
+    store_pairs, ambiguous = compared.store_negatives, compared.ambiguous
+    kept = np.concatenate([store_pairs, compared.copy_negatives])
     assert np.isclose(store_pairs, 0.92, atol=1e-3).sum() == 1  # original 0 ↔ image 6: a false store pair
     assert not np.isclose(kept, 0.99, atol=1e-3).any() and ambiguous >= 1  # original 1 ↔ image 7 left out

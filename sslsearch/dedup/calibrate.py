@@ -3,11 +3,13 @@
 The method: take a seeded sample of the store's images, make edited copies of each (see
 ``edits.py``), embed the copies with the store's encoder and search them against the whole
 store. A copy matching its original is a true match; a copy matching any other stored image is
-a false match, except that stored images as close to the original as its own edited copies
-(or as the median copy) or with the same file bytes are taken to be duplicates already in the
-data and left out. The threshold is the lowest similarity at which the
-precision of these matches stays at least the target at every higher threshold; recall is the
-fraction of copies that reach it.
+a false match, except that stored images scoring as high against the original as its own
+edited copies (or as a typical copy: ``TYPICAL_COPY_QUANTILE``) or with the same file bytes are
+taken to be duplicates already in the data and left out. Pairs are scored as the dedup run
+scores them: cosine similarity, or the density-adjusted score of ``density.py`` (the default
+with a calibrated threshold). The threshold is the lowest score at which the precision of these
+matches stays at least the target at every higher threshold; recall is the fraction of copies
+that reach it.
 
 This estimates how well the encoder tells an edited copy from the rest of *your* collection.
 It assumes the edits resemble your duplicates. Every copy has one true match, far more than a
@@ -32,17 +34,24 @@ from ..encoders import Encoder
 from ..errors import BadImageError, InputNotFoundError, InvalidArgumentError
 from ..progress import progress_bar
 from ..sources import load_image
+from .density import DensityAdjustment
 from .edits import edited_copy
 
 DEFAULT_PRECISION = 0.99
 DEFAULT_SAMPLE_SIZE = 300  # edited copies made (fewer images, several copies each, for small stores)
 MAX_COPIES_PER_IMAGE = 3
 CALIBRATION_NEIGHBORS = 20  # stored images each copy is compared with
-# A stored image as close to an original as this quantile of copies (or as its own copies) is taken
-# for a duplicate already in the data. Measured (bench_dedup, 1,000 sample images, two SimCLR
-# encoders, target precision 0.99): the median gave precision 0.93 / 1.00, the 25th percentile
-# 0.61 / 0.96, the 10th 0.61 / 0.55 (too many close unrelated images pass as duplicates).
-TYPICAL_COPY_QUANTILE = 0.5
+# A stored image scoring as high against an original as this quantile of copies (or as its own copies)
+# is taken for a duplicate already in the data. Measured on cosine similarity (bench_dedup, 1,000
+# sample images, two SimCLR encoders, target precision 0.99): the median gave precision 0.93 / 1.00,
+# the 25th percentile 0.61 / 0.96, the 10th 0.61 / 0.55 (too many close unrelated images pass as
+# duplicates). On the density-adjusted score close unrelated images score lower, and the median
+# instead counted real duplicates a little harsher than the copies as false pairs (threshold too
+# strict): over 12 trained-encoder stores (3 encoders, 32 and 64 px, 1,000 and 2,000 sample images)
+# auto F1 was 0.78-0.88 with the median, 0.91-0.97 with the 25th percentile (precision >= 0.97 in 10
+# of 12), 0.74-0.92 with the 10th (precision down to 0.38). With cosine, the 25th percentile gave
+# precision 0.38-0.96 on the same stores.
+TYPICAL_COPY_QUANTILE = {"cosine": 0.5, "adjusted": 0.25}
 AMBIGUOUS_RANK = 2  # ... if it is also one of the original's 2 nearest stored images
 EMBED_BATCH = 64
 CURVE_POINTS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995)
@@ -53,7 +62,8 @@ class Calibration:
     """A threshold chosen on edited copies of the user's images.
 
     Attributes:
-        threshold: the cosine similarity at or above which two images are duplicates.
+        threshold: the score at or above which two images are duplicates (cosine similarity, or the
+            density-adjusted score when ``score == "adjusted"``).
         target_precision: the precision asked for.
         estimated_precision: the store's predicted pair precision at ``threshold`` when store pairs
             were given (``method == "store"``), else the precision of copy matches.
@@ -61,6 +71,7 @@ class Calibration:
         copy_precision: precision of copy matches alone at ``threshold`` (one true match per copy).
         method: "store" (base-rate aware, from the store's own pairs) or "copies".
         store_pairs: the store's candidate pairs the estimate used (0 for "copies").
+        score: what the threshold compares: "cosine" similarity or the "adjusted" score (density.py).
         reached: false when no threshold reaches the target; ``threshold`` then maximises precision.
         images: distinct images the copies were made from.
         copies: edited copies made (true pairs).
@@ -88,6 +99,7 @@ class Calibration:
     copy_precision: float = float("nan")
     method: str = "copies"
     store_pairs: int = 0
+    score: str = "cosine"
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -109,7 +121,7 @@ def calibrate_threshold(vectors: np.ndarray, image_paths: Sequence[str | Path], 
                         precision: float = DEFAULT_PRECISION, sample_size: int = DEFAULT_SAMPLE_SIZE,
                         file_sha256: Sequence[str | None] | None = None, seed: int = 0,
                         store_pairs: Callable[[float], np.ndarray] | None = None,
-                        progress: bool | None = None) -> Calibration:
+                        density: DensityAdjustment | None = None, progress: bool | None = None) -> Calibration:
     """Choose the duplicate threshold on edited copies of a sample of the store's own images.
 
     Args:
@@ -124,6 +136,9 @@ def calibrate_threshold(vectors: np.ndarray, image_paths: Sequence[str | Path], 
         store_pairs: given a similarity floor, the (m,) similarities of the store's candidate
             pairs (unique, undirected) at or above it, e.g. from the dedup k-NN graph; the
             threshold is then chosen for the store's predicted precision (module docstring).
+            With ``density``, the floor and the similarities are adjusted scores.
+        density: score every pair by its density-adjusted similarity (``density.py``) instead of
+            its cosine; the threshold is then an adjusted score.
         progress: progress bar on stderr (default: when stderr is a terminal).
 
     Returns:
@@ -153,8 +168,9 @@ def calibrate_threshold(vectors: np.ndarray, image_paths: Sequence[str | Path], 
         raise InputNotFoundError(
             f"cannot calibrate the threshold: none of the {unreadable} sampled images could be read (e.g. "
             f"{image_paths[0]}); restore the images, or pass a fixed --threshold T")
-    positives = np.einsum("id,id->i", copies, vectors[rows])
-    store_negatives, copy_negatives, ambiguous = _false_pair_scores(vectors, rows, copies, positives, file_sha256)
+    cosines = np.einsum("id,id->i", copies, vectors[rows])
+    compared = _compare(vectors, rows, copies, cosines, file_sha256, density)
+    positives, store_negatives, copy_negatives = compared.positives, compared.store_negatives, compared.copy_negatives
     negatives = np.concatenate([store_negatives, copy_negatives])
     if store_pairs is None:
         threshold, reached = choose_threshold(positives, negatives, precision)
@@ -173,10 +189,11 @@ def calibrate_threshold(vectors: np.ndarray, image_paths: Sequence[str | Path], 
     curve = tuple((t, *estimate(t)) for t in CURVE_POINTS)
     return Calibration(threshold=threshold, target_precision=float(precision),
                        estimated_precision=estimated_precision, estimated_recall=estimated_recall, reached=reached,
-                       images=len(set(rows.tolist())), copies=len(rows), negatives=len(negatives), ambiguous=ambiguous,
+                       images=len(set(rows.tolist())), copies=len(rows), negatives=len(negatives),
+                       ambiguous=compared.ambiguous,
                        unreadable=unreadable, seed=seed, seconds=time.perf_counter() - start, curve=curve,
                        copy_precision=precision_recall(positives, negatives, threshold)[0], method=method,
-                       store_pairs=pair_count)
+                       store_pairs=pair_count, score="cosine" if density is None else "adjusted")
 
 
 def _make_copies(image_paths: Sequence[str | Path], sample_size: int, seed: int, encoder: Encoder,
@@ -218,62 +235,114 @@ def _make_copies(image_paths: Sequence[str | Path], sample_size: int, seed: int,
     return np.asarray(rows, dtype=np.int64), np.concatenate(vectors).astype(np.float32), unreadable
 
 
-def _false_pair_scores(vectors: np.ndarray, rows: np.ndarray, copies: np.ndarray, positives: np.ndarray,
-                       file_sha256: Sequence[str | None] | None) -> tuple[np.ndarray, np.ndarray, int]:
-    """Similarities of each original, and each copy, to its nearest stored images that are not its duplicates.
+@dataclass(frozen=True)
+class _Comparisons:
+    """The calibration's scores: true pairs, and the false-pair candidates of two kinds.
 
-    Returns (the originals' similarities (pairs of stored images), the copies' similarities,
-    ambiguous pairs left out).
+    ``positives`` (m,): each copy against its original. ``store_negatives``: an original against its
+    nearest stored images that are not its duplicates (pairs of stored images, a sample of the
+    store's own pairs); ``copy_negatives``: a copy against the same kind of stored image. All in
+    the run's score (cosine, or density-adjusted).
+    """
 
-    Left out as probable duplicates already in the data: stored files with the original's
-    bytes, and the original's ``AMBIGUOUS_RANK`` nearest stored images when they are as close
-    to it as its own edited copies (or as the median copy, when its copies are harsher). Only
-    the nearest few: a weak encoder puts many unrelated images that close, and those must count
-    as false pairs.
+    positives: np.ndarray
+    store_negatives: np.ndarray
+    copy_negatives: np.ndarray
+    ambiguous: int
+
+
+def _compare(vectors: np.ndarray, rows: np.ndarray, copies: np.ndarray, cosines: np.ndarray,
+             file_sha256: Sequence[str | None] | None, density: DensityAdjustment | None = None) -> _Comparisons:
+    """Score each copy against its original, and each original and copy against its nearest other stored images.
+
+    Left out of the false pairs as probable duplicates already in the data: stored files with the
+    original's bytes, and the original's ``AMBIGUOUS_RANK`` nearest stored images when they score
+    as high against it as its own edited copies (or as a typical copy, ``TYPICAL_COPY_QUANTILE``,
+    when its copies are harsher). Only the nearest few: a weak encoder puts many unrelated images that close, and
+    those must count as false pairs. The rule compares scores, not cosines: with the adjusted
+    score a duplicate in a sparse region scores far above its cosine, and counting it as false
+    once made every threshold look imprecise.
+
+    With ``density``, a copy's background is its ``rank``-th nearest stored image (its original
+    among them) and its original's is taken with the copy put among its neighbours, as a
+    duplicate pair's images are in the user's store.
     """
     import faiss
 
-    k = min(CALIBRATION_NEIGHBORS + 1, len(vectors))
+    rank = density.rank if density is not None else 0
+    k = min(max(CALIBRATION_NEIGHBORS, rank) + 1, len(vectors))
     scores, labels = faiss.knn(copies, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
     originals = np.unique(rows)
-    # A stored image as close to the original as its own edited copies, or as a median copy, is
-    # probably a duplicate already in the data. (A low quantile of all copies instead let a weak
-    # encoder's false pairs through as "duplicates": estimated precision 1.0, measured 0.70.)
-    typical = float(np.quantile(positives, TYPICAL_COPY_QUANTILE))
-    own_floor = dict.fromkeys(originals.tolist(), typical)
-    for row, score in zip(rows.tolist(), positives.tolist()):
-        own_floor[row] = min(own_floor[row], score)
-    k_original = min(AMBIGUOUS_RANK + 9, len(vectors))
+    k_original = min(max(AMBIGUOUS_RANK + 9, rank + 1), len(vectors))
     original_scores, original_labels = faiss.knn(vectors[originals], vectors, k_original, metric=faiss.METRIC_INNER_PRODUCT)
+    position = {row: i for i, row in enumerate(originals.tolist())}
+
+    if density is None:
+        positives = cosines
+        score_store = lambda first, second, cosine: np.asarray(cosine, np.float32)  # noqa: E731
+        score_copy = lambda index, label, cosine: np.asarray(cosine, np.float32)  # noqa: E731
+    else:
+        copy_background = scores[:, rank - 1] if rank <= k else np.full(len(copies), np.nan, np.float32)
+        original_background = np.full(len(rows), np.nan, np.float32)
+        for i, (row, cosine) in enumerate(zip(rows.tolist(), cosines.tolist())):
+            j = position[row]
+            others = original_scores[j][(original_labels[j] >= 0) & (original_labels[j] != row)]
+            values = np.sort(np.r_[others, cosine])[::-1]
+            if len(values) >= rank:
+                original_background[i] = values[rank - 1]
+        positives = density.score(cosines, copy_background, original_background)
+        score_store = density.pair_scores
+        score_copy = lambda index, label, cosine: density.score(cosine, copy_background[index],  # noqa: E731
+                                                                density.background[label])
+    # A stored image scoring as high against the original as its own edited copies, or as a typical
+    # copy, is probably a duplicate already in the data. (On cosine, a low quantile of all copies let a
+    # weak encoder's false pairs through as "duplicates": estimated precision 1.0, measured 0.70.)
+    typical = float(np.quantile(positives, TYPICAL_COPY_QUANTILE["cosine" if density is None else "adjusted"]))
+    own_floor = dict.fromkeys(originals.tolist(), typical)
+    for row, score in zip(rows.tolist(), np.asarray(positives).tolist()):
+        own_floor[row] = min(own_floor[row], score)
 
     def same_file(row: int, label: int) -> bool:
         return bool(file_sha256 is not None and file_sha256[row] and file_sha256[label] == file_sha256[row])
 
     probable: dict[int, set[int]] = {}
+    store_first: list[int] = []
+    store_second: list[int] = []
+    store_cosine: list[float] = []
     for row, neighbour_scores, neighbour_labels in zip(originals.tolist(), original_scores, original_labels):
-        chosen = {label for label in neighbour_labels.tolist() if label >= 0 and same_file(row, label)}
-        near = [label for score, label in zip(neighbour_scores.tolist(), neighbour_labels.tolist())
-                if label >= 0 and label != row and label not in chosen][:AMBIGUOUS_RANK]
-        chosen.update(label for label in near if float(vectors[row] @ vectors[label]) >= own_floor[row])
-        chosen.discard(row)
+        others = (neighbour_labels >= 0) & (neighbour_labels != row)
+        labels_here, cosines_here = neighbour_labels[others], neighbour_scores[others]
+        scored = score_store(np.full(len(labels_here), row), labels_here, cosines_here)
+        chosen = {label for label in labels_here.tolist() if same_file(row, label)}
+        near = [i for i, label in enumerate(labels_here.tolist()) if label not in chosen][:AMBIGUOUS_RANK]
+        chosen.update(int(labels_here[i]) for i in near if float(scored[i]) >= own_floor[row])
         probable[row] = chosen
-    stored_pairs: list[float] = []
-    kept: list[float] = []
+        for label, cosine in zip(labels_here.tolist(), cosines_here.tolist()):
+            if label not in chosen:  # pairs of stored images: the original against its other neighbours
+                store_first.append(row)
+                store_second.append(label)
+                store_cosine.append(cosine)
+    copy_index: list[int] = []
+    copy_label: list[int] = []
+    copy_cosine: list[float] = []
     ambiguous: set[tuple[int, int]] = set()
-    # Pairs of stored images: the original against its other neighbours.
-    for row, neighbour_scores, neighbour_labels in zip(originals.tolist(), original_scores, original_labels):
-        for score, label in zip(neighbour_scores.tolist(), neighbour_labels.tolist()):
-            if label >= 0 and label != row and label not in probable[row]:
-                stored_pairs.append(score)
+    width = CALIBRATION_NEIGHBORS + 1
     for i, row in enumerate(rows.tolist()):
-        for score, label in zip(scores[i].tolist(), labels[i].tolist()):
+        for cosine, label in zip(scores[i, :width].tolist(), labels[i, :width].tolist()):
             if label < 0 or label == row:
                 continue
             if label in probable[row] or same_file(row, label):
                 ambiguous.add((row, label))
                 continue
-            kept.append(score)
-    return np.asarray(stored_pairs, dtype=np.float32), np.asarray(kept, dtype=np.float32), len(ambiguous)
+            copy_index.append(i)
+            copy_label.append(label)
+            copy_cosine.append(cosine)
+    store_negatives = score_store(np.asarray(store_first, np.int64), np.asarray(store_second, np.int64),
+                                  np.asarray(store_cosine, np.float32))
+    copy_negatives = score_copy(np.asarray(copy_index, np.int64), np.asarray(copy_label, np.int64),
+                                np.asarray(copy_cosine, np.float32))
+    return _Comparisons(np.asarray(positives, np.float32), np.asarray(store_negatives, np.float32),
+                        np.asarray(copy_negatives, np.float32), len(ambiguous))
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,9 @@ class SimilarPairs:
         device: "cpu" or "cuda[:N]".
         seconds: wall time.
         cells: number of k-means cells (partitioned only, else 0).
+        background: (n,) float32, each row's similarity to its ``background_rank``-th nearest other
+            row in the same search (NaN when it had fewer neighbours); see ``density.py``.
+        background_rank: which neighbour ``background`` holds.
     """
 
     first: np.ndarray
@@ -59,15 +62,21 @@ class SimilarPairs:
     device: str
     seconds: float
     cells: int = 0
+    background: np.ndarray | None = None
+    background_rank: int = 0
 
     def __len__(self) -> int:
         return int(self.first.shape[0])
 
     def above(self, threshold: float) -> "SimilarPairs":
         """The pairs with similarity >= ``threshold`` (same metadata)."""
-        keep = self.similarity >= threshold
-        return SimilarPairs(self.first[keep], self.second[keep], self.similarity[keep], max(threshold, self.min_similarity),
-                            self.neighbors, self.method, self.device, self.seconds, self.cells)
+        return self.where(self.similarity >= threshold, max(threshold, self.min_similarity))
+
+    def where(self, keep: np.ndarray, min_similarity: float | None = None) -> "SimilarPairs":
+        """The pairs where the (m,) bool mask ``keep`` is true (same metadata and backgrounds)."""
+        floor = self.min_similarity if min_similarity is None else min_similarity
+        return SimilarPairs(self.first[keep], self.second[keep], self.similarity[keep], floor, self.neighbors,
+                            self.method, self.device, self.seconds, self.cells, self.background, self.background_rank)
 
 
 def resolve_method(method: str, n_rows: int, device: str) -> str:
@@ -81,7 +90,7 @@ def resolve_method(method: str, n_rows: int, device: str) -> str:
 
 def similar_pairs(vectors: np.ndarray, min_similarity: float, *, neighbors: int = DEFAULT_NEIGHBORS,
                   method: str = "auto", device: str = "auto", probes: int = DEFAULT_PROBES, seed: int = 0,
-                  progress: bool | None = None) -> SimilarPairs:
+                  background_rank: int = 0, progress: bool | None = None) -> SimilarPairs:
     """The k-NN graph of ``vectors`` reduced to pairs with similarity >= ``min_similarity``.
 
     Args:
@@ -93,6 +102,8 @@ def similar_pairs(vectors: np.ndarray, min_similarity: float, *, neighbors: int 
         probes: cells each vector joins as a database member (partitioned only); more is slower
             and closer to exact.
         seed: k-means seed (partitioned only); the same seed gives the same pairs.
+        background_rank: when > 0, also record each row's similarity to its ``background_rank``-th
+            nearest other row (``SimilarPairs.background``; the search then takes at least that many).
         progress: progress bar on stderr (default: when stderr is a terminal).
 
     Returns:
@@ -112,31 +123,52 @@ def similar_pairs(vectors: np.ndarray, min_similarity: float, *, neighbors: int 
         raise InvalidArgumentError(f"neighbors must be >= 1, got {neighbors}")
     if probes < 1:
         raise InvalidArgumentError(f"probes must be >= 1, got {probes}")
+    if background_rank < 0:
+        raise InvalidArgumentError(f"background_rank must be >= 0, got {background_rank}")
     torch_device = resolve_device(device)
     chosen = resolve_method(method, len(vectors), torch_device.type)
     start = time.perf_counter()
     cells = 0
+    background = np.full(len(vectors), np.nan, np.float32)
     if len(vectors) < 2:
         found = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
     elif chosen == "exact":
-        found = _exact(vectors, min_similarity, neighbors, torch_device, progress)
+        found = _exact(vectors, min_similarity, neighbors, background_rank, background, torch_device, progress)
     else:
-        found, cells = _partitioned(vectors, min_similarity, neighbors, probes, seed, progress)
+        found, cells = _partitioned(vectors, min_similarity, neighbors, background_rank, background, probes, seed,
+                                    progress)
     first, second, similarity = _canonical(*found)
     return SimilarPairs(first, second, similarity, float(min_similarity), int(neighbors), chosen, str(torch_device),
-                        time.perf_counter() - start, cells)
+                        time.perf_counter() - start, cells, background if background_rank else None,
+                        int(background_rank))
 
 
 # --------------------------------------------------------------------------- helpers
 
 
 def _keep(query_rows: np.ndarray, scores: np.ndarray, labels: np.ndarray,
-          min_similarity: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Flatten a (q, k) k-NN answer to (query, neighbour, score) triples above the floor, self-matches dropped."""
+          min_similarity: float, neighbors: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flatten a (q, k) k-NN answer to (query, neighbour, score) triples above the floor, self-matches dropped.
+
+    Only the first ``neighbors + 1`` columns (the row itself is usually one of them) give pairs.
+    """
+    if neighbors is not None:
+        scores, labels = scores[:, :neighbors + 1], labels[:, :neighbors + 1]
     queries = np.repeat(query_rows, labels.shape[1])
     labels, scores = labels.reshape(-1), scores.reshape(-1)
     mask = (labels >= 0) & (labels != queries) & (scores >= min_similarity)
     return queries[mask], labels[mask].astype(np.int64), scores[mask].astype(np.float32)
+
+
+def _rank_scores(query_rows: np.ndarray, scores: np.ndarray, labels: np.ndarray, rank: int) -> np.ndarray:
+    """(q,) the score of each row's ``rank``-th neighbour other than itself (NaN when it has fewer)."""
+    valid = (labels >= 0) & (labels != query_rows[:, None])
+    position = np.cumsum(valid, axis=1)
+    hit = valid & (position == rank)
+    found = hit.any(axis=1)
+    out = np.full(len(query_rows), np.nan, np.float32)
+    out[found] = scores[found, np.argmax(hit[found], axis=1)]
+    return out
 
 
 def _canonical(first: np.ndarray, second: np.ndarray, similarity: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -157,13 +189,16 @@ def _concat(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
 
 
-def _exact(vectors: np.ndarray, min_similarity: float, neighbors: int, device,
+def _exact(vectors: np.ndarray, min_similarity: float, neighbors: int, rank: int, background: np.ndarray, device,
            progress: bool | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact k-NN graph with the index's blocked exact search (faiss blocks on CPU, torch matmuls on CUDA)."""
+    """Exact k-NN graph with the index's blocked exact search (faiss blocks on CPU, torch matmuls on CUDA).
+
+    Fills ``background`` in place when ``rank > 0``.
+    """
     from ..index.exact import exact_search
 
     n = len(vectors)
-    k = min(neighbors + 1, n)
+    k = min(max(neighbors, rank) + 1, n)
     on_gpu = device.type == "cuda"
     chunk = GPU_QUERY_CHUNK if on_gpu else QUERY_CHUNK
     parts = []
@@ -172,7 +207,10 @@ def _exact(vectors: np.ndarray, min_similarity: float, neighbors: int, device,
             stop = min(start + chunk, n)
             scores, labels = exact_search(vectors[start:stop], vectors, k, device=device,
                                           block_size=EXACT_DATABASE_BLOCK)
-            parts.append(_keep(np.arange(start, stop, dtype=np.int64), scores, labels, min_similarity))
+            rows = np.arange(start, stop, dtype=np.int64)
+            parts.append(_keep(rows, scores, labels, min_similarity, neighbors))
+            if rank:
+                background[start:stop] = _rank_scores(rows, scores, labels, rank)
             bar.update(stop - start)
     return _concat(parts)
 
@@ -190,8 +228,8 @@ def _train_cells(vectors: np.ndarray, n_cells: int, seed: int) -> np.ndarray:
     return np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
 
 
-def _partitioned(vectors: np.ndarray, min_similarity: float, neighbors: int, probes: int, seed: int,
-                 progress: bool | None) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int]:
+def _partitioned(vectors: np.ndarray, min_similarity: float, neighbors: int, rank: int, background: np.ndarray,
+                 probes: int, seed: int, progress: bool | None) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int]:
     import faiss
 
     n = len(vectors)
@@ -217,14 +255,16 @@ def _partitioned(vectors: np.ndarray, min_similarity: float, neighbors: int, pro
         members = member_rows[member_bounds[cell]:member_bounds[cell + 1]]
         if len(queries) == 0:
             return _concat([]), 0
-        k = min(neighbors + 1, len(members))
+        k = min(max(neighbors, rank) + 1, len(members))
         database = vectors[members]
         found = []
         for start in range(0, len(queries), QUERY_CHUNK):
             chunk = queries[start:start + QUERY_CHUNK]
             scores, labels = faiss.knn(vectors[chunk], database, k, metric=faiss.METRIC_INNER_PRODUCT)
             labels = np.where(labels >= 0, members[np.maximum(labels, 0)], -1)
-            found.append(_keep(chunk, scores, labels, min_similarity))
+            found.append(_keep(chunk, scores, labels, min_similarity, neighbors))
+            if rank:  # each query row belongs to one cell (its home), so threads write disjoint rows
+                background[chunk] = _rank_scores(chunk, scores, labels, rank)
         return _concat(found), len(queries)
 
     parts = []

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .calibrate import Calibration
+from .density import DensityAdjustment
 
 OUTPUT_FILES: tuple[str, ...] = ("clusters.parquet", "keep.txt", "remove.txt", "summary.json", "report.html")
 
@@ -63,31 +64,37 @@ class DuplicateCluster:
 
 @dataclass(frozen=True)
 class ThresholdChoice:
-    """The similarity threshold used and how it was chosen.
+    """The threshold used, what it compares and how it was chosen.
 
     Attributes:
-        value: cosine similarity at or above which images are duplicates (None when not needed).
+        value: the score at or above which images are duplicates (None when not needed).
         method: "given" (--threshold), "calibrated" (--precision) or "not needed" (fewer than 2 images).
         calibration: the calibration details when ``method == "calibrated"``.
+        score: "cosine" (similarity) or "adjusted" (cosine less the neighbourhood density, ``density.py``).
+        density: the adjustment's parameters when ``score == "adjusted"``.
     """
 
     value: float | None
     method: str
     calibration: Calibration | None = None
+    score: str = "cosine"
+    density: DensityAdjustment | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"value": None if self.value is None else round(self.value, 6), "method": self.method,
+                "score": self.score, "density": self.density.to_dict() if self.density is not None else None,
                 "calibration": self.calibration.to_dict() if self.calibration else None}
 
     def describe(self) -> str:
         if self.value is None:
             return "threshold not needed"
+        name = "adjusted-score threshold" if self.score == "adjusted" else "threshold"
         if self.calibration is None:
-            return f"threshold {self.value:.4f} (given)"
+            return f"{name} {self.value:.4f} (given)"
         c = self.calibration
         verdict = "" if c.reached else f", target {c.target_precision:g} NOT reached"
         scope = " of the store's pairs" if c.method == "store" else " of copy matches"
-        return (f"threshold {self.value:.4f} calibrated for precision {c.target_precision:g} on {c.copies} edited copies "
+        return (f"{name} {self.value:.4f} calibrated for precision {c.target_precision:g} on {c.copies} edited copies "
                 f"of {c.images} images: estimated precision{scope} {c.estimated_precision:.3f}, recall "
                 f"{c.estimated_recall:.3f}{verdict}")
 

@@ -15,6 +15,7 @@ from ..errors import EncoderMismatchError, InvalidArgumentError, StoreError
 from ..files import DirectoryLock
 from ..store import EmbeddingStore
 from .calibrate import DEFAULT_PRECISION, DEFAULT_SAMPLE_SIZE, calibrate_threshold, check_precision
+from .density import DensityAdjustment, resolve_score
 from .clusters import DEFAULT_KEEP, KEEP_POLICIES, ImageFacts, check_keep_policy, choose_keeper, connected_groups
 from .exact import EXACT_CANDIDATE_SIMILARITY, ContentHasher, chain_pairs, file_size, hash_groups, identical_pairs, match_kind
 from .graph import DEFAULT_NEIGHBORS, SimilarPairs, resolve_method, similar_pairs
@@ -22,6 +23,9 @@ from .outputs import prepare_dedup_dir, write_clusters, write_list, write_summar
 from .result import ClusterMember, DedupResult, DuplicateCluster, ThresholdChoice
 
 DEFAULT_REPORT_CLUSTERS = 500  # clusters shown in report.html (largest first); all are in clusters.parquet
+# With the adjusted score the first graph keeps pairs down to this cosine (its backgrounds are needed before the
+# threshold is known); a threshold that needs lower pairs rebuilds it lower.
+ADJUSTED_GRAPH_FLOOR = 0.5
 
 
 def check_threshold(threshold: float) -> float:
@@ -72,7 +76,8 @@ def _read_store(embeddings: str | os.PathLike[str]) -> _StoreRows:
 
 
 def _calibrate(rows: _StoreRows, precision: float, sample_size: int, seed: int, device: str,
-               progress: bool | None, store_pairs: Callable[[float], np.ndarray] | None = None) -> ThresholdChoice:
+               progress: bool | None, store_pairs: Callable[[float], np.ndarray] | None = None,
+               density: DensityAdjustment | None = None) -> ThresholdChoice:
     from ..encoders import encoder_from_fingerprint
 
     fingerprint = rows.store.encoder
@@ -86,8 +91,8 @@ def _calibrate(rows: _StoreRows, precision: float, sample_size: int, seed: int, 
     paths = [rows.absolute(i) for i in range(len(rows.paths))]
     calibration = calibrate_threshold(rows.vectors, paths, encoder, precision=precision, sample_size=sample_size,
                                       file_sha256=rows.sha256, seed=seed, store_pairs=store_pairs,
-                                      progress=progress)
-    return ThresholdChoice(calibration.threshold, "calibrated", calibration)
+                                      density=density, progress=progress)
+    return ThresholdChoice(calibration.threshold, "calibrated", calibration, calibration.score, density)
 
 
 def _image_facts(rows: _StoreRows, row: int) -> ImageFacts:
@@ -180,13 +185,16 @@ def _index_cluster_members(rows: _StoreRows, store_rows: np.ndarray, index_nodes
 def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str], *, threshold: float | None = None,
                 precision: float = DEFAULT_PRECISION, keep: str = DEFAULT_KEEP, neighbors: int = DEFAULT_NEIGHBORS,
                 method: str = "auto", device: str = "auto", sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0,
-                against: str | os.PathLike[str] | None = None, report: bool = False,
+                against: str | os.PathLike[str] | None = None, score: str = "auto", report: bool = False,
                 report_max_clusters: int = DEFAULT_REPORT_CLUSTERS, overwrite: bool = False,
                 progress: bool | None = None, _allowed_in_out: Sequence[str] = ()) -> DedupResult:
     """Find exact and near-duplicate images in an embedding store and say which to keep.
 
     Near duplicates come from the k-NN graph of the store (never an N×N matrix; see
-    ``graph.similar_pairs``) cut at a cosine-similarity threshold; exact duplicates from the
+    ``graph.similar_pairs``) cut at a threshold on the pairs' score — by default, with a
+    calibrated threshold, their density-adjusted similarity (``density.py``: the cosine less how
+    alike the two images' neighbourhoods are); with a given threshold their cosine similarity.
+    Exact duplicates come from the
     store's file sha256 and, for pairs similar enough to be candidates, the decoded pixels.
     Union-find joins them into clusters; the keep policy picks one image per cluster.
 
@@ -197,7 +205,8 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
     Args:
         embeddings: an embedding store directory (``sslsearch embed``).
         out: the output directory; refused if it exists and is not empty, unless ``overwrite``.
-        threshold: a fixed cosine similarity in (0, 1]; None calibrates one for ``precision``.
+        threshold: a fixed score in (0, 1] (cosine similarity unless ``score="adjusted"``); None
+            calibrates one for ``precision``.
         precision: target precision in (0, 1) of the self-calibration (see ``calibrate.py``).
         keep: keep policy, one of ``KEEP_POLICIES`` (default: largest resolution, then larger
             file, then smallest id).
@@ -209,6 +218,8 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
         against: an existing index directory: new images that duplicate an item of the index are
             listed for removal (the index item is the keeper, ``source="index"``); the index is
             only searched, never changed. New images are also deduplicated among themselves.
+        score: "auto" (adjusted when calibrating without ``against``, else cosine), "cosine" or
+            "adjusted": what the threshold compares.
         report: also write the self-contained HTML report.
         report_max_clusters: clusters shown in the report (largest first).
         overwrite: replace earlier results in ``out``.
@@ -236,6 +247,7 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
     else:
         check_precision(precision)
     check_keep_policy(keep)
+    score = resolve_score(score, threshold_given=threshold is not None, against=against is not None)
     resolve_method(method, 0, "cpu")
     if neighbors < 1:
         raise InvalidArgumentError(f"--neighbors must be >= 1, got {neighbors}")
@@ -256,35 +268,57 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
             if not graphs or graphs[0].min_similarity > floor:
                 began = time.perf_counter()
                 graphs[:] = [similar_pairs(rows.vectors, floor, neighbors=neighbors, method=method, device=device,
-                                           seed=seed, progress=progress)]
+                                           seed=seed, background_rank=rank, progress=progress)]
                 timings["graph"] = timings.get("graph", 0.0) + time.perf_counter() - began
             return graphs[0].above(floor)
 
+        density, rank = None, 0
+        if score == "adjusted" and n >= 2:
+            from .density import DENSITY_RANK
+
+            rank = DENSITY_RANK
+            density = DensityAdjustment.from_background(graph(ADJUSTED_GRAPH_FLOOR).background)
+
+        def cosine_floor(score_floor: float) -> float:
+            floor = density.cosine_floor(score_floor) if density is not None else score_floor
+            return min(floor, EXACT_CANDIDATE_SIMILARITY)
+
+        def scored(found: SimilarPairs) -> np.ndarray:
+            if density is None:
+                return found.similarity
+            return density.pair_scores(found.first, found.second, found.similarity)
+
+        def store_scores(floor: float) -> np.ndarray:
+            found = scored(graph(cosine_floor(floor)))
+            return found[found >= floor]
+
         if threshold is not None:
-            choice = ThresholdChoice(float(threshold), "given")
+            choice = ThresholdChoice(float(threshold), "given", score=score, density=density)
         elif n < 2 and against is None:
             choice = ThresholdChoice(None, "not needed")
         elif n < 2:
             raise InvalidArgumentError(f"store {rows.store.directory} holds 1 image: too few to calibrate a threshold; "
                                        "pass --threshold T (e.g. the one in the summary.json of a full dedup run)")
         else:
-            choice = _calibrate(rows, precision, sample_size, seed, device, progress,
-                                store_pairs=lambda floor: graph(min(floor, EXACT_CANDIDATE_SIMILARITY)).similarity)
+            choice = _calibrate(rows, precision, sample_size, seed, device, progress, store_pairs=store_scores,
+                                density=density)
         timings["calibration"] = time.perf_counter() - mark - timings.get("graph", 0.0)
 
         cut = choice.value if choice.value is not None else 1.0
-        pairs = graph(min(cut, EXACT_CANDIDATE_SIMILARITY))
+        pairs = graph(cosine_floor(cut))
+        pair_scores = scored(pairs)
 
         mark = time.perf_counter()
         hasher = ContentHasher(rows.absolute, rows.sha256)
-        near = pairs.above(cut)
+        near = pairs.where(pair_scores >= cut)
         firsts, seconds = [near.first], [near.second]
         if rows.sha256 is not None:
             file_first, file_second = chain_pairs(hash_groups(rows.sha256))
             firsts.append(file_first)
             seconds.append(file_second)
-        if cut > EXACT_CANDIDATE_SIMILARITY:  # pairs below the threshold join only when their pixels are identical
-            below = pairs.similarity < cut  # pairs holds nothing under EXACT_CANDIDATE_SIMILARITY
+        # pairs below the threshold but cosine >= EXACT_CANDIDATE_SIMILARITY join only when their pixels are identical
+        below = (pair_scores < cut) & (pairs.similarity >= EXACT_CANDIDATE_SIMILARITY)
+        if below.any():
             same_first, same_second = identical_pairs(pairs.first[below], pairs.second[below], hasher)
             firsts.append(same_first)
             seconds.append(same_second)
