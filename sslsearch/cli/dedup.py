@@ -11,9 +11,10 @@ from .common import DeviceOption, JsonOption, info, print_json
 HELP = (
     "Find exact and near-duplicate images and say which to keep. INPUT is an embedding store (`sslsearch embed`), "
     "or, with --encoder, images (a folder or list) that are embedded into DUPS/embeddings first.\n\n"
-    "Near duplicates come from a k-NN graph (never an N×N matrix) cut at a cosine-similarity threshold: give one "
-    "with --threshold, or let --precision (default 0.99) calibrate it on edited copies of a sample of your own "
-    "images. Exact duplicates (same file bytes, same decoded pixels) always join. Writes DUPS/clusters.parquet, "
+    "Near duplicates come from a k-NN graph (never an N×N matrix) cut at a threshold: give one with --threshold "
+    "(a cosine similarity), or let --precision (default 0.99) calibrate it on edited copies of a sample of your own "
+    "images; a calibrated threshold applies to the density-adjusted score (the cosine less how alike each image's "
+    "neighbourhood is, so dense regions of look-alikes need a closer match; --score cosine turns it off). Exact duplicates (same file bytes, same decoded pixels) always join. Writes DUPS/clusters.parquet, "
     "keep.txt, remove.txt (absolute paths), summary.json, and with --report a self-contained report.html.\n\n"
     "With --against IDX, new images that duplicate something an existing index holds are listed for removal "
     "(the index is not changed).\n\n"
@@ -27,12 +28,16 @@ def dedup_command(
     data: Path = typer.Argument(..., metavar="INPUT", help="Embedding store, or images with --encoder."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory DUPS (new or empty unless --overwrite)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", "-t",
-                                              help="Cosine similarity in (0, 1] at or above which images are duplicates."),
+                                              help="Score in (0, 1] at or above which images are duplicates (cosine "
+                                                   "similarity unless --score adjusted)."),
     precision: float = typer.Option(0.99, "--precision", "-p",
                                     help="Target precision in (0, 1) of the self-calibrated threshold (when no --threshold)."),
     keep: str = typer.Option("resolution", "--keep",
                              help="Which image of a cluster to keep: resolution (largest, then larger file, then smallest "
                                   "id), file-size, oldest, newest or first."),
+    score: str = typer.Option("auto", "--score",
+                              help="What the threshold compares: auto (adjusted with a calibrated threshold, cosine "
+                                   "with --threshold or --against), cosine, or adjusted."),
     report: bool = typer.Option(False, "--report", help="Also write DUPS/report.html (thumbnails, keeper marked)."),
     against: Optional[Path] = typer.Option(None, "--against", help="Existing index directory to check new images against."),
     encoder: Optional[str] = typer.Option(None, "--encoder", "-e",
@@ -54,7 +59,8 @@ def dedup_command(
     from ..errors import InvalidArgumentError
 
     options = dict(threshold=threshold, precision=precision, keep=keep, neighbors=neighbors, method=method,
-                   sample_size=sample, seed=seed, against=against, report=report, report_max_clusters=report_clusters)
+                   sample_size=sample, seed=seed, against=against, score=score, report=report,
+                   report_max_clusters=report_clusters)
     if encoder is not None:
         result = deduplicate_images(data, encoder, out, weights=weights, image_size=image_size, batch_size=batch_size,
                                     device=device, overwrite=overwrite, **options)

@@ -52,6 +52,12 @@ CALIBRATION_NEIGHBORS = 20  # stored images each copy is compared with
 # of 12), 0.74-0.92 with the 10th (precision down to 0.38). With cosine, the 25th percentile gave
 # precision 0.38-0.96 on the same stores.
 TYPICAL_COPY_QUANTILE = {"cosine": 0.5, "adjusted": 0.25}
+# A stored neighbour at least as similar (cosine) as this quantile of copies is a sure duplicate at any
+# rank: a big cluster of copies (a burst, one picture re-saved many times) has more members than the
+# AMBIGUOUS_RANK nearest, and counting the rest as false pairs pushed the threshold to 0.9989 (19 of 40
+# copies of one image found). Measured on 6 stores: no unrelated pair reaches it with 3 trained
+# encoders; 1 and 15 of ~2M pairs with random-init ones.
+SURE_COPY_QUANTILE = 0.75
 AMBIGUOUS_RANK = 2  # ... if it is also one of the original's 2 nearest stored images
 EMBED_BATCH = 64
 CURVE_POINTS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995)
@@ -121,7 +127,8 @@ def calibrate_threshold(vectors: np.ndarray, image_paths: Sequence[str | Path], 
                         precision: float = DEFAULT_PRECISION, sample_size: int = DEFAULT_SAMPLE_SIZE,
                         file_sha256: Sequence[str | None] | None = None, seed: int = 0,
                         store_pairs: Callable[[float], np.ndarray] | None = None,
-                        density: DensityAdjustment | None = None, progress: bool | None = None) -> Calibration:
+                        density: DensityAdjustment | None = None, copies: EditedCopies | None = None,
+                        progress: bool | None = None) -> Calibration:
     """Choose the duplicate threshold on edited copies of a sample of the store's own images.
 
     Args:
@@ -139,6 +146,8 @@ def calibrate_threshold(vectors: np.ndarray, image_paths: Sequence[str | Path], 
             With ``density``, the floor and the similarities are adjusted scores.
         density: score every pair by its density-adjusted similarity (``density.py``) instead of
             its cosine; the threshold is then an adjusted score.
+        copies: edited copies already made (``make_edited_copies``) with this seed and sample size;
+            None makes them.
         progress: progress bar on stderr (default: when stderr is a terminal).
 
     Returns:
@@ -163,12 +172,11 @@ def calibrate_threshold(vectors: np.ndarray, image_paths: Sequence[str | Path], 
     if vectors.shape[1] != encoder.dim:
         raise InvalidArgumentError(f"store vectors have dim {vectors.shape[1]} but the encoder gives {encoder.dim}; "
                                    "calibrate with the encoder that made the store")
-    rows, copies, unreadable = _make_copies(image_paths, sample_size, seed, encoder, progress)
-    if len(rows) == 0:
-        raise InputNotFoundError(
-            f"cannot calibrate the threshold: none of the {unreadable} sampled images could be read (e.g. "
-            f"{image_paths[0]}); restore the images, or pass a fixed --threshold T")
-    cosines = np.einsum("id,id->i", copies, vectors[rows])
+    if copies is None:
+        copies = make_edited_copies(image_paths, encoder, sample_size=sample_size, seed=seed, progress=progress)
+    rows, unreadable = copies.rows, copies.unreadable
+    cosines = copies.cosines(vectors)
+    copies = copies.vectors
     compared = _compare(vectors, rows, copies, cosines, file_sha256, density)
     positives, store_negatives, copy_negatives = compared.positives, compared.store_negatives, compared.copy_negatives
     negatives = np.concatenate([store_negatives, copy_negatives])
@@ -194,6 +202,52 @@ def calibrate_threshold(vectors: np.ndarray, image_paths: Sequence[str | Path], 
                        unreadable=unreadable, seed=seed, seconds=time.perf_counter() - start, curve=curve,
                        copy_precision=precision_recall(positives, negatives, threshold)[0], method=method,
                        store_pairs=pair_count, score="cosine" if density is None else "adjusted")
+
+
+@dataclass(frozen=True)
+class EditedCopies:
+    """Edited copies of a seeded sample of the store's images, embedded.
+
+    Attributes:
+        rows: (m,) int64 store row of each copy's original.
+        vectors: (m, d) float32 L2-normalised embeddings of the copies.
+        unreadable: sampled images that could not be read (skipped).
+    """
+
+    rows: np.ndarray
+    vectors: np.ndarray
+    unreadable: int
+
+    def cosines(self, store_vectors: np.ndarray) -> np.ndarray:
+        """(m,) each copy's cosine similarity to its original."""
+        return np.einsum("id,id->i", self.vectors, store_vectors[self.rows])
+
+    def sure_duplicate_similarity(self, store_vectors: np.ndarray) -> float:
+        """The cosine at and above which a pair is a sure duplicate (``SURE_COPY_QUANTILE`` of the copies)."""
+        return sure_duplicate_similarity(self.cosines(store_vectors))
+
+
+def sure_duplicate_similarity(cosines: np.ndarray) -> float:
+    """``SURE_COPY_QUANTILE`` of the copies' cosine similarities to their originals."""
+    return float(np.quantile(np.asarray(cosines, np.float64), SURE_COPY_QUANTILE))
+
+
+def make_edited_copies(image_paths: Sequence[str | Path], encoder: Encoder, *, sample_size: int = DEFAULT_SAMPLE_SIZE,
+                       seed: int = 0, progress: bool | None = None) -> EditedCopies:
+    """Make and embed edited copies of a seeded sample of ``image_paths`` (see ``edits.py``).
+
+    Raises:
+        InvalidArgumentError: ``sample_size < 1``.
+        InputNotFoundError: none of the sampled images can be read (moved or deleted).
+    """
+    if sample_size < 1:
+        raise InvalidArgumentError(f"calibration sample size must be >= 1, got {sample_size}")
+    rows, vectors, unreadable = _make_copies(image_paths, sample_size, seed, encoder, progress)
+    if len(rows) == 0:
+        raise InputNotFoundError(
+            f"cannot calibrate the threshold: none of the {unreadable} sampled images could be read (e.g. "
+            f"{image_paths[0]}); restore the images, or pass a fixed --threshold T")
+    return EditedCopies(rows, vectors, unreadable)
 
 
 def _make_copies(image_paths: Sequence[str | Path], sample_size: int, seed: int, encoder: Encoder,
@@ -277,19 +331,20 @@ def _compare(vectors: np.ndarray, rows: np.ndarray, copies: np.ndarray, cosines:
     original_scores, original_labels = faiss.knn(vectors[originals], vectors, k_original, metric=faiss.METRIC_INNER_PRODUCT)
     position = {row: i for i, row in enumerate(originals.tolist())}
 
+    sure = sure_duplicate_similarity(cosines)
     if density is None:
         positives = cosines
         score_store = lambda first, second, cosine: np.asarray(cosine, np.float32)  # noqa: E731
         score_copy = lambda index, label, cosine: np.asarray(cosine, np.float32)  # noqa: E731
     else:
-        copy_background = scores[:, rank - 1] if rank <= k else np.full(len(copies), np.nan, np.float32)
-        original_background = np.full(len(rows), np.nan, np.float32)
+        copy_background = density.background_of(np.where(labels >= 0, scores, np.nan))
+        with_copy = np.full((len(rows), k_original), np.nan, np.float32)
         for i, (row, cosine) in enumerate(zip(rows.tolist(), cosines.tolist())):
             j = position[row]
             others = original_scores[j][(original_labels[j] >= 0) & (original_labels[j] != row)]
             values = np.sort(np.r_[others, cosine])[::-1]
-            if len(values) >= rank:
-                original_background[i] = values[rank - 1]
+            with_copy[i, :len(values)] = values
+        original_background = density.background_of(with_copy)
         positives = density.score(cosines, copy_background, original_background)
         score_store = density.pair_scores
         score_copy = lambda index, label, cosine: density.score(cosine, copy_background[index],  # noqa: E731
@@ -313,7 +368,8 @@ def _compare(vectors: np.ndarray, rows: np.ndarray, copies: np.ndarray, cosines:
         others = (neighbour_labels >= 0) & (neighbour_labels != row)
         labels_here, cosines_here = neighbour_labels[others], neighbour_scores[others]
         scored = score_store(np.full(len(labels_here), row), labels_here, cosines_here)
-        chosen = {label for label in labels_here.tolist() if same_file(row, label)}
+        chosen = {label for label, cosine in zip(labels_here.tolist(), cosines_here.tolist())
+                  if same_file(row, label) or cosine >= sure}
         near = [i for i, label in enumerate(labels_here.tolist()) if label not in chosen][:AMBIGUOUS_RANK]
         chosen.update(int(labels_here[i]) for i in near if float(scored[i]) >= own_floor[row])
         probable[row] = chosen
@@ -331,7 +387,7 @@ def _compare(vectors: np.ndarray, rows: np.ndarray, copies: np.ndarray, cosines:
         for cosine, label in zip(scores[i, :width].tolist(), labels[i, :width].tolist()):
             if label < 0 or label == row:
                 continue
-            if label in probable[row] or same_file(row, label):
+            if label in probable[row] or same_file(row, label) or float(vectors[row] @ vectors[label]) >= sure:
                 ambiguous.add((row, label))
                 continue
             copy_index.append(i)

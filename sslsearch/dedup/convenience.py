@@ -7,6 +7,7 @@ from typing import Any
 
 from .calibrate import check_precision
 from .clusters import check_keep_policy
+from .density import resolve_score
 from .outputs import prepare_dedup_dir
 from .result import DedupResult
 from .run import check_threshold, deduplicate
@@ -47,6 +48,9 @@ def deduplicate_images(data: str | os.PathLike[str], encoder: str, out: str | os
         check_precision(dedup_options["precision"])
     if "keep" in dedup_options:
         check_keep_policy(dedup_options["keep"])
+    if "score" in dedup_options:
+        resolve_score(dedup_options["score"], threshold_given=dedup_options.get("threshold") is not None,
+                      against=dedup_options.get("against") is not None)
     directory = prepare_dedup_dir(out, overwrite=overwrite)
     store = Path(directory) / EMBEDDINGS_DIR
     embed_images(data, encoder, store, weights=weights, image_size=image_size, batch_size=batch_size, workers=workers,

@@ -48,9 +48,9 @@ class SimilarPairs:
         device: "cpu" or "cuda[:N]".
         seconds: wall time.
         cells: number of k-means cells (partitioned only, else 0).
-        background: (n,) float32, each row's similarity to its ``background_rank``-th nearest other
-            row in the same search (NaN when it had fewer neighbours); see ``density.py``.
-        background_rank: which neighbour ``background`` holds.
+        neighbor_similarity: (n, r) float32, each row's similarities to its r nearest other rows in
+            the same search, descending (NaN where it had fewer), when ``record_neighbors = r`` was
+            asked for (``density.py`` takes backgrounds from it); else None.
     """
 
     first: np.ndarray
@@ -62,8 +62,7 @@ class SimilarPairs:
     device: str
     seconds: float
     cells: int = 0
-    background: np.ndarray | None = None
-    background_rank: int = 0
+    neighbor_similarity: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.first.shape[0])
@@ -73,10 +72,10 @@ class SimilarPairs:
         return self.where(self.similarity >= threshold, max(threshold, self.min_similarity))
 
     def where(self, keep: np.ndarray, min_similarity: float | None = None) -> "SimilarPairs":
-        """The pairs where the (m,) bool mask ``keep`` is true (same metadata and backgrounds)."""
+        """The pairs where the (m,) bool mask ``keep`` is true (same metadata and neighbour similarities)."""
         floor = self.min_similarity if min_similarity is None else min_similarity
         return SimilarPairs(self.first[keep], self.second[keep], self.similarity[keep], floor, self.neighbors,
-                            self.method, self.device, self.seconds, self.cells, self.background, self.background_rank)
+                            self.method, self.device, self.seconds, self.cells, self.neighbor_similarity)
 
 
 def resolve_method(method: str, n_rows: int, device: str) -> str:
@@ -90,7 +89,7 @@ def resolve_method(method: str, n_rows: int, device: str) -> str:
 
 def similar_pairs(vectors: np.ndarray, min_similarity: float, *, neighbors: int = DEFAULT_NEIGHBORS,
                   method: str = "auto", device: str = "auto", probes: int = DEFAULT_PROBES, seed: int = 0,
-                  background_rank: int = 0, progress: bool | None = None) -> SimilarPairs:
+                  record_neighbors: int = 0, progress: bool | None = None) -> SimilarPairs:
     """The k-NN graph of ``vectors`` reduced to pairs with similarity >= ``min_similarity``.
 
     Args:
@@ -102,8 +101,9 @@ def similar_pairs(vectors: np.ndarray, min_similarity: float, *, neighbors: int 
         probes: cells each vector joins as a database member (partitioned only); more is slower
             and closer to exact.
         seed: k-means seed (partitioned only); the same seed gives the same pairs.
-        background_rank: when > 0, also record each row's similarity to its ``background_rank``-th
-            nearest other row (``SimilarPairs.background``; the search then takes at least that many).
+        record_neighbors: when > 0, also record each row's similarities to its ``record_neighbors``
+            nearest other rows (``SimilarPairs.neighbor_similarity``; the search then takes at least
+            that many).
         progress: progress bar on stderr (default: when stderr is a terminal).
 
     Returns:
@@ -123,24 +123,22 @@ def similar_pairs(vectors: np.ndarray, min_similarity: float, *, neighbors: int 
         raise InvalidArgumentError(f"neighbors must be >= 1, got {neighbors}")
     if probes < 1:
         raise InvalidArgumentError(f"probes must be >= 1, got {probes}")
-    if background_rank < 0:
-        raise InvalidArgumentError(f"background_rank must be >= 0, got {background_rank}")
+    if record_neighbors < 0:
+        raise InvalidArgumentError(f"record_neighbors must be >= 0, got {record_neighbors}")
     torch_device = resolve_device(device)
     chosen = resolve_method(method, len(vectors), torch_device.type)
     start = time.perf_counter()
     cells = 0
-    background = np.full(len(vectors), np.nan, np.float32)
+    recorded = np.full((len(vectors), record_neighbors), np.nan, np.float32)
     if len(vectors) < 2:
         found = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
     elif chosen == "exact":
-        found = _exact(vectors, min_similarity, neighbors, background_rank, background, torch_device, progress)
+        found = _exact(vectors, min_similarity, neighbors, recorded, torch_device, progress)
     else:
-        found, cells = _partitioned(vectors, min_similarity, neighbors, background_rank, background, probes, seed,
-                                    progress)
+        found, cells = _partitioned(vectors, min_similarity, neighbors, recorded, probes, seed, progress)
     first, second, similarity = _canonical(*found)
     return SimilarPairs(first, second, similarity, float(min_similarity), int(neighbors), chosen, str(torch_device),
-                        time.perf_counter() - start, cells, background if background_rank else None,
-                        int(background_rank))
+                        time.perf_counter() - start, cells, recorded if record_neighbors else None)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -160,14 +158,13 @@ def _keep(query_rows: np.ndarray, scores: np.ndarray, labels: np.ndarray,
     return queries[mask], labels[mask].astype(np.int64), scores[mask].astype(np.float32)
 
 
-def _rank_scores(query_rows: np.ndarray, scores: np.ndarray, labels: np.ndarray, rank: int) -> np.ndarray:
-    """(q,) the score of each row's ``rank``-th neighbour other than itself (NaN when it has fewer)."""
+def _top_scores(query_rows: np.ndarray, scores: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
+    """(q, count) each row's scores to its nearest ``count`` rows other than itself, in order (NaN-padded)."""
     valid = (labels >= 0) & (labels != query_rows[:, None])
-    position = np.cumsum(valid, axis=1)
-    hit = valid & (position == rank)
-    found = hit.any(axis=1)
-    out = np.full(len(query_rows), np.nan, np.float32)
-    out[found] = scores[found, np.argmax(hit[found], axis=1)]
+    position = np.cumsum(valid, axis=1) - 1  # 0-based rank among the valid neighbours
+    out = np.full((len(query_rows), count), np.nan, np.float32)
+    take = valid & (position < count)
+    out[np.nonzero(take)[0], position[take]] = scores[take]
     return out
 
 
@@ -189,15 +186,16 @@ def _concat(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
 
 
-def _exact(vectors: np.ndarray, min_similarity: float, neighbors: int, rank: int, background: np.ndarray, device,
+def _exact(vectors: np.ndarray, min_similarity: float, neighbors: int, recorded: np.ndarray, device,
            progress: bool | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact k-NN graph with the index's blocked exact search (faiss blocks on CPU, torch matmuls on CUDA).
 
-    Fills ``background`` in place when ``rank > 0``.
+    Fills ``recorded`` (n, r) in place with each row's nearest similarities when r > 0.
     """
     from ..index.exact import exact_search
 
     n = len(vectors)
+    rank = recorded.shape[1]
     k = min(max(neighbors, rank) + 1, n)
     on_gpu = device.type == "cuda"
     chunk = GPU_QUERY_CHUNK if on_gpu else QUERY_CHUNK
@@ -210,7 +208,7 @@ def _exact(vectors: np.ndarray, min_similarity: float, neighbors: int, rank: int
             rows = np.arange(start, stop, dtype=np.int64)
             parts.append(_keep(rows, scores, labels, min_similarity, neighbors))
             if rank:
-                background[start:stop] = _rank_scores(rows, scores, labels, rank)
+                recorded[start:stop] = _top_scores(rows, scores, labels, rank)
             bar.update(stop - start)
     return _concat(parts)
 
@@ -228,11 +226,12 @@ def _train_cells(vectors: np.ndarray, n_cells: int, seed: int) -> np.ndarray:
     return np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
 
 
-def _partitioned(vectors: np.ndarray, min_similarity: float, neighbors: int, rank: int, background: np.ndarray,
+def _partitioned(vectors: np.ndarray, min_similarity: float, neighbors: int, recorded: np.ndarray,
                  probes: int, seed: int, progress: bool | None) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int]:
     import faiss
 
     n = len(vectors)
+    rank = recorded.shape[1]
     # Cost ≈ n·n_cells (assignment) + n·probes·n/n_cells (cells): balanced at n_cells = sqrt(probes·n).
     n_cells = int(min(max(1, round(math.sqrt(probes * n))), max(1, n // 40)))
     probes = min(probes, n_cells)
@@ -264,7 +263,7 @@ def _partitioned(vectors: np.ndarray, min_similarity: float, neighbors: int, ran
             labels = np.where(labels >= 0, members[np.maximum(labels, 0)], -1)
             found.append(_keep(chunk, scores, labels, min_similarity, neighbors))
             if rank:  # each query row belongs to one cell (its home), so threads write disjoint rows
-                background[chunk] = _rank_scores(chunk, scores, labels, rank)
+                recorded[chunk] = _top_scores(chunk, scores, labels, rank)
         return _concat(found), len(queries)
 
     parts = []

@@ -11,12 +11,14 @@ from typing import Any
 
 import numpy as np
 
+from ..encoders import Encoder
 from ..errors import EncoderMismatchError, InvalidArgumentError, StoreError
 from ..files import DirectoryLock
 from ..store import EmbeddingStore
-from .calibrate import DEFAULT_PRECISION, DEFAULT_SAMPLE_SIZE, calibrate_threshold, check_precision
-from .density import DensityAdjustment, resolve_score
+from .calibrate import (DEFAULT_PRECISION, DEFAULT_SAMPLE_SIZE, EditedCopies, calibrate_threshold, check_precision,
+                        make_edited_copies)
 from .clusters import DEFAULT_KEEP, KEEP_POLICIES, ImageFacts, check_keep_policy, choose_keeper, connected_groups
+from .density import DensityAdjustment, resolve_score
 from .exact import EXACT_CANDIDATE_SIMILARITY, ContentHasher, chain_pairs, file_size, hash_groups, identical_pairs, match_kind
 from .graph import DEFAULT_NEIGHBORS, SimilarPairs, resolve_method, similar_pairs
 from .outputs import prepare_dedup_dir, write_clusters, write_list, write_summary
@@ -52,6 +54,9 @@ class _StoreRows:
     def absolute(self, row: int) -> Path:
         return self.store.source_root / self.paths[row]
 
+    def all_absolute(self) -> list[Path]:
+        return [self.store.source_root / path for path in self.paths]
+
 
 def _read_store(embeddings: str | os.PathLike[str]) -> _StoreRows:
     store = EmbeddingStore.open(embeddings)
@@ -75,9 +80,7 @@ def _read_store(embeddings: str | os.PathLike[str]) -> _StoreRows:
                       sha256=list(columns["sha256"]) if "sha256" in columns else None)
 
 
-def _calibrate(rows: _StoreRows, precision: float, sample_size: int, seed: int, device: str,
-               progress: bool | None, store_pairs: Callable[[float], np.ndarray] | None = None,
-               density: DensityAdjustment | None = None) -> ThresholdChoice:
+def _store_encoder(rows: _StoreRows, device: str) -> Encoder:
     from ..encoders import encoder_from_fingerprint
 
     fingerprint = rows.store.encoder
@@ -88,10 +91,15 @@ def _calibrate(rows: _StoreRows, precision: float, sample_size: int, seed: int, 
         raise EncoderMismatchError(f"cannot calibrate the threshold: the encoder {fingerprint.get('spec', '?')} that made "
                                    f"store {rows.store.directory} cannot be rebuilt here ({reason}); pass a fixed "
                                    "--threshold T (e.g. 0.9)") from None
-    paths = [rows.absolute(i) for i in range(len(rows.paths))]
-    calibration = calibrate_threshold(rows.vectors, paths, encoder, precision=precision, sample_size=sample_size,
-                                      file_sha256=rows.sha256, seed=seed, store_pairs=store_pairs,
-                                      density=density, progress=progress)
+    return encoder
+
+
+def _calibrate(rows: _StoreRows, encoder: Encoder, precision: float, sample_size: int, seed: int,
+               progress: bool | None, store_pairs: Callable[[float], np.ndarray] | None = None,
+               density: DensityAdjustment | None = None, copies: EditedCopies | None = None) -> ThresholdChoice:
+    calibration = calibrate_threshold(rows.vectors, rows.all_absolute(), encoder, precision=precision,
+                                      sample_size=sample_size, file_sha256=rows.sha256, seed=seed,
+                                      store_pairs=store_pairs, density=density, copies=copies, progress=progress)
     return ThresholdChoice(calibration.threshold, "calibrated", calibration, calibration.score, density)
 
 
@@ -268,16 +276,25 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
             if not graphs or graphs[0].min_similarity > floor:
                 began = time.perf_counter()
                 graphs[:] = [similar_pairs(rows.vectors, floor, neighbors=neighbors, method=method, device=device,
-                                           seed=seed, background_rank=rank, progress=progress)]
+                                           seed=seed, record_neighbors=record, progress=progress)]
                 timings["graph"] = timings.get("graph", 0.0) + time.perf_counter() - began
             return graphs[0].above(floor)
 
-        density, rank = None, 0
+        density, record, copies, encoder = None, 0, None, None
+        calibrating = threshold is None and n >= 2
+        if calibrating:
+            encoder = _store_encoder(rows, device)
         if score == "adjusted" and n >= 2:
             from .density import DENSITY_RANK
 
-            rank = DENSITY_RANK
-            density = DensityAdjustment.from_background(graph(ADJUSTED_GRAPH_FLOOR).background)
+            record = max(neighbors, DENSITY_RANK)
+            sure = EXACT_CANDIDATE_SIMILARITY  # with a given threshold no copies say what a sure duplicate is
+            if calibrating:  # the copies say what a sure duplicate is, which the backgrounds must leave out
+                copies = make_edited_copies(rows.all_absolute(), encoder, sample_size=sample_size, seed=seed,
+                                            progress=progress)
+                sure = copies.sure_duplicate_similarity(rows.vectors)
+            density = DensityAdjustment.from_neighbors(graph(ADJUSTED_GRAPH_FLOOR).neighbor_similarity,
+                                                       exclude_from=sure)
 
         def cosine_floor(score_floor: float) -> float:
             floor = density.cosine_floor(score_floor) if density is not None else score_floor
@@ -300,8 +317,8 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
             raise InvalidArgumentError(f"store {rows.store.directory} holds 1 image: too few to calibrate a threshold; "
                                        "pass --threshold T (e.g. the one in the summary.json of a full dedup run)")
         else:
-            choice = _calibrate(rows, precision, sample_size, seed, device, progress, store_pairs=store_scores,
-                                density=density)
+            choice = _calibrate(rows, encoder, precision, sample_size, seed, progress, store_pairs=store_scores,
+                                density=density, copies=copies)
         timings["calibration"] = time.perf_counter() - mark - timings.get("graph", 0.0)
 
         cut = choice.value if choice.value is not None else 1.0
