@@ -85,7 +85,7 @@ class Calibration:
         ambiguous: stored images left out as probably duplicates already in the data.
         unreadable: sampled images that could not be read (skipped).
         seed: the seed of the sample and edits.
-        seconds: wall time, embedding included.
+        seconds: wall time, embedding the copies included when this call made them.
         curve: (threshold, precision, recall) at a few fixed thresholds.
     """
 
