@@ -237,8 +237,9 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
         A ``DedupResult``; ``result.describe()`` is a one-line report.
 
     Raises:
-        InvalidArgumentError: threshold outside (0, 1], precision outside (0, 1), bad neighbors.
-        UnknownNameError: an unknown keep policy or graph method.
+        InvalidArgumentError: threshold outside (0, 1], precision outside (0, 1), bad neighbors,
+            ``score="adjusted"`` with ``against``.
+        UnknownNameError: an unknown keep policy, graph method or score.
         InputNotFoundError, StoreError: a missing or empty store.
         OutputExistsError: ``out`` holds files and ``overwrite`` is false.
         EncoderMismatchError: calibration cannot rebuild the store's encoder, or ``against`` was
