@@ -47,10 +47,10 @@ CALIBRATION_NEIGHBORS = 20  # stored images each copy is compared with
 # the 25th percentile 0.61 / 0.96, the 10th 0.61 / 0.55 (too many close unrelated images pass as
 # duplicates). On the density-adjusted score close unrelated images score lower, and the median
 # instead counted real duplicates a little harsher than the copies as false pairs (threshold too
-# strict): over 12 trained-encoder stores (3 encoders, 32 and 64 px, 1,000 and 2,000 sample images)
-# auto F1 was 0.78-0.88 with the median, 0.91-0.97 with the 25th percentile (precision >= 0.97 in 10
-# of 12), 0.74-0.92 with the 10th (precision down to 0.38). With cosine, the 25th percentile gave
-# precision 0.38-0.96 on the same stores.
+# strict): over 11 trained-encoder stores (3 encoders, 32 and 64 px, 1,000 and 2,000 sample images)
+# auto F1 was 0.78-0.88 with the median, 0.91-0.97 with the 25th percentile (precision >= 0.97 in 8
+# of 11, 0.918 the lowest), 0.54-0.92 with the 10th (precision down to 0.38). With cosine, the 25th
+# percentile gave precision 0.38-0.96 on the same stores.
 TYPICAL_COPY_QUANTILE = {"cosine": 0.5, "adjusted": 0.25}
 # A stored neighbour at least as similar (cosine) as this quantile of copies is a sure duplicate at any
 # rank: a big cluster of copies (a burst, one picture re-saved many times) has more members than the
