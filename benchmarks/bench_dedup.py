@@ -3,10 +3,11 @@
 Quality: the sample data set (``sslsearch.sample_data``: shapes on varied backgrounds, 5% of the
 images are edited copies — JPEG, resize, crop, brightness, rotation, watermark — listed in
 ``near_duplicates.csv``) is embedded, ``deduplicate`` runs with the automatic threshold
-(``--precision``, self-calibrated), and pairwise precision / recall / F1 against the planted
-pairs are reported. References in the same run, on the same images: imagehash pHash and dHash
-at their *best* Hamming threshold (chosen with the ground truth, so an upper bound for them),
-and the encoder's own best threshold (the ceiling the calibration could reach).
+(``--precision``, self-calibrated), once with the default density-adjusted score and once with
+``score="cosine"``, and pairwise precision / recall / F1 against the planted pairs are reported.
+References in the same run, on the same images: imagehash pHash and dHash at their *best*
+Hamming threshold (chosen with the ground truth, so an upper bound for them), and the encoder's
+own best threshold for each score (the ceiling the calibration could reach).
 
 Scale: the k-NN graph + union-find clusters of synthetic 384-d embeddings
 (``sslsearch.index.synthetic``, clustered, low intrinsic dimension) with 1% planted duplicate
@@ -164,7 +165,7 @@ def quality(args: argparse.Namespace, work: Path) -> dict[str, object]:
 
     from sslsearch.store import EmbeddingStore
 
-    table = EmbeddingStore.open(work / "emb").read_all(("id", "embedding", "path"))
+    table = EmbeddingStore.open(work / "emb").read_all(("id", "embedding"))
     vectors = np.empty_like(table.embeddings)
     vectors[table.ids] = table.embeddings
     first, second = np.triu_indices(len(vectors), 1)
@@ -175,11 +176,9 @@ def quality(args: argparse.Namespace, work: Path) -> dict[str, object]:
     oracle_adjusted = None
     density = result.threshold.density
     if similarity is not None and density is not None:
-        # the run's backgrounds are by store row; the pairs here are by id
-        position = {int(i): r for r, i in enumerate(EmbeddingStore.open(work / "emb").read_all(("id",)).ids.tolist())}
+        # the run's backgrounds are by store row (the order read_all gives); the pairs here are by id
         by_id = np.empty(len(vectors), np.float32)
-        for i, r in position.items():
-            by_id[i] = density.background[r]
+        by_id[table.ids] = density.background
         adjusted = density.score(similarity, by_id[first], by_id[second])
         oracle_adjusted = best_threshold(adjusted.astype(np.float64), is_true, len(truth), True)
 
@@ -189,7 +188,9 @@ def quality(args: argparse.Namespace, work: Path) -> dict[str, object]:
         distance = np.count_nonzero(bits[first] != bits[second], axis=1)
         hashes[kind] = {**best_threshold(distance.astype(np.float64), is_true, len(truth), False),
                         "images_per_second": round(rate, 1)}
+    # "ours_auto" / "ours_best_threshold" are the default score (adjusted since commit c7dad07; cosine before)
     return {"images": len(paths), "true_pairs": len(truth), "encoder": encoder, "image_size": args.image_size,
+            "default_score": result.threshold.score,
             "encoder_fingerprint": embedded.encoder.get("id"), "precision_target": args.precision,
             "ours_auto": ours, "ours_auto_cosine": ours_cosine, "ours_best_threshold": oracle_adjusted,
             "ours_best_threshold_cosine": oracle, "phash_best": hashes["phash"], "dhash_best": hashes["dhash"],

@@ -85,7 +85,7 @@ class Calibration:
         ambiguous: stored images left out as probably duplicates already in the data.
         unreadable: sampled images that could not be read (skipped).
         seed: the seed of the sample and edits.
-        seconds: wall time, embedding the copies included when this call made them.
+        seconds: wall time, making and embedding the copies included.
         curve: (threshold, precision, recall) at a few fixed thresholds.
     """
 
@@ -172,8 +172,11 @@ def calibrate_threshold(vectors: np.ndarray, image_paths: Sequence[str | Path], 
     if vectors.shape[1] != encoder.dim:
         raise InvalidArgumentError(f"store vectors have dim {vectors.shape[1]} but the encoder gives {encoder.dim}; "
                                    "calibrate with the encoder that made the store")
+    made_before = copies is not None
     if copies is None:
         copies = make_edited_copies(image_paths, encoder, sample_size=sample_size, seed=seed, progress=progress)
+    if made_before:  # the copies' reading and embedding count as calibration time either way
+        start -= copies.seconds
     rows, unreadable = copies.rows, copies.unreadable
     cosines = copies.cosines(vectors)
     copies = copies.vectors
@@ -212,11 +215,13 @@ class EditedCopies:
         rows: (m,) int64 store row of each copy's original.
         vectors: (m, d) float32 L2-normalised embeddings of the copies.
         unreadable: sampled images that could not be read (skipped).
+        seconds: wall time to read, edit and embed them.
     """
 
     rows: np.ndarray
     vectors: np.ndarray
     unreadable: int
+    seconds: float = 0.0
 
     def cosines(self, store_vectors: np.ndarray) -> np.ndarray:
         """(m,) each copy's cosine similarity to its original."""
@@ -242,12 +247,13 @@ def make_edited_copies(image_paths: Sequence[str | Path], encoder: Encoder, *, s
     """
     if sample_size < 1:
         raise InvalidArgumentError(f"calibration sample size must be >= 1, got {sample_size}")
+    start = time.perf_counter()
     rows, vectors, unreadable = _make_copies(image_paths, sample_size, seed, encoder, progress)
     if len(rows) == 0:
         raise InputNotFoundError(
             f"cannot calibrate the threshold: none of the {unreadable} sampled images could be read (e.g. "
             f"{image_paths[0]}); restore the images, or pass a fixed --threshold T")
-    return EditedCopies(rows, vectors, unreadable)
+    return EditedCopies(rows, vectors, unreadable, time.perf_counter() - start)
 
 
 def _make_copies(image_paths: Sequence[str | Path], sample_size: int, seed: int, encoder: Encoder,
@@ -383,11 +389,14 @@ def _compare(vectors: np.ndarray, rows: np.ndarray, copies: np.ndarray, cosines:
     copy_cosine: list[float] = []
     ambiguous: set[tuple[int, int]] = set()
     width = CALIBRATION_NEIGHBORS + 1
+    near_labels = labels[:, :width]
+    # each copy's neighbours as seen from its original: one batched product, not a dot per neighbour
+    sure_of_original = np.einsum("id,ijd->ij", vectors[rows], vectors[np.maximum(near_labels, 0)]) >= sure
     for i, row in enumerate(rows.tolist()):
-        for cosine, label in zip(scores[i, :width].tolist(), labels[i, :width].tolist()):
+        for j, (cosine, label) in enumerate(zip(scores[i, :width].tolist(), near_labels[i].tolist())):
             if label < 0 or label == row:
                 continue
-            if label in probable[row] or same_file(row, label) or float(vectors[row] @ vectors[label]) >= sure:
+            if label in probable[row] or same_file(row, label) or sure_of_original[i, j]:
                 ambiguous.add((row, label))
                 continue
             copy_index.append(i)

@@ -18,7 +18,7 @@ from ..store import EmbeddingStore
 from .calibrate import (DEFAULT_PRECISION, DEFAULT_SAMPLE_SIZE, EditedCopies, calibrate_threshold, check_precision,
                         make_edited_copies)
 from .clusters import DEFAULT_KEEP, KEEP_POLICIES, ImageFacts, check_keep_policy, choose_keeper, connected_groups
-from .density import DensityAdjustment, resolve_score
+from .density import DENSITY_RANK, DensityAdjustment, resolve_score
 from .exact import EXACT_CANDIDATE_SIMILARITY, ContentHasher, chain_pairs, file_size, hash_groups, identical_pairs, match_kind
 from .graph import DEFAULT_NEIGHBORS, SimilarPairs, resolve_method, similar_pairs
 from .outputs import prepare_dedup_dir, write_clusters, write_list, write_summary
@@ -286,8 +286,6 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
         if calibrating:
             encoder = _store_encoder(rows, device)
         if score == "adjusted" and n >= 2:
-            from .density import DENSITY_RANK
-
             record = max(neighbors, DENSITY_RANK)
             sure = EXACT_CANDIDATE_SIMILARITY  # with a given threshold no copies say what a sure duplicate is
             if calibrating:  # the copies say what a sure duplicate is, which the backgrounds must leave out
