@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from sslsearch.ssl.losses import DINOLoss, info_nce_loss, nt_xent_loss
+from sslsearch.ssl.losses import DINOLoss, info_nce_loss, koleo_loss, nt_xent_loss
 from sslsearch.ssl.losses.dino import sinkhorn_knopp
 
 
@@ -209,3 +209,43 @@ def test_info_nce_with_batch_keys_matches_reference() -> None:
         negatives += sum(math.exp(float(qn[i] @ queue_n[m]) / 0.2) for m in range(queue.shape[0]))
         total += -math.log(positive / (positive + negatives))
     assert float(value) == pytest.approx(total / batch, rel=1e-5)
+
+
+def reference_koleo(x: torch.Tensor) -> float:
+    """-1/n Σ_i log min_{j≠i} ||x_i/|x_i| - x_j/|x_j||| (Sablayrolles et al. 2019, eq. 7)."""
+    x = x.double() / x.double().norm(dim=1, keepdim=True)
+    n = x.shape[0]
+    total = 0.0
+    for i in range(n):
+        nearest = min(float((x[i] - x[j]).norm()) for j in range(n) if j != i)
+        total += -math.log(nearest)
+    return total / n
+
+
+@pytest.mark.parametrize("rows", [2, 3, 17])
+def test_koleo_matches_reference(rows: int) -> None:
+    x = torch.randn(rows, 6, generator=torch.Generator().manual_seed(rows)) * 3.0
+    assert float(koleo_loss(x)) == pytest.approx(reference_koleo(x), rel=1e-5)
+
+
+def test_koleo_gradient_pushes_nearest_neighbours_apart() -> None:
+    """One gradient step on the rows lowers the loss and widens the closest pair's distance."""
+    x = torch.tensor([[1.0, 0.0, 0.0], [0.99, 0.1, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], requires_grad=True)
+    loss = koleo_loss(x)
+    loss.backward()
+    with torch.no_grad():
+        moved = x - 0.05 * x.grad
+        before = (x[0] / x[0].norm() - x[1] / x[1].norm()).norm()
+        after = (moved[0] / moved[0].norm() - moved[1] / moved[1].norm()).norm()
+    assert float(koleo_loss(moved)) < float(loss.detach())
+    assert float(after) > float(before)
+
+
+def test_koleo_survives_duplicate_rows_and_refuses_one_row() -> None:
+    x = torch.ones(3, 4, requires_grad=True)
+    value = koleo_loss(x)
+    assert math.isfinite(float(value.detach()))
+    value.backward()
+    assert torch.isfinite(x.grad).all()
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        koleo_loss(torch.ones(1, 4))

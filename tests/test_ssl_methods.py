@@ -186,6 +186,31 @@ def test_dino_sinkhorn_centering_leaves_the_center_alone_and_balances_the_teache
     assert float(output.logs["teacher_mean_entropy"]) > 0.95 * math.log(8)
 
 
+def test_dino_koleo_adds_the_weighted_regulariser_of_each_global_crop() -> None:
+    """loss = DINO loss + w · mean over the two global crops of KoLeo on the student's backbone features."""
+    from sslsearch.ssl.losses import koleo_loss
+
+    flat = {"method": "dino", "dino.prototypes": 8, "dino.hidden_dim": 32, "dino.bottleneck_dim": 16}
+    views = [torch.randn(6, 3, 32, 32), torch.randn(6, 3, 32, 32)]
+    torch.manual_seed(0)
+    backbone, dim = tiny_backbone()
+    plain = DINO(backbone, dim, from_flat(flat, TrainConfig()))
+    with_koleo = DINO(backbone, dim, from_flat(flat | {"dino.koleo_weight": 0.5}, TrainConfig()))
+    with_koleo.load_state_dict(plain.state_dict())
+    ctx = StepContext(0, plan())
+    base = plain(views, ctx)
+    output = with_koleo(views, ctx)
+    assert "koleo_loss" not in base.logs
+    with torch.no_grad():
+        features = with_koleo.backbone(torch.cat(views))
+    expected_koleo = (koleo_loss(features[:6]) + koleo_loss(features[6:])) / 2
+    torch.testing.assert_close(output.logs["koleo_loss"], expected_koleo, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(output.logs["dino_loss"], base.loss.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(output.loss.detach(), base.loss.detach() + 0.5 * expected_koleo, rtol=1e-4, atol=1e-5)
+    output.loss.backward()
+    assert all(p.grad is not None for p in with_koleo.backbone.parameters() if p.requires_grad)
+
+
 def test_lars_scales_updates_by_the_trust_ratio() -> None:
     weight = torch.nn.Parameter(torch.full((2, 2), 2.0))  # ‖w‖ = 4
     bias = torch.nn.Parameter(torch.ones(2))

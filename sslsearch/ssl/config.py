@@ -124,6 +124,8 @@ class DINOConfig:
     centering: str = option("mean", "teacher centering: mean (the paper's EMA center) or sinkhorn (Sinkhorn-Knopp "
                                     "over the batch, as DINOv2: every prototype gets an equal share, so the "
                                     "teacher can neither go uniform nor put every image on one prototype)")
+    koleo_weight: float = option(0.0, "weight of DINOv2's KoLeo regulariser on the student's backbone features of "
+                                      "each global crop (spreads the batch over the sphere; DINOv2: 0.1; 0 = off)")
     freeze_last_layer_epochs: float = option(1.0, "epochs during which the head's last layer is frozen "
                                                   "(capped at 20% of the steps)")
 

@@ -84,8 +84,9 @@ class CollapseMonitor:
             if means.get("teacher_mean_entropy", log_k) < ONE_PROTOTYPE_ENTROPY_FRACTION * log_k:
                 found["one_prototype"] = (f"DINO teacher collapsed onto one prototype: entropy of the mean output "
                                           f"{means['teacher_mean_entropy']:.3f} vs ln K = {log_k:.3f}")
-            if "loss" in means and abs(means["loss"] - log_k) < LOSS_AT_LOG_K_TOLERANCE * log_k:
-                found["loss_at_log_k"] = f"DINO loss {means['loss']:.4f} is stuck at ln K = {log_k:.4f}"
+            dino_loss = means.get("dino_loss", means.get("loss"))  # without a regulariser's share
+            if dino_loss is not None and abs(dino_loss - log_k) < LOSS_AT_LOG_K_TOLERANCE * log_k:
+                found["loss_at_log_k"] = f"DINO loss {dino_loss:.4f} is stuck at ln K = {log_k:.4f}"
         warnings = []
         for kind, message in found.items():
             last = self._last_reported.get(kind)

@@ -115,6 +115,12 @@ def validate_config(config: TrainConfig) -> type[Method]:
         raise unknown_name("precision", config.precision, PRECISIONS)
     if config.method == "dino" and config.dino.centering not in CENTERINGS:
         raise unknown_name("dino.centering", config.dino.centering, CENTERINGS)
+    if config.method == "dino" and not config.dino.koleo_weight >= 0:
+        raise InvalidArgumentError(f"dino.koleo_weight must be 0 (off) or positive, got {config.dino.koleo_weight}; "
+                                   "DINOv2 uses 0.1")
+    if config.method == "dino" and config.dino.koleo_weight > 0 and config.batch_size < 2:
+        raise InvalidArgumentError(f"dino.koleo_weight needs at least 2 images per step (each image's nearest "
+                                   f"neighbour in the batch), got --batch-size {config.batch_size}")
     for name in ("checkpoint_every_steps", "log_every_steps", "keep_checkpoints"):
         if getattr(config, name) < 1:
             raise InvalidArgumentError(f"{name} must be at least 1, got {getattr(config, name)}")

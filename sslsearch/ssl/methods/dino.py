@@ -9,7 +9,7 @@ from torch import nn
 
 from ..config import AugmentationConfig, TrainConfig
 from ..heads import DINOHead
-from ..losses import DINOLoss
+from ..losses import DINOLoss, koleo_loss
 from ..schedules import StepContext, cosine, linear_ramp
 from ..transforms import DINOTransform
 from .base import Method, MethodOutput, OptimizerDefaults, frozen_copy, short_run_momentum, update_momentum
@@ -90,6 +90,12 @@ class DINO(Method):
         probabilities = self.loss.teacher_probabilities(teacher_logits, teacher_temperature)  # no gradient
         loss = self.loss.cross_entropy(student_logits, probabilities,
                                        student_temperature=self.section.student_temperature)
+        logs: dict = {}
+        if self.section.koleo_weight > 0:
+            koleo = sum(koleo_loss(crop) for crop in features[0].chunk(2)) / 2  # per global crop, as DINOv2
+            logs["dino_loss"] = loss.detach()
+            logs["koleo_loss"] = koleo.detach()
+            loss = loss + self.section.koleo_weight * koleo
         with torch.no_grad():
             entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum(-1).mean()
             mean_probability = probabilities.mean(0)
@@ -97,7 +103,7 @@ class DINO(Method):
         if self.loss.centering == "mean":
             self.loss.update_center(teacher_logits)
         batch = views[0].shape[0]
-        logs = {"teacher_temperature": teacher_temperature, "teacher_momentum": self.teacher_momentum(ctx),
+        logs |= {"teacher_temperature": teacher_temperature, "teacher_momentum": self.teacher_momentum(ctx),
                 "teacher_entropy": entropy, "teacher_mean_entropy": mean_entropy,
                 "log_prototypes": math.log(self.section.prototypes)}
         embeddings = F.normalize(student_logits[:batch].detach().float(), dim=1)
