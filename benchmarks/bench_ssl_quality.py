@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         record = {"bench": "ssl_quality", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": git_commit(),
                   "machine": {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
-                              "cores": os.cpu_count(), "load_average": os.getloadavg()[0],
+                              "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                              "load_average": os.getloadavg()[0],
                               "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
                   "versions": {"torch": torch.__version__, "sslsearch": sslsearch.__version__},
                   "settings": {"data": dataset_name, "protocol": protocol,
