@@ -71,7 +71,8 @@ def test_resume_needs_no_repeated_options(sample_dir: Path, tmp_path: Path, caps
     (["--set", "lr"], "is not KEY=VALUE"),
     (["--method", "dino", "--set", "dino.centering=sinkorn"], "unknown dino.centering 'sinkorn' (did you mean "
                                                               "'sinkhorn'?)"),
-    (["--method", "dino", "--set", "dino.koleo_weight=-0.1"], "dino.koleo_weight must be 0 (off) or positive, got -0.1"),
+    (["--method", "dino", "--set", "dino.koleo_weight=-0.1"],
+     "dino.koleo_weight must be 0 (off) or positive, got -0.1"),
 ])
 def test_bad_options(sample_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str],
                      message: str) -> None:

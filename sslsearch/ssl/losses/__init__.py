@@ -1,4 +1,4 @@
-"""Self-supervised losses, one per method: NT-Xent (SimCLR), InfoNCE with a queue (MoCo), DINO, and the KoLeo regulariser."""
+"""Self-supervised losses, one per method (NT-Xent, InfoNCE with a queue, DINO), and the KoLeo regulariser."""
 from __future__ import annotations
 
 from .dino import DINOLoss
