@@ -17,8 +17,9 @@ from .result import ClusterMember, DedupResult, DuplicateCluster, ThresholdChoic
 from .run import deduplicate
 
 __all__ = [
-    "DEFAULT_KEEP", "DEFAULT_PRECISION", "GRAPH_METHODS", "KEEP_POLICIES", "SCORES", "Calibration", "ClusterMember",
-    "DedupResult", "DensityAdjustment", "DuplicateCluster", "ImageFacts", "SimilarPairs", "ThresholdChoice", "UnionFind",
+    "DEFAULT_KEEP", "DEFAULT_PRECISION", "GRAPH_METHODS", "KEEP_POLICIES", "SCORES", "Calibration",
+    "ClusterMember", "DedupResult", "DensityAdjustment", "DuplicateCluster", "ImageFacts", "SimilarPairs",
+    "ThresholdChoice", "UnionFind",
     "calibrate_threshold", "choose_keeper", "choose_threshold", "connected_groups", "deduplicate",
     "precision_recall", "similar_pairs", "write_report",
 ]

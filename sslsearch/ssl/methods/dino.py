@@ -30,6 +30,8 @@ class DINO(Method):
     centred (EMA of its batch mean) and sharpened (temperature warmed up from
     ``teacher_temperature_start``). The head's last layer is frozen for the first epoch. Crops of
     one size go through the backbone as one batch. The teacher backbone is the exported encoder.
+    With ``dino.koleo_weight`` > 0, DINOv2's KoLeo term on the student's backbone features of each
+    global crop is added (over this process's batch under DDP, as DINOv2).
     """
 
     name = "dino"
