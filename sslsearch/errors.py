@@ -56,6 +56,14 @@ class CheckpointError(SSLSearchError, ValueError):
     """A training checkpoint or run directory that cannot be used as asked."""
 
 
+class ServerError(SSLSearchError, RuntimeError):
+    """A search server (``sslsearch serve``) that refused a request or cannot be reached; ``status`` is the HTTP code."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def did_you_mean(name: str, choices: Iterable[str], *, limit: int = 3) -> str:
     """Return ' (did you mean X?)' for the closest choices, or '' when nothing is close."""
     close = difflib.get_close_matches(name, list(choices), n=limit, cutoff=0.6)

@@ -13,6 +13,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "embed",
     "index",
     "search",
+    "serve",
     "train",
 )
 
