@@ -123,7 +123,7 @@ def create_app(index_dirs: Sequence[str | os.PathLike[str]] | Mapping[str, Serve
     app.add_middleware(_BodyLimit, max_bytes=max_upload_bytes)
     expected = f"Bearer {token}".encode() if token else None
 
-    def authorized(request: Request) -> None:
+    async def authorized(request: Request) -> None:  # async: no thread hop per request
         if expected is None:
             return
         given = request.headers.get("authorization")
