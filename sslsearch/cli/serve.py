@@ -10,13 +10,13 @@ from .common import DeviceOption, info
 
 HELP = """Serve the indexes IDX... over HTTP: a web page at /, a JSON API (docs at /docs), store images by id.
 
-Each index is loaded once with its encoder (image queries are embedded as `embed` does). Name an
-index with NAME=DIR (default: the directory's name); requests choose one per call. Binds
-127.0.0.1 unless --host says otherwise: with --host 0.0.0.0 set --token, and put TLS in front.
+Each index is loaded once with its encoder (image queries are embedded as `embed` does). \
+Name an index with NAME=DIR (default: the directory's name); requests choose one per call. \
+Binds 127.0.0.1 unless --host says otherwise: with --host 0.0.0.0 set --token, and put TLS in front.
 
 Examples: sslsearch serve idx/
           sslsearch serve photos=idx/ faces=idx2/ --port 8080 --token s3cret
-          sslsearch serve idx/ --duplicates dups/        (the page's Duplicates tab)
+          sslsearch serve idx/ --duplicates dups/   (adds the page's Duplicates tab)
 """
 
 
@@ -39,6 +39,8 @@ def serve_command(
     app = create_app(indexes, token, duplicates=duplicates, device=device,
                      max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_queries=max_queries)
     names = ", ".join(app.state.catalog)
+    if not token and host not in ("127.0.0.1", "localhost", "::1"):
+        info(f"warning: serving on {host} without --token: anyone who can reach it can search and read the images")
     info(f"serving {names} on http://{host}:{port}/ (API docs at /docs){' with a token' if token else ''}")
     run_server(app, host, port)
 

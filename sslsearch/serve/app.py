@@ -160,7 +160,7 @@ def create_app(index_dirs: Sequence[str | os.PathLike[str]] | Mapping[str, Serve
         return _error(500, f"internal error ({type(error).__name__}); the server log has the details")
 
     # --- helpers -----------------------------------------------------------------------------
-    def check_k(served: ServedIndex, k: int) -> None:
+    def check_k(k: int) -> None:
         if not 1 <= k <= max_k:
             raise InvalidArgumentError(f"k must be between 1 and {max_k} (the server's limit), got {k}")
 
@@ -203,7 +203,7 @@ def create_app(index_dirs: Sequence[str | os.PathLike[str]] | Mapping[str, Serve
               dependencies=[Depends(authorized)])
     def search(name: str, body: SearchRequest) -> JSONResponse:
         served = find_index(catalog, name)
-        check_k(served, body.k)
+        check_k(body.k)
         if (body.vectors is None) == (body.ids is None):
             raise InvalidArgumentError("give exactly one of 'vectors' (a list of query vectors) or 'ids' (store ids)")
         if body.ids is not None:
@@ -227,7 +227,7 @@ def create_app(index_dirs: Sequence[str | os.PathLike[str]] | Mapping[str, Serve
     def search_images(name: str, files: list[UploadFile] = File(..., description="one or more image files"),
                       k: int = Form(10)) -> JSONResponse:
         served = find_index(catalog, name)
-        check_k(served, k)
+        check_k(k)
         check_count(len(files), "images")
         uploads = [UploadedImage(upload.filename or f"upload-{position}", upload.file.read())
                    for position, upload in enumerate(files)]
