@@ -104,6 +104,24 @@ def test_search_by_vectors_and_ids_matches_in_process(client, image_index):
     assert 3 not in [n["id"] for n in by_id[0]["neighbors"]]  # the query itself is left out
 
 
+def test_id_queries_from_memory_match_the_index(catalog, image_index, monkeypatch):
+    from sslsearch.serve import catalog as catalog_module
+
+    served, index = catalog["photos"], load_index(image_index[2])
+    wanted = [0, 3, 119, 3]
+    for cache_bytes in (catalog_module.ID_CACHE_BYTES, 0):  # vectors in memory, then read from the store
+        monkeypatch.setattr(catalog_module, "ID_CACHE_BYTES", cache_bytes)
+        got, want = served.search_ids(wanted, 6), index.search_ids(wanted, 6)
+        assert [r.query for r in got] == ["id:0", "id:3", "id:119", "id:3"]
+        for g, w in zip(got, want):
+            assert g.ids.tolist() == w.ids.tolist() and [h.path for h in g.neighbors] == [h.path for h in w.neighbors]
+            assert g.scores.tolist() == pytest.approx(w.scores.tolist(), abs=1e-6)
+        with pytest.raises(InvalidArgumentError, match="id 5000 is not in store"):
+            served.search_ids([1, 5000], 3)
+        with pytest.raises(InvalidArgumentError, match="k=120 is more than the 119 other vectors"):
+            served.search_ids([1], 120)
+
+
 def test_search_by_uploaded_images_batch_with_a_bad_one(client, image_index):
     images = image_index[0]
     first, second = sorted(images.glob("*/*.png"))[:2]
@@ -190,7 +208,7 @@ def test_an_internal_error_is_500_json_without_traceback(catalog, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom at /secret/internal/path")
 
-    monkeypatch.setattr(served.index, "search_ids", broken)
+    monkeypatch.setattr(served, "search_ids", broken)
     response = TestClient(create_app(catalog), raise_server_exceptions=False).post(
         "/indexes/photos/search", json={"ids": [1]})
     body = assert_json_error(response, 500, "internal error (RuntimeError)")

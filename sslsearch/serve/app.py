@@ -210,7 +210,7 @@ def create_app(index_dirs: Sequence[str | os.PathLike[str]] | Mapping[str, Serve
             check_count(len(body.ids), "ids")
             if not body.ids:
                 raise InvalidArgumentError("'ids' is empty; give store ids like [3, 17]")
-            results = served.index.search_ids(body.ids, body.k)
+            results = served.search_ids(body.ids, body.k)
         else:
             vectors = body.vectors or []
             check_count(len(vectors), "vectors")

@@ -16,6 +16,7 @@ from ..index.search import Index, SearchResult, load_index
 from ..sources import IMAGE_EXTENSIONS, SkippedFile, decode_image
 
 DEFAULT_MAX_PIXELS = 40_000_000  # per uploaded image: ~120 MB decoded; embed's own default (179 M) is for trusted files
+ID_CACHE_BYTES = 1 << 30  # id queries keep the store's vectors in memory up to this size (float32)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class ServedIndex:
     encoder_note: str | None = None
     _preprocessing: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _vectors: Any = field(default=None, repr=False)  # (sorted store ids, their float32 vectors) for id queries
 
     @property
     def source_root(self) -> Path | None:
@@ -56,6 +58,41 @@ class ServedIndex:
                 "ntotal": card.ntotal, "dim": card.dim, "encoder": card.encoder_spec,
                 "image_search": self.encoder is not None, "image_search_note": self.encoder_note,
                 "store_note": self.index.store_note, "recall_at_10": card.recall_at_10}
+
+    # --- id queries -------------------------------------------------------------------------
+    def search_ids(self, ids: Sequence[int], k: int) -> list[SearchResult]:
+        """``Index.search_ids`` with the store's vectors kept in memory (when they fit ``ID_CACHE_BYTES``).
+
+        ``Index.search_ids`` reads the store to find each query's vector: fine once, slow for a page
+        where every click is an id query (1.5 s per query on a 100k × 384 store). The answers are the same.
+
+        Raises:
+            InvalidArgumentError: an id not in the store; k ≤ 0 or k ≥ number of vectors.
+            StoreError: the store the index was built from is gone or changed.
+        """
+        store = self.index.store
+        if store is None or len(store) * store.dim * 4 > ID_CACHE_BYTES:
+            return self.index.search_ids(ids, k)
+        self.index._check_k(k, len(self.index) - 1, "other vectors in the index")
+        wanted = np.asarray(list(ids), dtype=np.int64)
+        with self._lock:
+            if self._vectors is None:
+                batch = store.read_all(("id", "embedding"))
+                order = np.argsort(batch.ids, kind="stable")
+                self._vectors = (batch.ids[order], batch.embeddings[order])
+        known, matrix = self._vectors
+        rows = np.searchsorted(known, wanted).clip(0, max(len(known) - 1, 0))
+        absent = known[rows] != wanted if len(known) else np.ones(len(wanted), bool)
+        if absent.any():
+            raise InvalidArgumentError(f"id {int(wanted[absent][0])} is not in store {store.directory} (ids run 0.."
+                                       f"{len(store) - 1}); pass ids the store holds")
+        # As Index.search_ids: search k + 1, drop each query's own id (or the last hit when it is absent).
+        scores, found = self.index.search_arrays(matrix[rows], k + 1)
+        is_self = found == wanted[:, None]
+        is_self[~is_self.any(axis=1), -1] = True
+        keep = ~(is_self & (np.cumsum(is_self, axis=1) == 1))
+        return self.index._results([f"id:{i}" for i in wanted.tolist()], scores[keep].reshape(len(wanted), k),
+                                   found[keep].reshape(len(wanted), k))
 
     # --- query images -----------------------------------------------------------------------
     def embed_uploads(self, uploads: Sequence[UploadedImage], *, max_pixels: int = DEFAULT_MAX_PIXELS
