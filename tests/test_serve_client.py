@@ -139,8 +139,35 @@ def test_cli_search_on_a_server(served, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
-def test_cli_serve_refuses_bad_input(tmp_path, capsys):
+def test_cli_serve_wires_its_options(served, monkeypatch, capsys):
+    from fastapi.testclient import TestClient
+
+    from sslsearch.serve import server as server_module
+
+    started = {}
+    monkeypatch.setattr(server_module, "run_server", lambda app, host, port: started.update(app=app, host=host,
+                                                                                           port=port))
+    _, _, index, dups, _ = served
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", f"photos={index}", "--port", "8123", "--token", "t", "--duplicates", str(dups),
+              "--max-queries", "1", "--device", "cpu"])
+    assert exit_info.value.code in (0, None)
+    assert "serving photos on http://127.0.0.1:8123/" in capsys.readouterr().err
+    assert (started["host"], started["port"]) == ("127.0.0.1", 8123)
+    client = TestClient(started["app"], headers={"Authorization": "Bearer t"})
+    assert client.get("/health").json()["duplicates"] is True
+    assert client.post("/indexes/photos/search", json={"ids": [1, 2]}).status_code == 400  # --max-queries 1
+    with pytest.raises(SystemExit):
+        main(["serve", str(index), "--host", "0.0.0.0", "--device", "cpu"])
+    assert "without --token" in capsys.readouterr().err
+
+
+def test_cli_serve_and_search_refuse_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["serve", str(tmp_path / "nothing")])
     err = capsys.readouterr().err
     assert exit_info.value.code == 1 and "does not exist" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        main(["search", "--ids", "3"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "give the index directory IDX first" in err
