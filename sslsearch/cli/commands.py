@@ -11,6 +11,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "data",
     "dedup",
     "embed",
+    "head",
     "index",
     "search",
     "train",

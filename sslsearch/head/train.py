@@ -31,6 +31,8 @@ BALANCES = ("loss", "sampling", "none")
 Metrics = Union[SingleLabelMetrics, MultiLabelMetrics]
 # Below this many multiply-adds per step one CPU thread is faster: the matmuls are too small to split.
 SINGLE_THREAD_STEP_WORK = 4_000_000
+# Few labelled rows in large batches would give one step per epoch, too few for early stopping to see progress.
+MIN_STEPS_PER_EPOCH = 10
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class HeadConfig:
     patience: int = 20  # stop after this many epochs without a lower validation loss
     learning_rate: float = 1e-3  # AdamW step size
     weight_decay: float = 1e-4  # AdamW decoupled weight decay
-    batch_size: int = 256  # rows per step
+    batch_size: int = 256  # most rows per step (small sets use smaller steps: an epoch makes >= MIN_STEPS_PER_EPOCH steps)
     validation_fraction: float = 0.2  # rows held out (per class) for early stopping, calibration and metrics
     balance: str = "loss"  # loss: inverse-frequency class weights (multi-label: per-label pos_weight);
     #                        sampling: draw rows with inverse-frequency weights; none
@@ -212,6 +214,7 @@ def _fit(rows: LabelledRows, train: np.ndarray, validation: np.ndarray, config: 
         if config.balance == "sampling" and not rows.multi_label:
             sampling_weights = weights.cpu()[targets.cpu()].double()
         n = len(features)
+        batch_size = _step_rows(n, config)
         history: list[EpochRecord] = []
         best_loss, best_epoch, best_state, stale = float("inf"), 0, copy.deepcopy(model.state_dict()), 0
         with progress_bar(config.epochs, "head", unit="epoch", enabled=progress) as bar:
@@ -223,8 +226,8 @@ def _fit(rows: LabelledRows, train: np.ndarray, validation: np.ndarray, config: 
                     order = torch.randperm(n, generator=generator)
                 order = order.to(device)
                 total, seen = 0.0, 0
-                for start in range(0, n, config.batch_size):
-                    batch = order[start:start + config.batch_size]
+                for start in range(0, n, batch_size):
+                    batch = order[start:start + batch_size]
                     loss = loss_function(model(features[batch]), targets[batch])
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -247,6 +250,11 @@ def _fit(rows: LabelledRows, train: np.ndarray, validation: np.ndarray, config: 
     model.load_state_dict(best_state)
     stopped_early = len(history) < config.epochs
     return model.eval().cpu(), history, best_epoch, stopped_early
+
+
+def _step_rows(n_train: int, config: HeadConfig) -> int:
+    """Rows per step: ``batch_size``, or fewer so that an epoch makes at least MIN_STEPS_PER_EPOCH steps."""
+    return min(config.batch_size, max(8, -(-n_train // MIN_STEPS_PER_EPOCH)))
 
 
 def _apply_overrides(config: HeadConfig | None, overrides: dict[str, Any]) -> HeadConfig:
@@ -319,8 +327,8 @@ def train_head(store: str | os.PathLike[str] | EmbeddingStore, labels: str | os.
     rows = labelled_rows(opened, labels, multi_label=multi_label)
     validation = _validation_mask(rows, config.validation_fraction, config.seed)
     train = ~validation
-    step_work = config.batch_size * rows.embeddings.shape[1] * max(len(rows.classes),
-                                                                    config.hidden_dim if config.kind == "mlp" else 1)
+    width = max(len(rows.classes), config.hidden_dim if config.kind == "mlp" else 1)
+    step_work = _step_rows(int(train.sum()), config) * rows.embeddings.shape[1] * width
     small = torch_device.type == "cpu" and step_work < SINGLE_THREAD_STEP_WORK
     with _cpu_threads(1 if small else None):
         model, history, best_epoch, stopped_early = _fit(rows, train, validation, config, torch_device, progress)
