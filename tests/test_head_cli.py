@@ -61,9 +61,12 @@ def test_train_writes_the_head_directory(store, tmp_path, capsys):
     head = json.loads((tmp_path / "h" / "head.json").read_text())
     assert head["encoder"]["spec"] == SPEC and head["dim"] == 96 and head["kind"] == "linear"
     assert set(json.loads((tmp_path / "h" / "metrics.json").read_text())) >= {"validation", "train", "history"}
-    code, out, err = run_cli(["head", "train", str(store), "--labels", "folders", "--out", str(tmp_path / "h"),
-                              "--epochs", "3", "--device", "cpu"], capsys)
-    assert code == 0 and "linear head, 10 classes" in out  # re-training into its own head directory is allowed
+    again = ["head", "train", str(store), "--labels", "folders", "--out", str(tmp_path / "h"), "--epochs", "3",
+             "--device", "cpu"]
+    code, out, err = run_cli(again, capsys)
+    assert_one_line_error(code, err, "already holds a head", "--overwrite")
+    code, out, err = run_cli(again + ["--overwrite"], capsys)
+    assert code == 0 and "linear head, 10 classes" in out
 
 
 def test_predict_images_matches_predict_store(head_dir, store, sample_dir, tmp_path, capsys):

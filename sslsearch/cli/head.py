@@ -41,7 +41,7 @@ def train_command(
     calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="Fit a temperature on the validation rows."),
     seed: int = typer.Option(0, "--seed", help="Initialisation, data order and validation split."),
     device: str = DeviceOption,
-    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a head in --out, or write into a non-empty one."),
     as_json: bool = JsonOption,
 ) -> None:
     from ..head import train_head
@@ -57,7 +57,7 @@ def train_command(
         print_json(result.to_dict())
         return
     typer.echo(result.summary())
-    typer.echo(f"head {out}: head.safetensors, head.json, metrics.json, confusion.png")
+    typer.echo(f"wrote {out}/: head.safetensors, head.json, metrics.json, confusion.png")
 
 
 PREDICT_HELP = (

@@ -96,8 +96,9 @@ def _check_store(head: Head, store: EmbeddingStore) -> None:
         hint = (wanted.get("source") or {}).get("spec") or wanted.get("spec", "?")
         raise EncoderMismatchError(
             f"store {store.directory} was embedded with {store.manifest.encoder_spec} ({store.manifest.encoder_id}, "
-            f"dim {store.dim}), but head {head.directory} was trained on {head.encoder_name} (dim {head.dim}) "
-            f"embeddings; embed the images with `sslsearch embed DATA --encoder {hint} ...` or pass the images")
+            f"dim {store.dim}), but head {head.directory} was trained on {wanted.get('spec', '?')} ({wanted.get('id', '?')}, "
+            f"dim {head.dim}) embeddings; embed the images with `sslsearch embed DATA --encoder {hint} ...` or pass "
+            "the images")
 
 
 def _is_store(path: PathLike) -> bool:

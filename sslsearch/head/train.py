@@ -15,13 +15,13 @@ import numpy as np
 import torch
 
 from ..devices import resolve_device
-from ..errors import InvalidArgumentError, unknown_name
+from ..errors import InvalidArgumentError, OutputExistsError, unknown_name
 from ..evaluate.labels import holdout_rows
 from ..files import atomic_write_json, prepare_output_dir
 from ..progress import progress_bar
 from ..store import EmbeddingStore, manifest_hash
 from .calibration import fit_temperature, fit_thresholds
-from .io import CONFUSION_PNG, HEAD_FILES, METRICS_JSON, Head, save_head
+from .io import CONFUSION_PNG, HEAD_FILES, HEAD_JSON, METRICS_JSON, Head, save_head
 from .labels import FOLDERS, LabelledRows, labelled_rows
 from .metrics import MultiLabelMetrics, SingleLabelMetrics, multi_label_metrics, single_label_metrics
 from .model import KINDS, HeadModel
@@ -300,7 +300,7 @@ def train_head(store: str | os.PathLike[str] | EmbeddingStore, labels: str | os.
         multi_label: several labels per image.
         config: a HeadConfig; ``**options`` override its fields (e.g. ``kind="mlp", epochs=50``).
         device: ``auto``, ``cpu`` or ``cuda``.
-        overwrite: write into an ``out`` that holds other files.
+        overwrite: replace a head in ``out``, or write into an ``out`` that holds other files.
         progress: progress bar on stderr (default: when stderr is a terminal).
 
     Returns:
@@ -309,7 +309,7 @@ def train_head(store: str | os.PathLike[str] | EmbeddingStore, labels: str | os.
     Raises:
         InvalidArgumentError / UnknownNameError: bad labels, too few rows, an option out of range.
         InputNotFoundError / StoreError: the store or labels file cannot be read.
-        OutputExistsError: ``out`` holds other data.
+        OutputExistsError: ``out`` holds a head or other data (without ``overwrite``).
 
     Example:
         >>> result = train_head("emb/", "folders", "head/", kind="mlp")  # doctest: +SKIP
@@ -323,6 +323,8 @@ def train_head(store: str | os.PathLike[str] | EmbeddingStore, labels: str | os.
     torch_device = resolve_device(device)
     opened = store if isinstance(store, EmbeddingStore) else EmbeddingStore.open(store)
     if out is not None:
+        if (Path(out) / HEAD_JSON).exists() and not overwrite:
+            raise OutputExistsError(f"{out} already holds a head; pass --overwrite to replace it, or choose another --out")
         prepare_output_dir(out, overwrite=overwrite, allowed=HEAD_FILES)
     rows = labelled_rows(opened, labels, multi_label=multi_label)
     validation = _validation_mask(rows, config.validation_fraction, config.seed)
@@ -366,6 +368,8 @@ def train_head(store: str | os.PathLike[str] | EmbeddingStore, labels: str | os.
                                                               "manifest_sha256": manifest_hash(opened.directory)}},
                 directory=Path(out) if out is not None else None)
     if out is not None:
+        # an old head.json goes first: until the new one is written the directory is not a head
+        (Path(out) / HEAD_JSON).unlink(missing_ok=True)
         atomic_write_json(Path(out) / METRICS_JSON, record)
         _plot(metrics, rows.classes, Path(out) / CONFUSION_PNG)
         save_head(head, out)
