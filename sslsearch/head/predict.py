@@ -20,6 +20,7 @@ from .io import Head, load_head
 HeadLike = Union[Head, str, os.PathLike]
 PathLike = Union[str, os.PathLike]
 LABELS_METADATA_KEY = b"sslsearch.head.labels"
+STORE_BATCH_ROWS = 65536  # store rows read at once when predicting a store
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,11 @@ def _from_vectors(head: Head, ids: np.ndarray, paths: list[str | None], vectors:
     if vectors.ndim != 2 or vectors.shape[1] != head.dim:
         raise EncoderMismatchError(f"vectors of shape {vectors.shape} do not fit head {head.directory}, which takes "
                                    f"(n, {head.dim}) embeddings of {head.encoder_name}")
-    probabilities = head.probabilities(vectors)
+    return _from_probabilities(head, ids, paths, head.probabilities(vectors), skipped)
+
+
+def _from_probabilities(head: Head, ids: np.ndarray, paths: list[str | None], probabilities: np.ndarray,
+                        skipped: Sequence[SkippedFile] = ()) -> HeadPredictions:
     scores = probabilities.max(axis=1) if len(probabilities) else np.zeros(0, np.float32)
     return HeadPredictions(ids=np.asarray(ids, np.int64), paths=list(paths), probabilities=probabilities,
                            labels=head.labels, multi_label=head.multi_label, predicted=_decide(head, probabilities),
@@ -160,8 +165,13 @@ def predict_head(head: HeadLike, inputs: PathLike | EmbeddingStore | np.ndarray 
     if isinstance(inputs, EmbeddingStore) or (isinstance(inputs, (str, os.PathLike)) and _is_store(inputs)):
         store = inputs if isinstance(inputs, EmbeddingStore) else EmbeddingStore.open(inputs)
         _check_store(head, store)
-        batch = store.read_all(("id", "embedding", "path"))
-        return _from_vectors(head, batch.ids, list(batch.columns["path"]), batch.embeddings)
+        ids, paths, parts = [], [], []
+        for batch in store.iter_batches(STORE_BATCH_ROWS, ("id", "embedding", "path")):  # memory: one batch
+            ids.append(batch.ids)
+            paths += batch.columns["path"]
+            parts.append(head.probabilities(batch.embeddings))
+        probabilities = np.concatenate(parts) if parts else np.zeros((0, len(head.labels)), np.float32)
+        return _from_probabilities(head, np.concatenate(ids) if ids else np.zeros(0, np.int64), paths, probabilities)
     from ..embed import embed_paths
 
     files = _image_files([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
