@@ -187,6 +187,14 @@ def test_labels_by_id_and_unlabelled_rows(blobs, tmp_path):
     assert result.n_train + result.n_validation == 100 and result.unlabelled == 140 and result.unmatched == 1
 
 
+def test_labels_by_absolute_path(blobs, tmp_path):
+    store, _, _ = blobs
+    rows = ["path,label"] + [f"{store / 'c0' / f'{i:05d}.png'},{'a' if i % 3 else 'b'}" for i in range(60)]
+    (tmp_path / "absolute.csv").write_text("\n".join(rows) + "\n")
+    result = train_head(store, tmp_path / "absolute.csv", None, epochs=2, **FAST)
+    assert result.class_counts == {"a": 40, "b": 20} and result.unlabelled == 180 and result.unmatched == 0
+
+
 def test_predicting_a_store_of_another_encoder_is_refused(blobs, tmp_path):
     store, test_vectors, _ = blobs
     train_head(store, "folders", tmp_path / "head", epochs=2, **FAST)
