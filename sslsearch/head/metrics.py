@@ -126,7 +126,6 @@ def expected_calibration_error(confidences: np.ndarray, correct: np.ndarray, bin
     if not len(confidences):
         return 0.0
     which = np.minimum((confidences * bins).astype(np.int64), bins - 1)
-    counts = np.bincount(which, minlength=bins)
     confidence_sums = np.bincount(which, weights=confidences, minlength=bins)
     correct_sums = np.bincount(which, weights=correct, minlength=bins)
     return float(np.abs(correct_sums - confidence_sums).sum() / len(confidences))
