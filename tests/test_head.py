@@ -13,6 +13,7 @@ from sslsearch.errors import EncoderMismatchError, InputNotFoundError, InvalidAr
 from sslsearch.evaluate.labels import holdout_rows
 from sslsearch.head import (
     HeadConfig,
+    evaluate_head,
     load_head,
     predict_head,
     read_label_file,
@@ -162,6 +163,25 @@ def test_multi_label_head(tmp_path):
     table = pq.read_table(tmp_path / "p.parquet")
     assert table.column("labels").to_pylist()[:5] == [list(p) for p in predictions.predicted[:5]]
     assert json.loads(table.schema.metadata[b"sslsearch.head.labels"]) == ["cat", "dog", "outdoor"]
+
+
+def test_evaluate_on_an_independent_store(blobs, tmp_path):
+    store, test_vectors, test_labels = blobs
+    train_head(store, "folders", tmp_path / "head", epochs=30, **FAST)
+    names = _names(test_labels)
+    names[0] = "c9"  # a class the head never saw: left out and reported
+    test_store = write_store(tmp_path / "test", test_vectors, names)
+    evaluation = evaluate_head(tmp_path / "head", test_store)
+    predicted = predict_head(tmp_path / "head", test_vectors[1:]).probabilities.argmax(1)
+    assert evaluation.rows == 59 and evaluation.unknown_labels == ("c9",) and evaluation.unknown_rows == 1
+    assert evaluation.metrics.accuracy == pytest.approx(np.mean(predicted == test_labels[1:])) and \
+        evaluation.metrics.accuracy >= 0.95
+    assert np.asarray(evaluation.metrics.confusion).sum() == 59
+    only_one_class = write_store(tmp_path / "ones", test_vectors[test_labels == 1], ["c1"] * 15)
+    assert evaluate_head(tmp_path / "head", only_one_class).metrics.balanced_accuracy >= 0.9
+    other = write_store(tmp_path / "other", test_vectors, names, encoder=OTHER_ENCODER)
+    with pytest.raises(EncoderMismatchError, match="timm:other"):
+        evaluate_head(tmp_path / "head", other)
 
 
 def test_save_load_round_trip_is_exact(blobs, tmp_path):

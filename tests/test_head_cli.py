@@ -87,6 +87,15 @@ def test_predict_images_matches_predict_store(head_dir, store, sample_dir, tmp_p
     assert code == 0 and out.splitlines()[0].split() == ["id", "path", "label", "score"] and len(out.splitlines()) == 122
 
 
+def test_evaluate_command(head_dir, store, capsys):
+    code, out, err = run_cli(["head", "evaluate", str(head_dir), str(store), "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["rows"] == 120 and np.asarray(result["metrics"]["confusion"]).shape == (10, 10)
+    code, out, err = run_cli(["head", "evaluate", str(head_dir), str(store)], capsys)
+    assert code == 0 and out.startswith("120 rows: accuracy ")
+
+
 def test_predict_skips_bad_images(head_dir, images_with_bad_files, capsys):
     code, out, err = run_cli(["head", "predict", str(head_dir), str(images_with_bad_files), "--json",
                               "--device", "cpu"], capsys)

@@ -1,4 +1,4 @@
-"""`sslsearch head train|predict|export`: classification heads on frozen embeddings."""
+"""`sslsearch head train|predict|evaluate|export`: classification heads on frozen embeddings."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,8 @@ import typer
 
 from .common import DeviceOption, JsonOption, info, print_json, table
 
-head_app = typer.Typer(help="Task heads on frozen embeddings: train a classifier on a store, predict, export to ONNX.",
+head_app = typer.Typer(help="Task heads on frozen embeddings: train a classifier on a store, predict, evaluate, export "
+                       "to ONNX.",
                        no_args_is_help=True)
 
 TRAIN_HELP = (
@@ -98,6 +99,30 @@ def predict_command(
         typer.echo(table(rows, ["id", "path", key, "score"]))
 
 
+EVALUATE_HELP = (
+    "Score the head HEAD on the labelled rows of the store EMB (from the head's encoder, images the head was not "
+    "trained on): accuracy, balanced accuracy, macro-F1 and calibration error (multi-label: micro/macro-F1, mAP). "
+    "Unlike metrics.json, which is measured on the validation rows that also chose the epoch and the temperature, "
+    "this is an unbiased figure. --labels as for `head train`.\n\n"
+    "Example: sslsearch head evaluate head/ test-emb/ --labels folders"
+)
+
+
+def evaluate_command(
+    head: Path = typer.Argument(..., metavar="HEAD", help="Head directory written by `sslsearch head train`."),
+    store: Path = typer.Argument(..., metavar="EMB", help="Labelled embedding store from the head's encoder."),
+    labels: str = typer.Option("folders", "--labels", "-l", help="Labels CSV/Parquet (path|id, label), or `folders`."),
+    as_json: bool = JsonOption,
+) -> None:
+    from ..head import evaluate_head
+
+    result = evaluate_head(head, store, labels)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        typer.echo(result.summary())
+
+
 EXPORT_HELP = (
     "Export the head HEAD together with its backbone as one ONNX graph (dynamic batch): input `images` (n, 3,"
     " S, S) float32 RGB in [0, 1], resized and centre-cropped as head.json's encoder preprocessing says; "
@@ -129,5 +154,6 @@ def export_command(
 def register(app: typer.Typer, index_app: typer.Typer, bench_app: typer.Typer) -> None:
     head_app.command("train", help=TRAIN_HELP)(train_command)
     head_app.command("predict", help=PREDICT_HELP)(predict_command)
+    head_app.command("evaluate", help=EVALUATE_HELP)(evaluate_command)
     head_app.command("export", help=EXPORT_HELP)(export_command)
     app.add_typer(head_app, name="head")

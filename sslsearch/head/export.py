@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import sys
@@ -90,8 +91,8 @@ def build_pipeline(head: Head) -> tuple[HeadPipeline, int]:
 
 def _require_onnx() -> None:
     try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
+        for name in ("onnx", "onnxscript"):  # the exporter imports them itself; fail early with the fix
+            importlib.import_module(name)
     except ImportError as error:
         raise InvalidArgumentError(f"ONNX export needs the onnx and onnxscript packages ({error.name} is missing): "
                                    "pip install 'sslsearch[onnx]'") from None

@@ -155,7 +155,7 @@ def _store_keys(store: EmbeddingStore, ids: np.ndarray, paths: list[str], key: s
 
 
 def labelled_rows(store: str | os.PathLike[str] | EmbeddingStore, labels: str | os.PathLike[str] | None = FOLDERS,
-                  *, multi_label: bool = False) -> LabelledRows:
+                  *, multi_label: bool = False, min_classes: int = 2) -> LabelledRows:
     """Join a store's rows with their labels; rows without a label are left out (and counted).
 
     Args:
@@ -163,10 +163,11 @@ def labelled_rows(store: str | os.PathLike[str] | EmbeddingStore, labels: str | 
         labels: a labels file (see ``read_label_file``), or ``"folders"`` / None for the store's
             ``label`` column (the ImageFolder parent folder of each image).
         multi_label: allow several labels per row; otherwise a row with two labels is an error.
+        min_classes: fewest distinct classes a single-label set may have (2 to train; 1 to score).
 
     Raises:
         InvalidArgumentError: the store has no labels, a row has several labels without
-            ``multi_label``, the file names no row of the store, or fewer than 2 classes (single-label).
+            ``multi_label``, the file names no row of the store, or fewer than ``min_classes`` classes.
         InputNotFoundError / StoreError: the store or the file cannot be read.
     """
     opened = store if isinstance(store, EmbeddingStore) else EmbeddingStore.open(store)
@@ -209,9 +210,9 @@ def labelled_rows(store: str | os.PathLike[str] | EmbeddingStore, labels: str | 
     classes = tuple(sorted({label for i in keep for label in row_labels[i]}))
     if multi_label and not classes:
         raise InvalidArgumentError(f"{source} gives no label to any row of {opened.directory}; a head needs labels")
-    if not multi_label and len(classes) < 2:
+    if not multi_label and len(classes) < min_classes:
         raise InvalidArgumentError(f"{source} gives {len(keep)} row(s) of {opened.directory} {len(classes)} class(es) "
-                                   f"{list(classes)}; a single-label head needs at least 2 classes")
+                                   f"{list(classes)}; a single-label head needs at least {min_classes} classes")
     position = {name: c for c, name in enumerate(classes)}
     rows = np.asarray(keep, dtype=np.int64)
     if multi_label:

@@ -91,7 +91,8 @@ def head_encoder(head: Head, *, device: str = "auto") -> Encoder:
     return encoder
 
 
-def _check_store(head: Head, store: EmbeddingStore) -> None:
+def check_store(head: Head, store: EmbeddingStore) -> None:
+    """Raise EncoderMismatchError unless ``store`` was embedded with the head's encoder (same fingerprint and dim)."""
     seen, wanted = store.encoder, head.encoder
     if (seen.get("id") and wanted.get("id") and seen["id"] != wanted["id"]) or store.dim != head.dim:
         hint = (wanted.get("source") or {}).get("spec") or wanted.get("spec", "?")
@@ -164,7 +165,7 @@ def predict_head(head: HeadLike, inputs: PathLike | EmbeddingStore | np.ndarray 
         return _from_vectors(head, np.arange(len(inputs)), [None] * len(inputs), np.asarray(inputs, np.float32))
     if isinstance(inputs, EmbeddingStore) or (isinstance(inputs, (str, os.PathLike)) and _is_store(inputs)):
         store = inputs if isinstance(inputs, EmbeddingStore) else EmbeddingStore.open(inputs)
-        _check_store(head, store)
+        check_store(head, store)
         ids, paths, parts = [], [], []
         for batch in store.iter_batches(STORE_BATCH_ROWS, ("id", "embedding", "path")):  # memory: one batch
             ids.append(batch.ids)
