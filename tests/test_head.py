@@ -184,6 +184,16 @@ def test_evaluate_on_an_independent_store(blobs, tmp_path):
         evaluate_head(tmp_path / "head", other)
 
 
+def test_multi_label_from_folders_leaves_unlabelled_rows_out(tmp_path):
+    vectors, labels = clustered(20, 2, 8, seed=4)
+    names: list[str | None] = _names(labels)
+    names[:5] = [None] * 5
+    result = train_head(write_store(tmp_path / "emb", vectors, names), "folders", None, multi_label=True, epochs=3,
+                        **FAST)
+    assert result.unlabelled == 5 and result.n_train + result.n_validation == 35
+    assert result.class_counts == {"c0": 15, "c1": 20}
+
+
 def test_save_load_round_trip_is_exact(blobs, tmp_path):
     store, test_vectors, _ = blobs
     result = train_head(store, "folders", tmp_path / "head", kind="mlp", epochs=5, **FAST)

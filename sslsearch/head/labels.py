@@ -179,7 +179,8 @@ def labelled_rows(store: str | os.PathLike[str] | EmbeddingStore, labels: str | 
     paths = [str(p) for p in batch.columns["path"]]
     unmatched = 0
     if from_folders:
-        row_labels = [_split_cell(v) if multi_label else ((str(v),) if v not in (None, "") else ())
+        # a row without a folder label is unlabelled (left out), not a negative for every label
+        row_labels = [None if v in (None, "") else (_split_cell(v) if multi_label else (str(v),))
                       for v in batch.columns["label"]]
         source = f"the label column of {opened.directory}"
     else:
