@@ -275,3 +275,14 @@ def test_other_bad_input(blobs, tmp_path):
         train_head(store, "folders", tmp_path / "busy", **FAST)
     with pytest.raises(InputNotFoundError, match="not a head directory"):
         load_head(tmp_path)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("balance", ["loss", "sampling"])
+def test_training_on_the_gpu(blobs, tmp_path, balance):
+    store, test_vectors, test_labels = blobs
+    result = train_head(store, "folders", tmp_path / "head", kind="mlp", balance=balance, epochs=30, device="cuda",
+                        progress=False)
+    assert result.device.startswith("cuda") and next(result.head.module.parameters()).device.type == "cpu"
+    predicted = predict_head(tmp_path / "head", test_vectors).probabilities.argmax(1)
+    assert np.mean(predicted == test_labels) >= 0.95
