@@ -1,7 +1,7 @@
 """Self-supervised pretraining (SimCLR, MoCo v2, DINO) of timm backbones into encoders that `embed` uses.
 
 Modules: config (TrainConfig + YAML), transforms/ (views), heads/, losses/, methods/ (the Method
-interface and METHODS registry), optimizers (SGD/LARS/AdamW), schedules, data (views and step
+interface and METHODS registry), optimizers (SGD/LARS/AdamW), plan (budget → steps), schedules, data (views and step
 batches), monitor (collapse, online k-NN), checkpoint, rundir, distributed, backbone, train (the trainer).
 """
 from __future__ import annotations

@@ -189,6 +189,8 @@ class TrainConfig:
         return getattr(self, self.method, None)
 
 
+RUN_CONFIG_NAME = "config.yaml"  # the resolved config in a training run directory (rundir.py)
+
 SECTIONS = ("augmentation", "optimizer", "simclr", "moco", "dino", "mae")
 
 
@@ -337,6 +339,21 @@ def load_yaml(path: str | os.PathLike[str], base: TrainConfig | None = None) -> 
     return from_dict(data, base, source=str(path))
 
 
+def load_run_config(run: str | os.PathLike[str]) -> TrainConfig:
+    """The resolved config a training run was started with (``RUN/config.yaml``).
+
+    Raises:
+        InputNotFoundError: ``run`` is not a run directory.
+    """
+    from ..errors import InputNotFoundError
+
+    path = Path(run) / RUN_CONFIG_NAME
+    if not path.is_file():
+        raise InputNotFoundError(f"{Path(run)} is not a training run (no {RUN_CONFIG_NAME}); "
+                                 "start one without --resume")
+    return load_yaml(path)
+
+
 def to_yaml(config: TrainConfig, *, comments: bool = True) -> str:
     """The config as YAML, each field preceded by its help text as a comment."""
     lines: list[str] = []
@@ -391,10 +408,8 @@ def build_config(overrides: dict[str, Any], *, config_file: str | os.PathLike[st
     any option given that differs from the run is refused later by the trainer.
     """
     if resume_run is not None:
-        from .rundir import RunDirectory
-
         # stop_after_steps belongs to the session that set it, not to the run
-        config = dataclasses.replace(RunDirectory(resume_run).load_config(), stop_after_steps=None)
+        config = dataclasses.replace(load_run_config(resume_run), stop_after_steps=None)
     else:
         config = TrainConfig()
     if config_file is not None:
