@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from .config import TrainConfig, load_yaml, to_yaml
 from .methods import METHODS, Method, MethodOutput, get_method, register_method
-from .train import TrainResult, TrainingDivergedError, train
+from ..errors import TrainingDivergedError
+from .train import TrainResult, train
 
 __all__ = ["METHODS", "Method", "MethodOutput", "TrainConfig", "TrainResult", "TrainingDivergedError", "get_method",
            "load_yaml", "register_method", "to_yaml", "train"]

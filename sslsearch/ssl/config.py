@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import types
 import typing
@@ -12,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, did_you_mean
 
 
 def option(default: Any, help: str, *, runtime: bool = False) -> Any:
@@ -314,9 +313,7 @@ def from_flat(overrides: dict[str, Any], base: TrainConfig, *, source: str = "fl
 
 
 def _near(name: str, choices: Any, section: str = "") -> str:
-    close = difflib.get_close_matches(name, list(choices), n=2, cutoff=0.5)
-    prefix = f"{section}." if section else ""
-    return f" (did you mean {' or '.join(repr(prefix + c) for c in close)}?)" if close else ""
+    return did_you_mean(name, choices, limit=2, cutoff=0.5, prefix=f"{section}." if section else "")
 
 
 def load_yaml(path: str | os.PathLike[str], base: TrainConfig | None = None) -> TrainConfig:

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..devices import resolve_device
+from ..devices import compute_threads, default_training_workers, resolve_device, torch_threads
 from ..encoders import default_preprocessing, save_encoder
-from ..errors import InvalidArgumentError, SSLSearchError, unknown_name
+from ..errors import InvalidArgumentError, TrainingDivergedError, unknown_name
 from ..files import DirectoryLock
 from ..progress import progress_bar, progress_enabled
 from ..sources import list_images
@@ -26,8 +26,7 @@ from . import distributed
 from .backbone import build_backbone, check_input_sizes, is_vision_transformer
 from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .config import TrainConfig, to_dict
-from .data import (StepBatchSampler, ViewDataset, compute_threads, default_workers, load_training_images,
-                   make_loader)
+from .data import StepBatchSampler, ViewDataset, load_training_images, make_loader
 from .methods import Method, get_method
 from .monitor import CollapseMonitor, KNNMonitor
 from .optimizers import build_optimizer, resolve_optimizer_config, set_hyperparameters
@@ -38,10 +37,6 @@ from .schedules import StepContext, cosine, warmup_cosine
 from .transforms import resolve_augmentation
 
 PRECISIONS = ("auto", "fp32", "bf16")
-
-
-class TrainingDivergedError(SSLSearchError, RuntimeError):
-    """The loss became NaN or infinite."""
 
 
 @dataclass(frozen=True)
@@ -181,7 +176,6 @@ class Trainer:
     # -- setup -------------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
-        threads = torch.get_num_threads()
         lock = DirectoryLock(self.run_dir.path) if self.process.is_main else nullcontext()
         if self.process.is_main:
             if self.resume:
@@ -189,11 +183,10 @@ class Trainer:
             else:
                 self.run_dir.check_fresh()
         try:
-            with lock:
+            with lock, torch_threads():  # setup may lower torch's threads beside loader processes
                 self.setup()
                 return self.loop()
         finally:
-            torch.set_num_threads(threads)
             if self.owns_process_group and self.process.distributed:
                 torch.distributed.destroy_process_group()
 
@@ -259,7 +252,7 @@ class Trainer:
         self.transform = self.method_cls.build_transform(config.image_size, augmentation,
                                                          self.preprocessing.mean, self.preprocessing.std)
         self.dataset = ViewDataset(self.images, self.transform, config.seed)
-        self.workers = config.workers if config.workers is not None else default_workers(
+        self.workers = config.workers if config.workers is not None else default_training_workers(
             device_type=self.device.type, preloaded=self.images.cache is not None)
         if self.device.type == "cpu":
             torch.set_num_threads(compute_threads(self.workers))
