@@ -6,23 +6,27 @@ from typing import Optional
 
 import typer
 
-from .common import DeviceOption, JsonOption, info, print_json, table
+from .common import DeviceOption, HelpCommand, HelpGroup, JsonOption, info, print_json, table
 
 head_app = typer.Typer(help="Task heads on frozen embeddings: train a classifier on a store, predict, evaluate, export "
-                       "to ONNX.",
-                       no_args_is_help=True)
+                       "to ONNX.", no_args_is_help=True, rich_markup_mode="markdown", cls=HelpGroup)
 
-TRAIN_HELP = (
-    "Train a classification head (linear or a small MLP) on the frozen embeddings of the store EMB.\n\n"
-    "Labels come from --labels: a CSV/Parquet file with a `path` (relative to the store's source folder, or "
-    "absolute) or `id` column and a `label` column — several labels per image as `a|b` or several rows, with "
-    "--multi-label — or `folders` for the store's ImageFolder class folders. Unlabelled rows are left out.\n\n"
-    "A seeded share of each class (--validation-fraction) is held out: it picks the epoch with the lowest "
-    "validation loss (early stopping), fits the temperature that calibrates the probabilities, and gives the "
-    "metrics. Classes are balanced by loss weights (--balance). The head directory gets head.safetensors, "
-    "head.json, metrics.json and confusion.png.\n\n"
-    "Example: sslsearch head train emb/ --labels folders --out head/ --kind mlp"
-)
+TRAIN_HELP = """Train a classification head (linear or a small MLP) on the frozen embeddings of the store EMB.
+
+Labels come from **--labels**:
+
+* **folders**: the store's ImageFolder class folders (its `label` column);
+* **FILE.csv** or **.parquet**: a `path` column (relative to the store's source folder, or absolute) or an
+  `id` column (store ids), and a `label` column. With --multi-label an image may have several labels, as
+  `a|b` in one cell or as several rows.
+
+Rows without a label are left out. A seeded share of each class (--validation-fraction) is held out: it
+picks the epoch with the lowest validation loss (early stopping), fits the temperature that calibrates the
+probabilities, and gives the metrics. Classes are balanced by loss weights (--balance). The head directory
+gets head.safetensors, head.json, metrics.json and confusion.png.
+
+Example: `sslsearch head train emb/ --labels folders --out head/ --kind mlp`
+"""
 
 
 def train_command(
@@ -61,14 +65,18 @@ def train_command(
     typer.echo(f"wrote {out}/: head.safetensors, head.json, metrics.json, confusion.png")
 
 
-PREDICT_HELP = (
-    "Run the head HEAD on INPUT: an embedding store (it must come from the head's encoder), or image files, "
-    "folders or lists, which are embedded with the head's own encoder first.\n\n"
-    "With --out, writes Parquet: id, path, label (or labels with --multi-label heads), score (top-class "
-    "probability) and probabilities (one per class, in head.json's label order). Without --out, prints a "
-    "table.\n\n"
-    "Examples: sslsearch head predict head/ new-images/ --out predictions.parquet\n          sslsearch head predict head/ emb/ --json"
-)
+PREDICT_HELP = """Run the head HEAD on INPUT: an embedding store (it must come from the head's encoder), or image files,
+folders or lists, which are embedded with the head's own encoder first.
+
+With --out, writes Parquet: id, path, label (labels for a multi-label head), score (top-class probability)
+and probabilities (one per class, in head.json's label order). Without --out, prints a table, or JSON with
+--json.
+
+Examples:
+
+* `sslsearch head predict head/ new-images/ --out predictions.parquet`
+* `sslsearch head predict head/ emb/ --json`
+"""
 
 
 def predict_command(
@@ -99,13 +107,15 @@ def predict_command(
         typer.echo(table(rows, ["id", "path", key, "score"]))
 
 
-EVALUATE_HELP = (
-    "Score the head HEAD on the labelled rows of the store EMB (from the head's encoder, images the head was not "
-    "trained on): accuracy, balanced accuracy, macro-F1 and calibration error (multi-label: micro/macro-F1, mAP). "
-    "Unlike metrics.json, which is measured on the validation rows that also chose the epoch and the temperature, "
-    "this is an unbiased figure. --labels as for `head train`.\n\n"
-    "Example: sslsearch head evaluate head/ test-emb/ --labels folders"
-)
+EVALUATE_HELP = """Score the head HEAD on the labelled rows of the store EMB: accuracy, balanced accuracy, macro-F1 and
+calibration error (multi-label: micro- and macro-F1, mAP).
+
+EMB must come from the head's encoder and hold images the head was not trained on. Unlike metrics.json,
+measured on the validation rows that also chose the epoch and the temperature, this is an unbiased figure.
+--labels as for `head train`.
+
+Example: `sslsearch head evaluate head/ test-emb/ --labels folders`
+"""
 
 
 def evaluate_command(
@@ -123,13 +133,17 @@ def evaluate_command(
         typer.echo(result.summary())
 
 
-EXPORT_HELP = (
-    "Export the head HEAD together with its backbone as one ONNX graph (dynamic batch): input `images` (n, 3,"
-    " S, S) float32 RGB in [0, 1], resized and centre-cropped as head.json's encoder preprocessing says; "
-    "outputs `probabilities` (calibrated) and `embeddings`. Labels, thresholds and preprocessing are in the "
-    "model's metadata. When onnxruntime is installed the file is checked against torch on random inputs.\n\n"
-    "Needs: pip install 'sslsearch[onnx]'.   Example: sslsearch head export head/ --onnx classifier.onnx"
-)
+EXPORT_HELP = """Export the head HEAD together with its backbone as one ONNX graph with a dynamic batch.
+
+* input `images`: (n, 3, S, S) float32 RGB in [0, 1], resized and centre-cropped as head.json's encoder
+  preprocessing says (the mean/std normalisation is in the graph);
+* outputs `probabilities` (calibrated) and `embeddings`.
+
+Labels, thresholds and preprocessing are in the model's metadata. When onnxruntime is installed the file
+is checked against torch on random inputs. Needs `pip install 'sslsearch[onnx]'`.
+
+Example: `sslsearch head export head/ --onnx classifier.onnx`
+"""
 
 
 def export_command(
@@ -152,8 +166,8 @@ def export_command(
 
 
 def register(app: typer.Typer, index_app: typer.Typer, bench_app: typer.Typer) -> None:
-    head_app.command("train", help=TRAIN_HELP)(train_command)
-    head_app.command("predict", help=PREDICT_HELP)(predict_command)
-    head_app.command("evaluate", help=EVALUATE_HELP)(evaluate_command)
-    head_app.command("export", help=EXPORT_HELP)(export_command)
+    head_app.command("train", help=TRAIN_HELP, cls=HelpCommand)(train_command)
+    head_app.command("predict", help=PREDICT_HELP, cls=HelpCommand)(predict_command)
+    head_app.command("evaluate", help=EVALUATE_HELP, cls=HelpCommand)(evaluate_command)
+    head_app.command("export", help=EXPORT_HELP, cls=HelpCommand)(export_command)
     app.add_typer(head_app, name="head")
