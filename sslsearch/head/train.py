@@ -1,12 +1,10 @@
 """Training a head on frozen embeddings: class balance, early stopping on held-out rows, temperature scaling."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -14,9 +12,10 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from ..devices import resolve_device
+from ..devices import resolve_device, torch_threads
 from ..errors import InvalidArgumentError, OutputExistsError, unknown_name
 from ..evaluate.labels import holdout_rows
+from ..evaluate.linear import SINGLE_THREAD_STEP_WORK  # below this many multiply-adds per step, one thread is faster
 from ..files import atomic_write_json, prepare_output_dir
 from ..progress import progress_bar
 from ..store import EmbeddingStore, manifest_hash
@@ -29,8 +28,6 @@ from .plot import plot_confusion
 
 BALANCES = ("loss", "sampling", "none")
 Metrics = Union[SingleLabelMetrics, MultiLabelMetrics]
-# Below this many multiply-adds per step one CPU thread is faster: the matmuls are too small to split.
-SINGLE_THREAD_STEP_WORK = 4_000_000
 # Few labelled rows in large batches would give one step per epoch, too few for early stopping to see progress.
 MIN_STEPS_PER_EPOCH = 10
 
@@ -132,17 +129,6 @@ class HeadTrainResult:
                 "unlabelled": self.unlabelled, "unmatched": self.unmatched, "class_counts": self.class_counts,
                 "temperature": self.temperature, "device": self.device, "seconds": round(self.seconds, 3),
                 "history": [dataclasses.asdict(r) for r in self.history]}
-
-
-@contextlib.contextmanager
-def _cpu_threads(threads: int | None) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _validation_mask(rows: LabelledRows, fraction: float, seed: int) -> np.ndarray:
@@ -332,7 +318,7 @@ def train_head(store: str | os.PathLike[str] | EmbeddingStore, labels: str | os.
     width = max(len(rows.classes), config.hidden_dim if config.kind == "mlp" else 1)
     step_work = _step_rows(int(train.sum()), config) * rows.embeddings.shape[1] * width
     small = torch_device.type == "cpu" and step_work < SINGLE_THREAD_STEP_WORK
-    with _cpu_threads(1 if small else None):
+    with torch_threads(1 if small else None):
         model, history, best_epoch, stopped_early = _fit(rows, train, validation, config, torch_device, progress)
         with torch.no_grad():
             validation_logits = model(torch.as_tensor(rows.embeddings[validation]))
