@@ -388,17 +388,39 @@ def edit_copy(image: Image.Image, rng: np.random.Generator) -> tuple[Image.Image
     return out.convert("RGB"), tuple(edits)
 
 
-def _thumb(image: Image.Image) -> np.ndarray:
-    return np.asarray(image.convert("L").resize((16, 16), Image.BILINEAR), dtype=np.float32).ravel() / 255.0
+def trim_border(image: Image.Image, tolerance: int = 24, rounds: int = 2) -> Image.Image:
+    """The image without its uniform border (the median border colour, twice: a pad, then the margin
+    inside it), centred on a white square."""
+    for _ in range(rounds):
+        pixels = np.asarray(image, dtype=np.int16)
+        border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+        mask = np.abs(pixels - np.median(border, axis=0)).max(axis=2) > tolerance
+        if not mask.any():
+            break
+        ys, xs = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        if ys[0] == 0 and xs[0] == 0 and ys[-1] == pixels.shape[0] - 1 and xs[-1] == pixels.shape[1] - 1:
+            break
+        image = image.crop((int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1))
+    side = max(image.size)
+    canvas = Image.new("RGB", (side, side), (255, 255, 255))
+    canvas.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    return canvas
 
 
-def distinct_originals(images: Sequence[Image.Image], min_distance: float = 0.06) -> list[int]:
-    """Indices of images kept as originals: one of each group whose 16x16 grey thumbnails are within
-    ``min_distance`` RMS of each other, directly or mirrored. Renders of one icon reused across themes,
-    and mirrored pairs (go-next / go-previous, undo / redo), are duplicates already under the edits this
-    set plants (a flip is one), so the ground truth could not call them distinct."""
+def _thumb(image: Image.Image, size: int = 24) -> np.ndarray:
+    return np.asarray(trim_border(image).resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
+
+
+def distinct_originals(images: Sequence[Image.Image], min_distance: float = 0.05) -> list[int]:
+    """Indices of images kept as originals: one of each group whose border-trimmed 24x24 colour thumbnails
+    are within ``min_distance`` RMS of each other, directly or mirrored.
+
+    Renders of one artwork at two sizes or in two themes that share it, and mirrored pairs (go-next /
+    go-previous), are duplicates already under the edits this set plants (pad, rescale, flip), so the
+    ground truth could not call them distinct."""
     thumbs = np.stack([_thumb(im) for im in images])
-    mirrored = thumbs.reshape(-1, 16, 16)[:, :, ::-1].reshape(len(thumbs), -1)
+    mirrored = thumbs[:, :, ::-1].reshape(len(thumbs), -1)
+    thumbs = thumbs.reshape(len(thumbs), -1)
     kept: list[int] = []
     for i in range(len(thumbs)):
         if kept:
