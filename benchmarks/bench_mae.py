@@ -116,7 +116,7 @@ def plain_loop_images_per_second(images: list, config: TrainConfig, steps: int) 
     from torchvision import transforms as T
 
     from sslsearch.encoders import default_preprocessing
-    from sslsearch.ssl.data import compute_threads
+    from sslsearch.devices import compute_threads
 
     kwargs = {**config.model_kwargs, "img_size": config.image_size}
     encoder, _ = create_backbone(config.backbone, **kwargs)

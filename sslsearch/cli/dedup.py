@@ -8,20 +8,29 @@ import typer
 
 from .common import DeviceOption, JsonOption, info, print_json
 
-HELP = (
-    "Find exact and near-duplicate images and say which to keep. INPUT is an embedding store (`sslsearch embed`), "
-    "or, with --encoder, images (a folder or list) that are embedded into DUPS/embeddings first.\n\n"
-    "Near duplicates come from a k-NN graph (never an N×N matrix) cut at a threshold: give one with --threshold "
-    "(a cosine similarity), or let --precision (default 0.99) calibrate it on edited copies of a sample of your own "
-    "images; a calibrated threshold applies to the density-adjusted score (the cosine less how alike each image's "
-    "neighbourhood is, so dense regions of look-alikes need a closer match; --score cosine turns it off). Exact duplicates (same file bytes, same decoded pixels) always join. Writes DUPS/clusters.parquet, "
-    "keep.txt, remove.txt (absolute paths), summary.json, and with --report a self-contained report.html.\n\n"
-    "With --against IDX, new images that duplicate something an existing index holds are listed for removal "
-    "(the index is not changed).\n\n"
-    "Examples: sslsearch dedup emb/ --out dups/ --report\n"
-    "          sslsearch dedup photos/ --encoder timm:resnet50 --out dups/ --precision 0.995\n"
-    "          sslsearch dedup new_emb/ --against idx/ --out dups/"
-)
+HELP = """Find exact and near-duplicate images and say which to keep.
+
+INPUT is an embedding store (from `sslsearch embed`), or, with --encoder, images (a folder or a
+list) that are embedded into `DUPS/embeddings` first.
+
+* **Near duplicates** come from a k-NN graph (never an N×N matrix) cut at a threshold. Give one
+  with --threshold (a cosine similarity), or let --precision (default 0.99) calibrate it on edited
+  copies of a sample of your own images. A calibrated threshold applies to the density-adjusted
+  score: the cosine less how alike each image's neighbourhood is, so dense regions of look-alikes
+  need a closer match (--score cosine turns it off).
+* **Exact duplicates** (the same file bytes, the same decoded pixels) always join.
+* **--against IDX**: new images that duplicate something an existing index holds are listed for
+  removal (the index is not changed).
+
+Writes `DUPS/clusters.parquet`, `keep.txt`, `remove.txt` (absolute paths), `summary.json`, and with
+--report a self-contained `report.html`.
+
+Examples:
+
+* `sslsearch dedup emb/ --out dups/ --report`
+* `sslsearch dedup photos/ --encoder timm:resnet50 --out dups/ --precision 0.995`
+* `sslsearch dedup new_emb/ --against idx/ --out dups/`
+"""
 
 
 def dedup_command(
@@ -41,7 +50,7 @@ def dedup_command(
     report: bool = typer.Option(False, "--report", help="Also write DUPS/report.html (thumbnails, keeper marked)."),
     against: Optional[Path] = typer.Option(None, "--against", help="Existing index directory to check new images against."),
     encoder: Optional[str] = typer.Option(None, "--encoder", "-e",
-                                          help="Embed INPUT images first with this encoder (timm:<name> or a run dir)."),
+                                          help="Embed INPUT images first with this encoder (`timm:<name>` or a run directory)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Local state dict for a timm: --encoder."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size in px for --encoder."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass when embedding (--encoder)."),

@@ -8,20 +8,24 @@ import typer
 
 from .common import DeviceOption, JsonOption, info, print_json
 
-HELP = (
-    "Embed every image of DATA (a folder, a .txt/.csv/.parquet list of paths, or one image) into an embedding "
-    "store at --out: Parquet shards + manifest.json, L2-normalised vectors.\n\n"
-    "ENCODER is timm:<model-name> (random init unless --weights gives a local state dict) or a run directory "
-    "written by `sslsearch train`. Files that cannot be decoded are skipped and recorded with their reason "
-    "(--strict makes them an error). An interrupted run keeps its complete shards: run the same command with "
-    "--resume to finish it.\n\n"
-    "Example: sslsearch embed images/ --encoder timm:resnet18 --image-size 112 --out emb/"
-)
+HELP = """Embed every image of DATA into an embedding store at --out.
+
+DATA is a folder, a `.txt`/`.csv`/`.parquet` list of paths, or one image. The store holds Parquet
+shards and `manifest.json`, with L2-normalised vectors.
+
+* **--encoder** is `timm:<model-name>` (random init unless --weights gives a local state dict;
+  nothing is downloaded) or a run directory written by `sslsearch train`.
+* Files that cannot be decoded are skipped and recorded with their reason (--strict makes them an
+  error).
+* An interrupted run keeps its complete shards: run the same command with --resume to finish it.
+
+Example: `sslsearch embed images/ --encoder timm:resnet18 --image-size 112 --out emb/`
+"""
 
 
 def embed_command(
     data: Path = typer.Argument(..., metavar="DATA", help="Folder of images, a .txt/.csv/.parquet list of paths, or one image."),
-    encoder: str = typer.Option(..., "--encoder", "-e", help="timm:<model-name> or a `sslsearch train` run directory."),
+    encoder: str = typer.Option(..., "--encoder", "-e", help="`timm:<model-name>` or a `sslsearch train` run directory."),
     out: Path = typer.Option(..., "--out", "-o", help="Output store directory (new or empty)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Local .safetensors/.pth state dict for a timm: encoder."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size in px (default: the model's)."),

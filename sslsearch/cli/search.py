@@ -8,22 +8,27 @@ import typer
 
 from .common import DeviceOption, JsonOption, info, print_json, table
 
-HELP = """Find the k nearest neighbours in the index IDX of each query. Queries are one of:
+HELP = """Find the k nearest neighbours in the index IDX of each query.
 
-  QUERY...          image files or folders, embedded with the index's own encoder;
-  --vectors FILE    a (q, dim) .npy array (or an embedding store directory, whose encoder is checked);
-  --ids 3,17        vectors already in the index, by store id (the query itself is left out of its
-                    results; identical duplicates of it are kept).
+Give one kind of query:
+
+* **QUERY...**: image files or folders, embedded with the index's own encoder;
+* **--vectors FILE**: a (q, dim) `.npy` array, or an embedding store directory (its encoder is checked);
+* **--ids 3,17**: vectors already in the index, by store id (each query's own id is left out of its
+  results; identical duplicates of it are kept).
 
 Scores are cosine similarities (queries are L2-normalised). k must be between 1 and the number of
-vectors in the index. Output: a table (query, rank, score, id, path) or --json.
+vectors in the index. Output: a table (query, rank, score, id, path), or JSON with --json.
 
-With --server URL the search runs on a running `sslsearch serve` instead (no index loaded here):
-every positional argument is then a query, --index NAME picks one of the server's indexes.
+With **--server URL** the search runs on a running `sslsearch serve` instead (nothing is loaded
+here): every positional argument is then a query, and **--index NAME** picks one of its indexes.
 
-Examples: sslsearch search idx/ query.jpg -k 5
-          sslsearch search idx/ --ids 3,17 --json
-          sslsearch search --server http://127.0.0.1:8000 query.jpg -k 5
+Examples:
+
+* `sslsearch search idx/ query.jpg photos/ -k 5`
+* `sslsearch search idx/ --ids 3,17 --json`
+* `sslsearch search idx/ --vectors queries.npy`
+* `sslsearch search --server http://127.0.0.1:8000 query.jpg -k 5`
 """
 
 
@@ -41,9 +46,10 @@ def _parse_ids(text: str) -> list[int]:
 
 
 def search_command(
-    index_dir: Optional[Path] = typer.Argument(None, help="Index directory written by `sslsearch index build`."),
-    queries: Optional[list[Path]] = typer.Argument(None, help="Query image files or folders."),
-    vectors: Optional[Path] = typer.Option(None, "--vectors", help="A (q, dim) .npy file, or an embedding store."),
+    index_dir: Optional[Path] = typer.Argument(None, metavar="IDX",
+                                               help="Index directory written by `sslsearch index build`."),
+    queries: Optional[list[Path]] = typer.Argument(None, metavar="QUERY", help="Query image files or folders."),
+    vectors: Optional[Path] = typer.Option(None, "--vectors", help="A (q, dim) `.npy` file, or an embedding store."),
     ids: Optional[str] = typer.Option(None, "--ids", help="Comma-separated store ids, e.g. 3,17."),
     k: int = typer.Option(10, "-k", "--k", help="Neighbours per query."),
     device: str = DeviceOption,

@@ -8,20 +8,25 @@ import typer
 
 from .common import DeviceOption, info
 
-HELP = """Serve the indexes IDX... over HTTP: a web page at /, a JSON API (docs at /docs), store images by id.
+HELP = """Serve the indexes IDX... over HTTP: a web page at `/`, a JSON API (docs at `/docs`), store images by id.
 
-Each index is loaded once with its encoder (image queries are embedded as `embed` does). \
-Name an index with NAME=DIR (default: the directory's name); requests choose one per call. \
-Binds 127.0.0.1 unless --host says otherwise: with --host 0.0.0.0 set --token, and put TLS in front.
+Each index is loaded once with its encoder (uploaded images are decoded and embedded as `embed` does).
+Name an index with NAME=DIR (default: the directory's name); each request chooses one.
 
-Examples: sslsearch serve idx/
-          sslsearch serve photos=idx/ faces=idx2/ --port 8080 --token s3cret
-          sslsearch serve idx/ --duplicates dups/   (adds the page's Duplicates tab)
+* **--token T**: every API request needs `Authorization: Bearer T` (the page asks for it once).
+* **--duplicates DUPS**: the `--out` of `sslsearch dedup`, browsed in the page's Duplicates tab.
+* Binds 127.0.0.1 unless **--host** says otherwise; beyond this machine set --token and put TLS in front.
+
+Examples:
+
+* `sslsearch serve idx/`
+* `sslsearch serve photos=idx/ faces=idx2/ --port 8080 --token s3cret`
+* `sslsearch serve idx/ --duplicates dups/`
 """
 
 
 def serve_command(
-    indexes: list[str] = typer.Argument(..., help="Index directories (NAME=DIR to name one)."),
+    indexes: list[str] = typer.Argument(..., metavar="IDX", help="Index directories (NAME=DIR to name one)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (127.0.0.1: this machine only)."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     token: Optional[str] = typer.Option(None, "--token", envvar="SSLSEARCH_TOKEN",

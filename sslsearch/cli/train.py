@@ -8,19 +8,24 @@ import typer
 
 from .common import JsonOption, info, print_json
 
-HELP = (
-    "Pretrain a timm backbone (random init) on the images of DATA with a self-supervised method, into the run "
-    "directory --out: config.yaml (resolved), checkpoints/, metrics.jsonl, and at the end encoder.safetensors + "
-    "encoder.json, so `sslsearch embed DATA --encoder RUN` uses the trained backbone.\n\n"
-    "Length: --epochs E, or --max-minutes M (a wall-clock budget: the schedules are sized to the steps that fit), "
-    "or both (whichever is shorter); default 100 epochs. Any config field can be set with --config FILE.yaml or "
-    "--set KEY=VALUE (e.g. --set optimizer.lr=0.5 --set dino.prototypes=1024); --print-config shows them all "
-    "with their defaults.\n\n"
-    "An interrupted run continues exactly with --resume (same data; options may be omitted). Multi-GPU / "
-    "multi-node: run the same command under torchrun, e.g. torchrun --nproc_per_node 4 --no-python sslsearch "
-    "train DATA --out RUN (--batch-size is per process).\n\n"
-    "Example: sslsearch train sample-data --out runs/quick --max-minutes 3"
-)
+HELP = """Pretrain a timm backbone (random init) on the images of DATA with a self-supervised method.
+
+The run directory --out gets `config.yaml` (resolved), `checkpoints/`, `metrics.jsonl`, and at the
+end `encoder.safetensors` + `encoder.json`, so `sslsearch embed DATA --encoder RUN` uses the trained
+backbone.
+
+* **Length**: --epochs E, or --max-minutes M (a wall-clock budget: the schedules are sized to the
+  steps that fit), or both (whichever is shorter); 100 epochs when neither is given.
+* **Settings**: any config field can be set with --config FILE.yaml or --set KEY=VALUE, e.g.
+  `--set optimizer.lr=0.5 --set dino.prototypes=1024`; --print-config shows them all with their
+  defaults.
+* **Resume**: an interrupted run continues exactly with --resume (same data; options may be omitted).
+* **Multi-GPU / multi-node**: run the same command under torchrun, e.g.
+  `torchrun --nproc_per_node 4 --no-python sslsearch train DATA --out RUN` (--batch-size is per
+  process).
+
+Example: `sslsearch train sample-data --out runs/quick --max-minutes 3`
+"""
 
 
 def train_command(
@@ -38,7 +43,7 @@ def train_command(
     val: Optional[Path] = typer.Option(None, "--val", help="Labelled ImageFolder: online k-NN accuracy each epoch."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="YAML file of config fields (see --print-config)."),
-    assignments: list[str] = typer.Option([], "--set", help="Set any config field: KEY=VALUE (repeatable)."),
+    assignments: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Set any config field (repeatable), e.g. `--set optimizer.lr=0.5`."),
     strict: Optional[bool] = typer.Option(None, "--strict", help="Fail on an unreadable image instead of skipping it."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the config (with comments) and exit."),
     as_json: bool = JsonOption,

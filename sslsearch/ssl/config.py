@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import types
 import typing
@@ -12,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, did_you_mean
 
 
 def option(default: Any, help: str, *, runtime: bool = False) -> Any:
@@ -189,6 +188,8 @@ class TrainConfig:
         return getattr(self, self.method, None)
 
 
+RUN_CONFIG_NAME = "config.yaml"  # the resolved config in a training run directory (rundir.py)
+
 SECTIONS = ("augmentation", "optimizer", "simclr", "moco", "dino", "mae")
 
 
@@ -312,9 +313,7 @@ def from_flat(overrides: dict[str, Any], base: TrainConfig, *, source: str = "fl
 
 
 def _near(name: str, choices: Any, section: str = "") -> str:
-    close = difflib.get_close_matches(name, list(choices), n=2, cutoff=0.5)
-    prefix = f"{section}." if section else ""
-    return f" (did you mean {' or '.join(repr(prefix + c) for c in close)}?)" if close else ""
+    return did_you_mean(name, choices, limit=2, cutoff=0.5, prefix=f"{section}." if section else "")
 
 
 def load_yaml(path: str | os.PathLike[str], base: TrainConfig | None = None) -> TrainConfig:
@@ -335,6 +334,21 @@ def load_yaml(path: str | os.PathLike[str], base: TrainConfig | None = None) -> 
     if not isinstance(data, dict):
         raise InvalidArgumentError(f"config file {path} must hold a mapping of field: value, got {type(data).__name__}")
     return from_dict(data, base, source=str(path))
+
+
+def load_run_config(run: str | os.PathLike[str]) -> TrainConfig:
+    """The resolved config a training run was started with (``RUN/config.yaml``).
+
+    Raises:
+        InputNotFoundError: ``run`` is not a run directory.
+    """
+    from ..errors import InputNotFoundError
+
+    path = Path(run) / RUN_CONFIG_NAME
+    if not path.is_file():
+        raise InputNotFoundError(f"{Path(run)} is not a training run (no {RUN_CONFIG_NAME}); "
+                                 "start one without --resume")
+    return load_yaml(path)
 
 
 def to_yaml(config: TrainConfig, *, comments: bool = True) -> str:
@@ -391,10 +405,8 @@ def build_config(overrides: dict[str, Any], *, config_file: str | os.PathLike[st
     any option given that differs from the run is refused later by the trainer.
     """
     if resume_run is not None:
-        from .rundir import RunDirectory
-
         # stop_after_steps belongs to the session that set it, not to the run
-        config = dataclasses.replace(RunDirectory(resume_run).load_config(), stop_after_steps=None)
+        config = dataclasses.replace(load_run_config(resume_run), stop_after_steps=None)
     else:
         config = TrainConfig()
     if config_file is not None:
