@@ -1,5 +1,6 @@
-"""Search service overhead: QPS and p50/p99 latency of `sslsearch serve` over HTTP keep-alive at batch 1,
-against in-process ``Index.search`` on the same index in the same run (goal: HTTP QPS ≥ 0.8 × in-process).
+"""Search service overhead: QPS and p50/p99 latency of `sslsearch serve` over HTTP keep-alive at batch 1
+(or --batch N queries per request), against in-process ``Index.search`` on the same index in the same run
+(goal at batch 1: HTTP QPS ≥ 0.8 × in-process).
 
     .venv/bin/python benchmarks/bench_serve.py                # 100k × 384, the auto index (HNSW32)
     .venv/bin/python benchmarks/bench_serve.py --quick        # 20k × 128, CI-sized
@@ -45,40 +46,44 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def summarize(latencies: list[float], requests: int, seconds: float) -> dict[str, float]:
+def summarize(latencies: list[float], queries: int, seconds: float) -> dict[str, float]:
+    """QPS counts queries (requests × batch); the latencies are per request."""
     ordered = sorted(latencies) or [float("nan")]
-    return {"qps": requests / seconds, "p50_ms": 1e3 * ordered[len(ordered) // 2],
+    return {"qps": queries / seconds, "p50_ms": 1e3 * ordered[len(ordered) // 2],
             "p99_ms": 1e3 * ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]}
 
 
-def http_client(url: str, queries_file: str, k: int, start_at: float, seconds: float, offset: int) -> list[float]:
-    """One client process: batch-1 searches on one keep-alive connection from ``start_at`` for ``seconds``."""
+def http_client(url: str, queries_file: str, k: int, start_at: float, seconds: float, offset: int,
+                batch: int) -> list[float]:
+    """One client process: searches of ``batch`` queries on one keep-alive connection from ``start_at`` for ``seconds``."""
     from sslsearch.serve import Client
 
     queries = np.load(queries_file)
     latencies: list[float] = []
     with Client(url) as client:
-        client.search_vectors(queries[offset % len(queries)], k)  # connect before the clock starts
+        client.search_vectors(queries[:batch], k)  # connect before the clock starts
         time.sleep(max(0.0, start_at - time.time()))
         end = start_at + seconds
         position = offset
         while time.time() < end:
             started = time.perf_counter()
-            client.search_vectors(queries[position % len(queries)], k)
+            start = position % (len(queries) - batch + 1)
+            client.search_vectors(queries[start:start + batch], k)
             latencies.append(time.perf_counter() - started)
-            position += 1
+            position += batch
     return latencies
 
 
-def run_http(pool, url: str, queries_file: str, k: int, clients: int, seconds: float) -> dict[str, float]:
+def run_http(pool, url: str, queries_file: str, k: int, clients: int, seconds: float, batch: int) -> dict[str, float]:
     start_at = time.time() + 0.5  # every client connected and waiting before the clock starts
-    jobs = [(url, queries_file, k, start_at, seconds, 997 * c) for c in range(clients)]
+    jobs = [(url, queries_file, k, start_at, seconds, 997 * c, batch) for c in range(clients)]
     per_client = pool.starmap(http_client, jobs)
     latencies = [value for values in per_client for value in values]
-    return summarize(latencies, len(latencies), seconds)
+    return summarize(latencies, len(latencies) * batch, seconds)
 
 
-def run_in_process(index, queries: np.ndarray, k: int, clients: int, seconds: float, threads: int) -> dict[str, float]:
+def run_in_process(index, queries: np.ndarray, k: int, clients: int, seconds: float, threads: int,
+                   batch: int) -> dict[str, float]:
     per_thread: list[list[float]] = [[] for _ in range(clients)]
     barrier = threading.Barrier(clients)
 
@@ -95,9 +100,10 @@ def run_in_process(index, queries: np.ndarray, k: int, clients: int, seconds: fl
             started = time.perf_counter()
             if started >= end:
                 break
-            index.search(queries[position % len(queries)][None, :], k)
+            start = position % (len(queries) - batch + 1)
+            index.search(queries[start:start + batch], k)
             own.append(time.perf_counter() - started)
-            position += 1
+            position += batch
 
     workers = [threading.Thread(target=worker, args=(slot,)) for slot in range(clients)]
     for thread in workers:
@@ -105,7 +111,7 @@ def run_in_process(index, queries: np.ndarray, k: int, clients: int, seconds: fl
     for thread in workers:
         thread.join()
     latencies = [value for values in per_thread for value in values]
-    return summarize(latencies, len(latencies), seconds)
+    return summarize(latencies, len(latencies) * batch, seconds)
 
 
 def start_server(index_dir: Path, port: int, log: Path, threads: int | None) -> subprocess.Popen:
@@ -141,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kind", default="auto", help="index kind (default auto)")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4], help="concurrent clients (default 1 4)")
+    parser.add_argument("--batch", type=int, default=1, help="queries per request / per Index.search call (default 1)")
     parser.add_argument("--seconds", type=float, default=None, help="per measurement (default 3; quick 1.5)")
     parser.add_argument("--repeats", type=int, default=None, help="repeats per setting (default 5; quick 3)")
     parser.add_argument("--threads", type=int, default=1,
@@ -154,8 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     dim = args.dim or (128 if args.quick else 384)
     seconds = args.seconds or (1.5 if args.quick else 3.0)
     repeats = args.repeats or (3 if args.quick else 5)
-    if max(args.clients) > 32 or min(args.clients) < 1 or seconds > 30 or repeats > 20:
-        parser.error("keep it bounded: 1..32 clients, at most 30 s per measurement and 20 repeats")
+    if max(args.clients) > 32 or min(args.clients) < 1 or seconds > 30 or repeats > 20 or not 1 <= args.batch <= 1000:
+        parser.error("keep it bounded: 1..32 clients, batch 1..1000, at most 30 s per measurement and 20 repeats")
 
     if args.threads:
         import faiss
@@ -179,8 +186,8 @@ def main(argv: list[str] | None = None) -> None:
         try:
             context = multiprocessing.get_context("spawn")
             with context.Pool(max(args.clients)) as pool:
-                run_http(pool, url, str(queries_file), args.k, max(args.clients), 0.5)  # warm-up
-                run_in_process(index, queries, args.k, max(args.clients), 0.5, args.threads)
+                run_http(pool, url, str(queries_file), args.k, max(args.clients), 0.5, args.batch)  # warm-up
+                run_in_process(index, queries, args.k, max(args.clients), 0.5, args.threads, args.batch)
                 for clients in args.clients:
                     runs: dict[str, list[dict[str, float]]] = {"http": [], "in_process": []}
                     ratios = []
@@ -188,9 +195,11 @@ def main(argv: list[str] | None = None) -> None:
                         order = ("http", "in_process") if repeat % 2 == 0 else ("in_process", "http")
                         for mode in order:
                             if mode == "http":
-                                runs[mode].append(run_http(pool, url, str(queries_file), args.k, clients, seconds))
+                                runs[mode].append(run_http(pool, url, str(queries_file), args.k, clients, seconds,
+                                                           args.batch))
                             else:
-                                runs[mode].append(run_in_process(index, queries, args.k, clients, seconds, args.threads))
+                                runs[mode].append(run_in_process(index, queries, args.k, clients, seconds,
+                                                                 args.threads, args.batch))
                         ratios.append(runs["http"][-1]["qps"] / runs["in_process"][-1]["qps"])
                     row: dict[str, float] = {"qps_ratio_http_vs_in_process": round(statistics.median(ratios), 4)}
                     for mode, values in runs.items():
@@ -204,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
             except subprocess.TimeoutExpired:
                 server.kill()
 
-    print(f"serve overhead: {card.factory} over {n:,} × {dim}, k={args.k}, batch 1, {seconds:g} s × {repeats} "
+    print(f"serve overhead: {card.factory} over {n:,} × {dim}, k={args.k}, batch {args.batch}, {seconds:g} s × {repeats} "
           f"repeats per setting (medians)")
     header = (f"{'clients':>7} {'HTTP QPS':>9} {'p50 ms':>7} {'p99 ms':>7} {'in-proc QPS':>11} {'p50 ms':>7} "
               f"{'p99 ms':>7} {'ratio':>6}")
@@ -216,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{row['qps_ratio_http_vs_in_process']:>6.3f}")
     record = {"bench": "serve", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": git_commit(),
               "machine": machine(), "argv": sys.argv[1:] if argv is None else argv, "n": n, "dim": dim, "k": args.k,
-              "factory": card.factory, "search_params": card.search_params, "batch": 1, "seconds": seconds,
+              "factory": card.factory, "search_params": card.search_params, "batch": args.batch, "seconds": seconds,
               "faiss_threads": args.threads or "default",
               "repeats": repeats, "figures": figures, "goals": {"qps_ratio_min": 0.8}}
     if not args.no_save:
