@@ -92,7 +92,8 @@ def search(index: "Index | PathLike", images: PathLike | Sequence[PathLike] | No
 
 
 def deduplicate(data: PathLike, out: PathLike, *, encoder: str | None = None, weights: PathLike | None = None,
-                image_size: int | None = None, batch_size: int = 64, device: str = "auto", overwrite: bool = False,
+                image_size: int | None = None, batch_size: int = 64, pretrained: bool = False,
+                allow_download: bool = False, device: str = "auto", overwrite: bool = False,
                 **options: Any) -> "DedupResult":
     """Exact and near-duplicate clusters of an embedding store, or of images when ``encoder`` is given.
 
@@ -103,7 +104,8 @@ def deduplicate(data: PathLike, out: PathLike, *, encoder: str | None = None, we
     Args:
         data: an embedding store directory, or images (folder or list file) with ``encoder``.
         out: the output directory (new or empty unless ``overwrite``).
-        encoder, weights, image_size, batch_size: how to embed images (as ``embed_images``).
+        encoder, weights, image_size, batch_size, pretrained, allow_download: how to embed images (as
+            ``embed_images``).
         **options: those of ``sslsearch.dedup.deduplicate``: ``threshold``, ``precision``, ``keep``,
             ``neighbors``, ``method``, ``sample_size``, ``seed``, ``against``, ``score``, ``report``,
             ``report_max_clusters``, ``progress``.
@@ -126,7 +128,11 @@ def deduplicate(data: PathLike, out: PathLike, *, encoder: str | None = None, we
     data = Path(data)
     if encoder is not None:
         return deduplicate_images(data, encoder, out, weights=weights, image_size=image_size, batch_size=batch_size,
-                                  device=device, overwrite=overwrite, **options)
+                                  pretrained=pretrained, allow_download=allow_download, device=device,
+                                  overwrite=overwrite, **options)
+    if weights is not None or image_size is not None or pretrained:
+        raise InvalidArgumentError("weights/image_size/pretrained describe the encoder=... that embeds images; a "
+                                   "store is already embedded")
     if (data / "manifest.json").is_file() or not data.exists():
         return deduplicate_store(data, out, device=device, overwrite=overwrite, **options)
     raise InvalidArgumentError(f"{data} is not an embedding store (no manifest.json); pass encoder=... to embed its "

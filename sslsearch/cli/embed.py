@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .common import DeviceOption, JsonOption, info, print_json
+from .common import AllowDownloadOption, DeviceOption, JsonOption, PretrainedOption, info, print_json
 
 HELP = (
     "Embed every image of DATA (a folder, a .txt/.csv/.parquet list of paths, or one image) into an embedding "
@@ -23,7 +23,9 @@ def embed_command(
     data: Path = typer.Argument(..., metavar="DATA", help="Folder of images, a .txt/.csv/.parquet list of paths, or one image."),
     encoder: str = typer.Option(..., "--encoder", "-e", help="timm:<model-name> or a `sslsearch train` run directory."),
     out: Path = typer.Option(..., "--out", "-o", help="Output store directory (new or empty)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Local .safetensors/.pth state dict for a timm: encoder."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Local .safetensors/.pth state dict for a timm: encoder, "
+                                           "or a checkpoint folder (weights + timm's config.json)."),
+    pretrained: bool = PretrainedOption, allow_download: bool = AllowDownloadOption,
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size in px (default: the model's)."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass."),
     workers: Optional[int] = typer.Option(
@@ -44,7 +46,8 @@ def embed_command(
 
     result = embed_images(data, encoder, out, weights=weights, image_size=image_size, batch_size=batch_size,
                           workers=workers, dtype=dtype, device=device, resume=resume, overwrite=overwrite,
-                          strict=strict, shard_rows=shard_rows, threads=threads)
+                          strict=strict, shard_rows=shard_rows, threads=threads, pretrained=pretrained,
+                          allow_download=allow_download)
     if as_json:
         print_json(result.to_dict())
         return
