@@ -15,7 +15,11 @@ HELP = (
     "written by `sslsearch train`. Files that cannot be decoded are skipped and recorded with their reason "
     "(--strict makes them an error). An interrupted run keeps its complete shards: run the same command with "
     "--resume to finish it.\n\n"
-    "Example: sslsearch embed images/ --encoder timm:resnet18 --image-size 112 --out emb/"
+    "Published weights (DINOv2, DINOv3, SigLIP 2, MAE, ...) come from the local Hugging Face cache with --pretrained; "
+    "nothing is downloaded unless --allow-download is given (see docs/pretrained.md).\n\n"
+    "Example: sslsearch embed images/ --encoder timm:resnet18 --image-size 112 --out emb/\n\n"
+    "         sslsearch embed images/ --encoder timm:vit_small_patch14_dinov2.lvd142m --pretrained --image-size 224 "
+    "--out emb/"
 )
 
 
