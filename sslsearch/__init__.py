@@ -48,6 +48,7 @@ _EXPORTS: dict[str, str] = {
     "list_backbones": ".encoders",
     "create_backbone": ".encoders",
     "default_preprocessing": ".encoders",
+    "find_checkpoint": ".pretrained",
     "embed_paths": ".embed",
     "choose_index_spec": ".index",
     "exact_search": ".index",
@@ -63,6 +64,7 @@ _EXPORTS: dict[str, str] = {
     "Encoder": ".encoders",
     "EncoderFingerprint": ".encoders",
     "Preprocessing": ".encoders",
+    "PretrainedCheckpoint": ".pretrained",
     "EmbedResult": ".embed",
     "EmbeddingStore": ".store",
     "StoreWriter": ".store",
@@ -132,6 +134,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names above loa
     from .evaluate import (BenchmarkReport, IndexSweepResult, KNNResult, LinearProbeResult, RetrievalResult,
                            RevisitedResult, SuiteOptions, SweepSetting, class_retrieval, export_cifar, knn_accuracy,
                            linear_probe, run_benchmarks)
+    from .pretrained import PretrainedCheckpoint, find_checkpoint
     from .index import (Index, IndexCard, IndexSpec, Neighbor, SearchResult, build_index, choose_index_spec,
                         exact_search, load_index, recall_at_k)
     from .sample_data import SampleDataset, make_sample_dataset
