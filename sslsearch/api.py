@@ -143,6 +143,7 @@ def train(data: PathLike | None = None, out: PathLike | None = None, *, method: 
           backbone: str | None = None, image_size: int | None = None, epochs: float | None = None,
           max_minutes: float | None = None, batch_size: int | None = None, device: str | None = None,
           workers: int | None = None, val: PathLike | None = None, strict: bool | None = None,
+          init: str | PathLike | None = None, pretrained: bool = False, allow_download: bool = False,
           config: "TrainConfig | PathLike | None" = None, settings: dict[str, Any] | None = None,
           resume: bool = False) -> "TrainResult":
     """Self-supervised pretraining into a run directory, as ``sslsearch train`` does.
@@ -155,6 +156,8 @@ def train(data: PathLike | None = None, out: PathLike | None = None, *, method: 
         data: training images (a folder or a list file). out: the run directory.
         method: simclr, moco, dino or mae. backbone: a timm architecture (random init).
         image_size, epochs, max_minutes, batch_size, device, workers, val, strict: as the CLI options.
+        init, pretrained, allow_download: continued pretraining from ``timm:NAME`` (published weights,
+            with ``pretrained``), a run directory, a checkpoint folder or a weights file.
         resume: continue the run in ``out`` from its last checkpoint.
 
     Returns:
@@ -174,7 +177,8 @@ def train(data: PathLike | None = None, out: PathLike | None = None, *, method: 
                  "out": os.fspath(out) if out is not None else None, "method": method, "backbone": backbone,
                  "image_size": image_size, "epochs": epochs, "max_minutes": max_minutes, "batch_size": batch_size,
                  "device": device, "workers": workers, "val": os.fspath(val) if val is not None else None,
-                 "strict": strict, **(settings or {})}
+                 "strict": strict, "init": os.fspath(init) if init is not None else None,
+                 "pretrained": pretrained or None, "allow_download": allow_download or None, **(settings or {})}
     if isinstance(config, TrainConfig):
         if resume:
             raise InvalidArgumentError("resume=True takes the run's own config; pass settings=... for changes, "

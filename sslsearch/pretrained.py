@@ -237,23 +237,32 @@ def _download(name: str, repo: str, revision: str | None) -> PretrainedCheckpoin
 def load_checkpoint_state(module: Any, checkpoint: PretrainedCheckpoint) -> dict[str, Any]:
     """The checkpoint's state dict, adapted to ``module`` by timm's own filter for its model family.
 
+    Raises:
+        CheckpointError: unreadable weights, or a filter that cannot adapt them.
+    """
+    from .encoders import load_state_dict
+
+    return adapt_state_dict(module, load_state_dict(checkpoint.weights), f"weights {checkpoint.weights}")
+
+
+def adapt_state_dict(module: Any, state: dict[str, Any], source: str) -> dict[str, Any]:
+    """``state`` passed through timm's ``checkpoint_filter_fn`` of ``module``'s model family, when it has one.
+
     The filter resizes position embeddings when the input size differs from the checkpoint's
     (``--image-size 224`` with a DINOv2 saved at 518) and maps older key layouts, as timm does
     when it loads pretrained weights itself.
 
     Raises:
-        CheckpointError: unreadable weights, or a filter that cannot adapt them.
+        CheckpointError: the filter cannot adapt them (``source`` names the weights in the message).
     """
     import sys
 
-    from .encoders import load_state_dict
-
-    state = load_state_dict(checkpoint.weights)
     adapt = getattr(sys.modules.get(type(module).__module__), "checkpoint_filter_fn", None)
     if adapt is None:
         return state
     try:
         return adapt(state, module)
     except Exception as error:  # noqa: BLE001 - a foreign state dict can fail inside timm in many ways
-        raise CheckpointError(f"weights {checkpoint.weights} do not fit timm:{checkpoint.name} ({type(error).__name__}: "
-                              f"{str(error).splitlines()[0] if str(error) else ''}); pass that model's checkpoint") from None
+        detail = str(error).splitlines()[0] if str(error) else ""
+        raise CheckpointError(f"{source} do not fit this {type(module).__name__} ({type(error).__name__}: {detail}); "
+                              "pass weights of the same architecture") from None
