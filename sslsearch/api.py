@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the heavy modules are imported by the calls, so `import ssl
 
     from .dedup import DedupResult
     from .evaluate import IndexSweepResult, KNNResult, LinearProbeResult, RetrievalResult, RevisitedResult
-    from .index import Index, SearchResult
+    from .index import Index, IndexCard, SearchResult
     from .ssl import TrainConfig, TrainResult
     from .store import EmbeddingStore
 
@@ -292,7 +292,7 @@ def evaluate_index(index: PathLike, store: PathLike | None = None, *, k: int = 1
                        apply=apply, seed=seed, device=device)
 
 
-def index_info(index: PathLike, *, verify: bool = False) -> Any:
+def index_info(index: PathLike, *, verify: bool = False) -> "IndexCard":
     """The card (``IndexCard``) of an index directory, as ``sslsearch index info``; ``verify`` also reads the index."""
     from .index.io import read_card, read_index_files
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError, InputNotFoundError, InvalidArgumentError
+from .errors import CheckpointError, InputNotFoundError, InvalidArgumentError, unknown_name
 
 WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")  # the names timm publishes, preferred first
 CONFIG_FILE = "config.json"
@@ -148,6 +148,19 @@ def _checkpoint(name: str, weights: Path, source: str) -> PretrainedCheckpoint:
     return PretrainedCheckpoint(name, weights, source, pretrained_cfg=registry.to_dict() if registry else {})
 
 
+def _check_name(name: str) -> None:
+    """A timm model and, when a tag is given, one timm publishes weights under (else the nearest names)."""
+    import timm
+
+    if not timm.is_model(name):
+        raise unknown_name("timm model", name, timm.list_models())
+    architecture, _, tag = name.partition(".")
+    if tag:
+        published = timm.list_pretrained(f"{architecture}.*")
+        if name not in published:
+            raise unknown_name(f"pretrained checkpoint of {architecture}", name, published)
+
+
 def _not_cached(name: str, repo: str, searched: Path, origin: str) -> InputNotFoundError:
     return InputNotFoundError(
         f"no cached weights for timm:{name}: searched {searched} ({origin}); on a connected machine run "
@@ -172,6 +185,7 @@ def find_checkpoint(name: str, *, path: str | os.PathLike[str] | None = None,
             fetches it), or no weights file in ``path``.
         CheckpointError: an unreadable or mismatched config.json.
         InvalidArgumentError: ``allow_download`` under ``HF_HUB_OFFLINE=1``.
+        UnknownNameError: not a timm model, or a tag timm publishes no weights under (nearest names listed).
 
     Example:
         >>> find_checkpoint("vit_small_patch14_dinov2.lvd142m").weights  # doctest: +SKIP
@@ -189,6 +203,7 @@ def find_checkpoint(name: str, *, path: str | os.PathLike[str] | None = None,
             raise InputNotFoundError(f"weights {path} do not exist; pass a checkpoint folder or a .safetensors/.bin "
                                      "file")
         return _checkpoint(name, path, "local")
+    _check_name(name)
     repo, revision = hub_repo_id(name)
     cache, origin = hub_cache_dir()
     repo_dir = cache / ("models--" + repo.replace("/", "--"))

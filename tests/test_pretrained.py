@@ -12,7 +12,7 @@ import torch
 import sslsearch
 from sslsearch.cli.app import main
 from sslsearch.encoders import encoder_from_fingerprint, file_sha256
-from sslsearch.errors import CheckpointError, InputNotFoundError, InvalidArgumentError
+from sslsearch.errors import CheckpointError, InputNotFoundError, InvalidArgumentError, UnknownNameError
 from sslsearch.pretrained import find_checkpoint, hub_cache_dir, hub_repo_id
 
 NAME = "vit_small_patch14_dinov2.lvd142m"  # the real timm name; the weights are a tiny random-init copy
@@ -166,6 +166,13 @@ def test_a_missing_checkpoint_names_the_folder_searched_and_the_fetch_command(of
     message = str(error.value)
     assert str(repo_dir(offline)) in message and "$HF_HUB_CACHE" in message
     assert f"hf download timm/{NAME}" in message and "\n" not in message
+
+
+def test_a_misspelled_name_or_tag_lists_the_nearest_names(offline):
+    with pytest.raises(UnknownNameError, match="did you mean 'vit_small_patch14_dinov2'"):
+        sslsearch.create_encoder("timm:vit_smal_patch14_dinov2", pretrained=True, device="cpu")
+    with pytest.raises(UnknownNameError, match="did you mean 'vit_small_patch14_dinov2.lvd142m'"):
+        sslsearch.create_encoder("timm:vit_small_patch14_dinov2.lvd124m", pretrained=True, device="cpu")
 
 
 def test_allow_download_under_hf_hub_offline_is_refused(offline):
