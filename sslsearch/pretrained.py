@@ -99,7 +99,7 @@ class PretrainedCheckpoint:
 
         config = self.pretrained_cfg
         try:
-            native = int((config.get("test_input_size") or config["input_size"])[-1])
+            native = int(config["input_size"][-1])  # timm's eval default (test_input_size only when asked)
             size = int(image_size or native)
             return preprocessing_for(size, crop_pct=float(config.get("crop_pct") or 1.0),
                                      interpolation=str(config.get("interpolation") or "bicubic"),
@@ -129,10 +129,10 @@ def _checkpoint(name: str, weights: Path, source: str) -> PretrainedCheckpoint:
         data = _read_config(config_path)
         # timm's older single-dict format keeps the preprocessing at the top level
         pretrained_cfg = data.get("pretrained_cfg", data)
-        architecture = data.get("architecture") or pretrained_cfg.get("architecture")
         model_args = data.get("model_args") or {}
         if not isinstance(pretrained_cfg, dict) or not isinstance(model_args, dict):
             raise CheckpointError(f"{config_path}: pretrained_cfg and model_args must be JSON objects")
+        architecture = data.get("architecture") or pretrained_cfg.get("architecture")
         wanted = name.split(".")[0]
         if architecture and architecture != wanted:
             raise CheckpointError(f"{config_path} describes a {architecture}, not timm:{name}; use "
