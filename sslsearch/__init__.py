@@ -134,9 +134,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names above loa
     from .evaluate import (BenchmarkReport, IndexSweepResult, KNNResult, LinearProbeResult, RetrievalResult,
                            RevisitedResult, SuiteOptions, SweepSetting, class_retrieval, export_cifar, knn_accuracy,
                            linear_probe, run_benchmarks)
-    from .pretrained import PretrainedCheckpoint, find_checkpoint
     from .index import (Index, IndexCard, IndexSpec, Neighbor, SearchResult, build_index, choose_index_spec,
                         exact_search, load_index, recall_at_k)
+    from .pretrained import PretrainedCheckpoint, find_checkpoint
     from .sample_data import SampleDataset, make_sample_dataset
     from .sources import DecodedImage, ImageSource, list_images, load_image
     from .ssl import TrainConfig, TrainingDivergedError, TrainResult
