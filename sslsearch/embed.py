@@ -232,7 +232,8 @@ def embed_images(data: str | os.PathLike[str] | ImageSource, encoder: str | Enco
                  weights: str | os.PathLike[str] | None = None, image_size: int | None = None, batch_size: int = 64,
                  workers: int | None = None, dtype: str = "float16", device: str = "auto", resume: bool = False,
                  overwrite: bool = False, strict: bool = False, progress: bool | None = None,
-                 shard_rows: int = 50_000, threads: int | None = None) -> EmbedResult:
+                 shard_rows: int = 50_000, threads: int | None = None, pretrained: bool = False,
+                 allow_download: bool = False) -> EmbedResult:
     """Embed every image of ``data`` into an embedding store at ``out`` (Contract 2).
 
     Worker processes decode (``load_image`` + the encoder's eval preprocessing) while the main
@@ -245,7 +246,7 @@ def embed_images(data: str | os.PathLike[str] | ImageSource, encoder: str | Enco
         data: a folder, a .txt/.csv/.parquet list of paths, one image, or an ``ImageSource``.
         encoder: ``timm:<name>``, a training run directory, or a ready ``Encoder``.
         out: the store directory (created; must be empty or new unless resume/overwrite).
-        weights: local state dict for a ``timm:`` encoder.
+        weights: local state dict (or checkpoint folder) for a ``timm:`` encoder.
         image_size: overrides the encoder's eval crop size.
         batch_size: images per forward pass.
         workers: decode processes (0 decodes in this process); default ``default_workers(device)``:
@@ -259,6 +260,8 @@ def embed_images(data: str | os.PathLike[str] | ImageSource, encoder: str | Enco
         shard_rows: rows per Parquet shard.
         threads: CPU threads of the forward pass (``torch.set_num_threads``) during this call;
             default: torch's current setting. Restored afterwards.
+        pretrained, allow_download: the published weights of a ``timm:`` name, from the local Hugging Face
+            cache (downloaded only with ``allow_download``); see ``create_encoder``.
 
     Returns:
         An ``EmbedResult``; ``result.summary()`` is a one-line report.
@@ -285,9 +288,11 @@ def embed_images(data: str | os.PathLike[str] | ImageSource, encoder: str | Enco
         raise InvalidArgumentError(f"threads must be > 0, got {threads}")
     source = data if isinstance(data, ImageSource) else list_images(data)
     if not isinstance(encoder, Encoder):
-        encoder = create_encoder(encoder, weights=weights, image_size=image_size, device=device)
-    elif weights is not None or image_size is not None:
-        raise InvalidArgumentError("weights/image_size apply when the encoder is given by name; this Encoder is built")
+        encoder = create_encoder(encoder, weights=weights, image_size=image_size, device=device, pretrained=pretrained,
+                                 allow_download=allow_download)
+    elif weights is not None or image_size is not None or pretrained:
+        raise InvalidArgumentError("weights/image_size/pretrained apply when the encoder is given by name; this Encoder "
+                                   "is built")
     workers = _check_args(batch_size, workers, encoder.device)
     directory = Path(out)
     created = not directory.exists()

@@ -11,6 +11,11 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 DeviceOption = typer.Option("auto", "--device", help="auto (CUDA when torch sees a GPU), cpu or cuda.")
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON on stdout instead of a table.")
+PretrainedOption = typer.Option(False, "--pretrained", help="Published weights of the timm: name (e.g. "
+                                "vit_small_patch14_dinov2.lvd142m) from the local Hugging Face cache, or --weights DIR; "
+                                "preprocessing from its config.json. Nothing is downloaded without --allow-download.")
+AllowDownloadOption = typer.Option(False, "--allow-download", help="With --pretrained: fetch weights missing from "
+                                   "the cache from the Hugging Face Hub.")
 
 
 def print_json(obj: Any) -> None:

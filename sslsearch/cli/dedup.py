@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .common import DeviceOption, JsonOption, info, print_json
+from .common import AllowDownloadOption, DeviceOption, JsonOption, PretrainedOption, info, print_json
 
 HELP = """Find exact and near-duplicate images and say which to keep.
 
@@ -52,6 +52,7 @@ def dedup_command(
     encoder: Optional[str] = typer.Option(None, "--encoder", "-e",
                                           help="Embed INPUT images first with this encoder (`timm:<name>` or a run directory)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Local state dict for a timm: --encoder."),
+    pretrained: bool = PretrainedOption, allow_download: bool = AllowDownloadOption,
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size in px for --encoder."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass when embedding (--encoder)."),
     neighbors: int = typer.Option(16, "--neighbors", "-k", help="Neighbours per image in the k-NN graph."),
@@ -72,7 +73,8 @@ def dedup_command(
                    report_max_clusters=report_clusters)
     if encoder is not None:
         result = deduplicate_images(data, encoder, out, weights=weights, image_size=image_size, batch_size=batch_size,
-                                    device=device, overwrite=overwrite, **options)
+                                    device=device, overwrite=overwrite, pretrained=pretrained,
+                                    allow_download=allow_download, **options)
     elif (data / "manifest.json").is_file() or not data.exists():
         result = deduplicate(data, out, device=device, overwrite=overwrite, **options)
     else:

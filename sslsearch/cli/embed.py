@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .common import DeviceOption, JsonOption, info, print_json
+from .common import AllowDownloadOption, DeviceOption, JsonOption, PretrainedOption, info, print_json
 
 HELP = """Embed every image of DATA into an embedding store at --out.
 
@@ -18,8 +18,12 @@ shards and `manifest.json`, with L2-normalised vectors.
 * Files that cannot be decoded are skipped and recorded with their reason (--strict makes them an
   error).
 * An interrupted run keeps its complete shards: run the same command with --resume to finish it.
+* Published weights (DINOv2, DINOv3, SigLIP 2, MAE, ...) come from the local Hugging Face cache
+  with --pretrained; nothing is downloaded unless --allow-download is given (see docs/pretrained.md).
 
 Example: `sslsearch embed images/ --encoder timm:resnet18 --image-size 112 --out emb/`
+
+Example: `sslsearch embed images/ --encoder timm:vit_small_patch14_dinov2.lvd142m --pretrained --image-size 224 --out emb/`
 """
 
 
@@ -27,7 +31,9 @@ def embed_command(
     data: Path = typer.Argument(..., metavar="DATA", help="Folder of images, a .txt/.csv/.parquet list of paths, or one image."),
     encoder: str = typer.Option(..., "--encoder", "-e", help="`timm:<model-name>` or a `sslsearch train` run directory."),
     out: Path = typer.Option(..., "--out", "-o", help="Output store directory (new or empty)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Local .safetensors/.pth state dict for a timm: encoder."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Local .safetensors/.pth state dict for a timm: encoder, "
+                                           "or a checkpoint folder (weights + timm's config.json)."),
+    pretrained: bool = PretrainedOption, allow_download: bool = AllowDownloadOption,
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size in px (default: the model's)."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass."),
     workers: Optional[int] = typer.Option(
@@ -48,7 +54,8 @@ def embed_command(
 
     result = embed_images(data, encoder, out, weights=weights, image_size=image_size, batch_size=batch_size,
                           workers=workers, dtype=dtype, device=device, resume=resume, overwrite=overwrite,
-                          strict=strict, shard_rows=shard_rows, threads=threads)
+                          strict=strict, shard_rows=shard_rows, threads=threads, pretrained=pretrained,
+                          allow_download=allow_download)
     if as_json:
         print_json(result.to_dict())
         return

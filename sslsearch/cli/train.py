@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .common import JsonOption, info, print_json
+from .common import AllowDownloadOption, JsonOption, PretrainedOption, info, print_json
 
 HELP = """Pretrain a timm backbone (random init) on the images of DATA with a self-supervised method.
 
@@ -23,6 +23,10 @@ backbone.
 * **Multi-GPU / multi-node**: run the same command under torchrun, e.g.
   `torchrun --nproc_per_node 4 --no-python sslsearch train DATA --out RUN` (--batch-size is per
   process).
+* **Continued pretraining**: `--init timm:vit_small_patch14_dinov2.lvd142m --pretrained` (published
+  weights from the local Hugging Face cache), `--init RUN`, or `--init weights.safetensors` with
+  --backbone; the default base lr is scaled by optimizer.init_lr_ratio (0.1) and layer i of L trains
+  at lr × optimizer.layer_decay^(L - i) (0.75).
 
 Example: `sslsearch train sample-data --out runs/quick --max-minutes 3`
 """
@@ -34,6 +38,10 @@ def train_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (new, or an existing run with --resume)."),
     method: Optional[str] = typer.Option(None, "--method", "-m", help="simclr (default), moco, dino or mae (ViTs only)."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="timm architecture, random init (default resnet18)."),
+    init: Optional[str] = typer.Option(None, "--init", help="Continue pretraining from these weights: timm:NAME with "
+                                       "--pretrained, a run directory, a checkpoint folder, or a weights file for "
+                                       "--backbone. Lower default lr and layer-wise lr decay (0.75)."),
+    pretrained: bool = PretrainedOption, allow_download: bool = AllowDownloadOption,
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Training resolution in px (default 64)."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data (default 100)."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget in minutes."),
@@ -54,7 +62,8 @@ def train_command(
     overrides = {"data": str(data) if data else None, "out": str(out) if out else None, "method": method,
                  "backbone": backbone, "image_size": image_size, "epochs": epochs, "max_minutes": max_minutes,
                  "batch_size": batch_size, "device": device, "workers": workers, "val": str(val) if val else None,
-                 "strict": strict, **parse_assignments(assignments)}
+                 "strict": strict, "init": init, "pretrained": pretrained or None,
+                 "allow_download": allow_download or None, **parse_assignments(assignments)}
     config = build_config(overrides, config_file=config_file, resume_run=out if resume else None)
     if print_config:
         typer.echo(to_yaml(config), nl=False)

@@ -68,6 +68,9 @@ class OptimizerConfig:
     betas: tuple[float, float] = option((0.9, 0.999), "AdamW betas")
     lars_trust_coefficient: float = option(0.001, "LARS trust coefficient η")
     clip_grad_norm: float | None = option(None, "clip the gradient norm to this (0 = off; DINO default 3.0)")
+    layer_decay: float | None = option(None, "layer-wise lr decay: backbone layer i of L trains at lr × decay^(L - i), "
+                                             "heads at lr (default 0.75 with init, else 1.0 = off)")
+    init_lr_ratio: float = option(0.1, "with init: the method's default base lr × this (ignored when lr is given)")
 
 
 @dataclass
@@ -152,6 +155,11 @@ class TrainConfig:
     method: str = option("simclr", "simclr, moco, dino or mae")
     backbone: str = option("resnet18", "timm architecture (random init), e.g. resnet18, resnet50, vit_small_patch16_224")
     model_kwargs: dict = option({}, "extra timm.create_model arguments, e.g. {patch_size: 8} for a ViT")
+    init: str | None = option(None, "start from these weights instead of a random init: timm:NAME (with pretrained), "
+                                    "a run directory, a checkpoint folder, or a weights file for backbone")
+    pretrained: bool = option(False, "with init timm:NAME: its published weights, from the local Hugging Face cache")
+    allow_download: bool = option(False, "with init timm:NAME and pretrained: fetch weights missing from the cache",
+                                  runtime=True)
     image_size: int = option(64, "training resolution (global crops) in px")
     batch_size: int = option(64, "images per step per process (global batch = batch_size × processes)")
     epochs: float | None = option(None, "passes over the data (default 100 unless max_minutes is given)")

@@ -27,6 +27,8 @@ from .backbone import build_backbone, check_input_sizes, is_vision_transformer
 from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .config import TrainConfig, to_dict
 from .data import StepBatchSampler, ViewDataset, load_training_images, make_loader
+from .initialization import (apply_layer_decay, load_initial_weights, read_init_record, resolve_initial_weights,
+                             training_preprocessing, write_init_record)
 from .methods import Method, get_method
 from .monitor import CollapseMonitor, KNNMonitor
 from .optimizers import build_optimizer, resolve_optimizer_config, set_hyperparameters
@@ -193,6 +195,13 @@ class Trainer:
     def setup(self) -> None:
         config = self.config
         torch.manual_seed(config.seed + self.process.rank)
+        initial = None
+        if config.init and not self.resume:  # a resumed run continues from its checkpoint instead
+            initial = resolve_initial_weights(config.init, backbone=config.backbone, pretrained=config.pretrained,
+                                              allow_download=config.allow_download,
+                                              default_backbone=TrainConfig().backbone)
+            config = dataclasses.replace(config, backbone=initial.backbone,
+                                         model_kwargs={**initial.model_kwargs, **config.model_kwargs})
         source = list_images(config.data)
         show = progress_enabled(config.progress) and self.process.is_main
         self.images = load_training_images(source, strict=config.strict, preload_megabytes=config.preload_megabytes,
@@ -215,11 +224,13 @@ class Trainer:
         backbone, dim, model_kwargs = build_backbone(config.backbone, config.model_kwargs,
                                                      image_size=config.image_size,
                                                      multi_size=self.method_cls.multi_size_views)
+        if initial is not None:
+            load_initial_weights(backbone, initial)
         augmentation = resolve_augmentation(config.augmentation, config.method, config.image_size)
         check_input_sizes(backbone, config.backbone, self.method_cls.input_sizes(config, augmentation))
         self.is_transformer = is_vision_transformer(backbone)
         optimizer_config = resolve_optimizer_config(config.optimizer, self.method_cls.optimizer_defaults,
-                                                    is_transformer=self.is_transformer)
+                                                    is_transformer=self.is_transformer, from_init=bool(config.init))
         config = dataclasses.replace(config, model_kwargs=model_kwargs, augmentation=augmentation,
                                      optimizer=optimizer_config,
                                      epochs=config.epochs if config.epochs or config.max_minutes else DEFAULT_EPOCHS,
@@ -246,9 +257,12 @@ class Trainer:
         if self.process.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.method, device_ids=ids)
-        self.optimizer = build_optimizer(self.method.parameter_groups(), optimizer_config.name, optimizer_config)
+        groups = apply_layer_decay(self.method.parameter_groups(), self.method.backbone, optimizer_config.layer_decay)
+        self.optimizer = build_optimizer(groups, optimizer_config.name, optimizer_config)
         self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
-        self.preprocessing = default_preprocessing(backbone, config.image_size)
+        init_record = (initial.record() if initial is not None else read_init_record(self.run_dir.path)
+                       if config.init else None)
+        self.preprocessing = training_preprocessing(default_preprocessing(backbone, config.image_size), init_record)
         self.transform = self.method_cls.build_transform(config.image_size, augmentation,
                                                          self.preprocessing.mean, self.preprocessing.std)
         self.dataset = ViewDataset(self.images, self.transform, config.seed)
@@ -270,6 +284,8 @@ class Trainer:
             if self.process.is_main:
                 self.run_dir.path.mkdir(parents=True, exist_ok=True)
                 self.run_dir.save_config(config)
+                if initial is not None:
+                    write_init_record(self.run_dir.path, initial)
             self.plan = self.make_plan()
 
     # -- planning ----------------------------------------------------------------------------------
@@ -553,6 +569,8 @@ class Trainer:
                         "epochs": round(self.step / self.plan.steps_per_epoch, 3), "images_seen": self.images_seen,
                         "finished": finished, "image_size": self.config.image_size, "data": self.config.data,
                         "knn_accuracy": self.knn_accuracy}
+            if self.config.init:
+                metadata["init"] = {"spec": self.config.init, "pretrained": self.config.pretrained}
             save_encoder(self.run_dir.path, backbone, backbone=self.config.backbone,
                          model_kwargs=dict(self.config.model_kwargs), preprocessing=self.preprocessing,
                          metadata=metadata)
