@@ -73,6 +73,7 @@ _SYMBOL_FONT = re.compile(r"math|dingbat|D050000L|symbol|awesome", re.IGNORECASE
 CHARACTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 ICON_MIN_THEMES = 8  # an icon name enters the icons set when at least this many themes draw it
 ICON_MAX_NAMES = 600
+FAMILY_CAP = 3  # dedup originals per (theme, first word of the icon name)
 GLYPH_STYLES = ("regular", "bold", "italic")  # faces kept per font family
 GLYPH_MAX_FACES = 90
 
@@ -179,6 +180,8 @@ def best_icons(files: Sequence[IconFile]) -> dict[tuple[str, str], IconFile]:
 
 def render_icon(path: Path, size: int = SIZE) -> Image.Image | None:
     """An icon file as a size x size RGB image on white, aspect kept; None when it cannot be read."""
+    if path.suffix.lower() == ".svg":
+        _require_renderer()
     try:
         if path.suffix.lower() == ".svg":
             done = subprocess.run(["rsvg-convert", "-w", str(size), "-h", str(size), "--keep-aspect-ratio",
@@ -194,8 +197,9 @@ def render_icon(path: Path, size: int = SIZE) -> Image.Image | None:
     image = image.convert("RGBA")
     if image.getbbox() is None:
         return None
-    image.thumbnail((size, size), Image.LANCZOS) if max(image.size) > size else None
-    if max(image.size) < size:
+    if max(image.size) > size:
+        image.thumbnail((size, size), Image.LANCZOS)
+    elif max(image.size) < size:
         scale = size / max(image.size)
         image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.LANCZOS)
     canvas = Image.new("RGBA", (size, size), (255, 255, 255, 255))
@@ -208,9 +212,9 @@ def _require_renderer() -> None:
         raise BuildError("rsvg-convert not found (needed for SVG icon themes); install it: apt-get install librsvg2-bin")
 
 
-def collect_icons(roots: dict[str, Path], themes: Sequence[tuple[str, str]] = ICON_THEMES) -> dict[tuple[str, str], IconFile]:
+def collect_icons(roots: dict[str, Path], themes: Sequence[tuple[str, str]] | None = None) -> dict[tuple[str, str], IconFile]:
     files: list[IconFile] = []
-    for package, theme in themes:
+    for package, theme in ICON_THEMES if themes is None else themes:
         if package not in roots:
             continue
         theme_root = roots[package] / "usr" / "share" / "icons" / theme
@@ -222,7 +226,6 @@ def collect_icons(roots: dict[str, Path], themes: Sequence[tuple[str, str]] = IC
 def build_icons(roots: dict[str, Path], out: Path, *, min_themes: int = ICON_MIN_THEMES,
                 max_names: int = ICON_MAX_NAMES) -> dict[str, object]:
     """The icons set: names drawn by at least ``min_themes`` themes, one image per (theme, name)."""
-    _require_renderer()
     best = collect_icons(roots)
     themes_of: dict[str, list[str]] = defaultdict(list)
     for theme, name in best:
@@ -436,7 +439,6 @@ def distinct_originals(images: Sequence[Image.Image], min_distance: float = 0.05
 def build_icons_dedup(roots: dict[str, Path], out: Path, *, n_originals: int = 4500, n_copies: int = 1500,
                       seed: int = 0) -> dict[str, object]:
     """The dedup set: distinct icons (any name, any theme) plus edited copies of some of them."""
-    _require_renderer()
     best = collect_icons(roots)
     rng = np.random.default_rng(seed)
     keys = sorted(best)
@@ -444,15 +446,22 @@ def build_icons_dedup(roots: dict[str, Path], out: Path, *, n_originals: int = 4
     images: list[Image.Image] = []
     names: list[tuple[str, str]] = []
     seen: set[bytes] = set()
+    family_count: dict[tuple[str, str], int] = defaultdict(int)
     for index in order:
         if len(images) >= int(n_originals * 1.3):
             break
+        # at most FAMILY_CAP icons of one theme's name family (Papirus alone draws ~100 "folder-<colour>-<emblem>"
+        # icons that differ in an 8-px emblem: a set full of them measures emblem reading, not duplicate finding)
+        family = (keys[index][0], re.split(r"[-_]", keys[index][1])[0])
+        if family_count[family] >= FAMILY_CAP:
+            continue
         image = render_icon(best[keys[index]].path)
         if image is None:
             continue
         digest = hashlib.sha256(image.tobytes()).digest()
         if digest not in seen:
             seen.add(digest)
+            family_count[family] += 1
             images.append(image)
             names.append(keys[index])
     kept = distinct_originals(images)[:n_originals]
