@@ -465,14 +465,22 @@ def build_icons_dedup(roots: dict[str, Path], out: Path, *, n_originals: int = 4
             images.append(image)
             names.append(keys[index])
     kept = distinct_originals(images)[:n_originals]
+    return _write_dedup_set(out, [(f"{names[i][0]}__{names[i][1]}", names[i][0], images[i]) for i in kept],
+                            n_copies, rng, {"set": "icons-dedup", "seed": seed})
+
+
+def _write_dedup_set(out: Path, originals_in: Sequence[tuple[str, str, Image.Image]], n_copies: int,
+                     rng: np.random.Generator, info: dict[str, object]) -> dict[str, object]:
+    """Write originals (name, source, image), edited copies of ``n_copies`` of them, pairs.csv and labels.csv."""
     rows: list[tuple[str, str, str]] = []
     originals: list[tuple[str, Image.Image]] = []
-    for i in kept:
-        theme, name = names[i]
-        rel = Path("images") / "originals" / f"{theme}__{name}.png"
-        _save(images[i], out / rel)
-        rows.append((str(rel), "originals", theme))
-        originals.append((str(rel), images[i]))
+    for name, source, image in originals_in:
+        rel = Path("images") / "originals" / f"{name}.png"
+        if (out / rel).exists():
+            raise BuildError(f"two originals named {name!r}; the set would lose one")
+        _save(image, out / rel)
+        rows.append((str(rel), "originals", source))
+        originals.append((str(rel), image))
     pairs: list[tuple[str, str, str]] = []
     chosen = rng.choice(len(originals), size=min(n_copies, len(originals)), replace=False)
     for number, index in enumerate(sorted(chosen.tolist())):
@@ -487,8 +495,57 @@ def build_icons_dedup(roots: dict[str, Path], out: Path, *, n_originals: int = 4
         writer.writerow(["copy", "original", "edits"])
         writer.writerows(pairs)
     os.replace(out / "pairs.csv.tmp", out / "pairs.csv")
-    return _finish(out, rows, {"set": "icons-dedup", "originals": len(originals), "copies": len(pairs),
-                               "edits": list(DEDUP_EDITS), "seed": seed})
+    return _finish(out, rows, {**info, "originals": len(originals), "copies": len(pairs), "edits": list(DEDUP_EDITS)})
+
+
+WALLPAPER_PACKAGES: tuple[str, ...] = ("gnome-backgrounds", "plasma-workspace-wallpapers", "mate-backgrounds",
+                                       "ukui-wallpapers", "desktop-base", "lxqt-themes")
+TILE_GRID = 6  # tiles per side cut from the central square of each wallpaper
+TILE_SIZE = 96
+
+
+def wallpaper_tiles(roots: dict[str, Path], min_contrast: float = 0.12) -> list[tuple[str, str, Image.Image]]:
+    """(name, package, tile) for the TILE_GRID² tiles of each distinct raster wallpaper, flat tiles left out."""
+    tiles: list[tuple[str, str, Image.Image]] = []
+    seen: set[str] = set()
+    for package in sorted(roots):
+        for path in sorted(roots[package].rglob("*")):
+            if path.suffix.lower() not in (".jpg", ".jpeg", ".png", ".webp") or not path.is_file() or path.is_symlink():
+                continue
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if digest in seen:
+                continue
+            seen.add(digest)
+            try:
+                with Image.open(path) as opened:
+                    if min(opened.size) < 512:
+                        continue
+                    opened.draft("RGB", (1024, 1024))
+                    image = opened.convert("RGB")
+            except (OSError, Image.DecompressionBombError):
+                continue
+            side = min(image.size)
+            left, top = (image.width - side) // 2, (image.height - side) // 2
+            square = image.crop((left, top, left + side, top + side)).resize((TILE_SIZE * TILE_GRID,) * 2, Image.LANCZOS)
+            stem = f"{len(seen):04d}-" + re.sub(r"[^A-Za-z0-9]+", "-", f"{package}-{path.stem}")[:60]
+            for ty in range(TILE_GRID):
+                for tx in range(TILE_GRID):
+                    tile = square.crop((tx * TILE_SIZE, ty * TILE_SIZE, (tx + 1) * TILE_SIZE, (ty + 1) * TILE_SIZE))
+                    if np.asarray(tile.convert("L"), np.float32).std() / 255.0 < min_contrast:
+                        continue  # sky, gradients: every flat tile is a duplicate of every other
+                    tiles.append((f"{stem}-{ty}{tx}", package, tile))
+    return tiles
+
+
+def build_wallpapers_dedup(roots: dict[str, Path], out: Path, *, n_copies_fraction: float = 0.3,
+                           seed: int = 0) -> dict[str, object]:
+    """The photo dedup set: tiles of wallpapers (photographs and artwork) plus edited copies of some."""
+    tiles = wallpaper_tiles(roots)
+    kept = distinct_originals([tile for _, _, tile in tiles])
+    rng = np.random.default_rng(seed)
+    chosen = [tiles[i] for i in kept]
+    return _write_dedup_set(out, chosen, round(len(chosen) * n_copies_fraction), rng,
+                            {"set": "wallpapers-dedup", "seed": seed, "tile_grid": TILE_GRID})
 
 
 # ----------------------------------------------------------------------------- output
@@ -514,6 +571,7 @@ SETS = {
     "icons": (lambda: [p for p, _ in ICON_THEMES], build_icons),
     "glyphs": (lambda: list(FONT_PACKAGES), build_glyphs),
     "icons-dedup": (lambda: [p for p, _ in ICON_THEMES], build_icons_dedup),
+    "wallpapers-dedup": (lambda: list(WALLPAPER_PACKAGES), build_wallpapers_dedup),
 }
 
 

@@ -30,9 +30,10 @@ from .calibrate import (AMBIGUOUS_RANK, SURE_COPY_QUANTILE, Calibration, StoreFa
                         precision_recall, store_precision)
 from .edits import edited_copy
 from .graph import similar_pairs
-from .verify import canonical, verify_images, verify_pairs
+from .verify import verify_images, verify_pairs, working_view
 
 THUMB_SIZE = 16  # px of the greyscale thumbnails that propose pixel candidates
+PIXEL_NEIGHBORS = 48  # pixel candidates per image: verifying costs per image, not per pair, so cast wide
 CANDIDATE_COSINE = 0.0  # embedding neighbours at or above this cosine are candidates (all k nearest, in effect)
 TYPICAL_COPY_QUANTILE = 0.5  # the threshold never exceeds this quantile of the copies' scores
 CURVE_POINTS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995)
@@ -74,8 +75,7 @@ def thumbnails(paths: Sequence[Path], *, progress: bool | None = None) -> np.nda
         for row, path in enumerate(paths):
             image = _safe_load(path)
             if image is not None:
-                image.thumbnail((96, 96), Image.BILINEAR)
-                view = ImageOps.grayscale(canonical(image)).resize((THUMB_SIZE, THUMB_SIZE), Image.BILINEAR)
+                view = ImageOps.grayscale(working_view(image)).resize((THUMB_SIZE, THUMB_SIZE), Image.BILINEAR)
                 pixels = np.asarray(view, np.float32)
                 pixels = (pixels + pixels[:, ::-1]).ravel()
                 pixels -= pixels.mean()
@@ -91,8 +91,8 @@ def verified_pairs(vectors: np.ndarray, paths: Sequence[Path], *, neighbors: int
     by_embedding = similar_pairs(vectors, CANDIDATE_COSINE, neighbors=neighbors, method=method, device=device,
                                  seed=seed, progress=progress)
     thumbs = thumbnails(paths, progress=progress)
-    by_pixels = similar_pairs(thumbs, CANDIDATE_COSINE, neighbors=neighbors, method=method, device=device, seed=seed,
-                              progress=progress)
+    by_pixels = similar_pairs(thumbs, CANDIDATE_COSINE, neighbors=max(neighbors, PIXEL_NEIGHBORS), method=method,
+                              device=device, seed=seed, progress=progress)
     first = np.concatenate([by_embedding.first, by_pixels.first])
     second = np.concatenate([by_embedding.second, by_pixels.second])
     keys = np.unique(first.astype(np.int64) * len(paths) + second)
