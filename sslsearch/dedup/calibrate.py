@@ -348,7 +348,7 @@ def _compare(vectors: np.ndarray, rows: np.ndarray, copies: np.ndarray, cosines:
         for i, (row, cosine) in enumerate(zip(rows.tolist(), cosines.tolist())):
             j = position[row]
             others = original_scores[j][(original_labels[j] >= 0) & (original_labels[j] != row)]
-            values = np.sort(np.r_[others, cosine])[::-1]
+            values = np.sort(np.r_[others, cosine])[::-1][:k_original]  # the row may be missing from its own list (ties)
             with_copy[i, :len(values)] = values
         original_background = density.background_of(with_copy)
         positives = density.score(cosines, copy_background, original_background)
