@@ -25,7 +25,9 @@ EDITS: tuple[str, ...] = ("jpeg", "resize", "crop", "color", "watermark", "rotat
 FULL_EDITS: tuple[str, ...] = ("jpeg", "resize", "wide_crop", "color", "watermark", "wide_rotate", "pad", "hflip",
                                "grayscale")
 EDIT_PRESETS: dict[str, tuple[str, ...]] = {"classic": EDITS, "full": FULL_EDITS}
-_EDIT_COUNT_WEIGHTS = (0.45, 0.4, 0.15)  # probability of 1, 2 or 3 edits per copy
+_EDIT_COUNT_WEIGHTS = (0.45, 0.4, 0.15)  # probability of 1, 2 or 3 edits per copy (classic)
+# full preset: 1 or 2 edits; its edits are wider, and 3 wide edits at once make copies few duplicates resemble
+_FULL_COUNT_WEIGHTS = (0.6, 0.4)
 
 
 def resolve_edits(edits: str | Sequence[str]) -> tuple[str, ...]:
@@ -52,8 +54,8 @@ def resolve_edits(edits: str | Sequence[str]) -> tuple[str, ...]:
 
 def edited_copy(image: Image.Image, rng: np.random.Generator,
                 edits: Sequence[str] = EDITS) -> tuple[Image.Image, tuple[str, ...]]:
-    """A copy of an RGB image with 1 to 3 random edits from ``edits`` (names of this module's edits,
-    default the classic preset); deterministic for ``rng``.
+    """A copy of an RGB image with random edits from ``edits`` (names of this module's edits, default the
+    classic preset): 1 to 3 for the classic preset, 1 or 2 otherwise; deterministic for ``rng``.
 
     Returns:
         The edited RGB image and the names of the edits applied, in order.
@@ -64,7 +66,8 @@ def edited_copy(image: Image.Image, rng: np.random.Generator,
         ('RGB', True)
     """
     edits = tuple(edits)
-    count = min(len(edits), 1 + int(rng.choice(len(_EDIT_COUNT_WEIGHTS), p=_EDIT_COUNT_WEIGHTS)))
+    weights = _EDIT_COUNT_WEIGHTS if edits == EDITS else _FULL_COUNT_WEIGHTS
+    count = min(len(edits), 1 + int(rng.choice(len(weights), p=weights)))
     chosen = sorted(rng.choice(len(edits), size=count, replace=False).tolist())
     out = image if image.mode == "RGB" else image.convert("RGB")
     for index in chosen:
