@@ -136,3 +136,17 @@ def test_a_tiny_run_records_the_resolved_recipe_and_resumes(sample_dir: Path, tm
     second = train(saved, resume=True, log=lines.append)  # the hook runs again on the saved config: no change
     assert second.finished and second.steps == 3
     assert not [line for line in lines if line.startswith("dino recipe")]
+
+
+def test_a_run_saved_before_the_recipe_existed_resumes_with_its_own_settings(tmp_path: Path) -> None:
+    from sslsearch.ssl.config import load_run_config, to_yaml
+
+    run = tmp_path / "old-run"
+    run.mkdir()
+    text = to_yaml(dino_config(data="x", out=str(run)))
+    old_text = "\n".join(line for line in text.splitlines() if not line.strip().startswith(("recipe:", "# auto, short")))
+    assert "recipe" not in old_text
+    (run / "config.yaml").write_text(old_text)
+    saved = load_run_config(run)
+    assert saved.dino.recipe == "paper" and saved.dino.centering == "mean"  # as it was trained
+    assert DINO.adapt_to_budget(saved, budget(device="cpu", minutes=5)) == saved

@@ -354,7 +354,12 @@ def load_run_config(run: str | os.PathLike[str]) -> TrainConfig:
     if not path.is_file():
         raise InputNotFoundError(f"{Path(run)} is not a training run (no {RUN_CONFIG_NAME}); "
                                  "start one without --resume")
-    return load_yaml(path)
+    config = load_yaml(path)
+    saved = yaml.safe_load(path.read_text()) or {}
+    if isinstance(saved.get("dino"), dict) and "recipe" not in saved["dino"]:
+        # saved before dino.recipe existed: the run trained with its fields as saved, no recipe applied
+        config = dataclasses.replace(config, dino=dataclasses.replace(config.dino, recipe="paper"))
+    return config
 
 
 def to_yaml(config: TrainConfig, *, comments: bool = True) -> str:
