@@ -144,7 +144,8 @@ def test_a_run_saved_before_the_recipe_existed_resumes_with_its_own_settings(tmp
     run = tmp_path / "old-run"
     run.mkdir()
     text = to_yaml(dino_config(data="x", out=str(run)))
-    old_text = "\n".join(line for line in text.splitlines() if not line.strip().startswith(("recipe:", "# auto, short")))
+    old_text = "\n".join(line for line in text.splitlines()
+                         if not line.strip().startswith(("recipe:", "# auto, short")))
     assert "recipe" not in old_text
     (run / "config.yaml").write_text(old_text)
     saved = load_run_config(run)

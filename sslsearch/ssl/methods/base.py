@@ -54,8 +54,9 @@ class Method(nn.Module):
 
     Before anything is built the trainer asks the class, in this order: ``validate(config)``
     (rules of the method's own settings), ``adapt_to_budget(config, budget)`` (settings chosen
-    from the run's length; ``explain_budget_choice`` says which, in one logged line), then, with the backbone built, ``input_sizes`` and ``resolve_config``
-    (data-dependent defaults). So a new method needs no edit in the trainer.
+    from the run's length; ``explain_budget_choice`` says which, in one logged line), then, with
+    the backbone built, ``input_sizes`` and ``resolve_config`` (data-dependent defaults). So a new
+    method needs no edit in the trainer.
 
     Subclasses set ``name``, ``min_batch_size``, ``optimizer_defaults`` (and ``multi_size_views``
     when views of several sizes go through the backbone), implement ``build_transform`` and

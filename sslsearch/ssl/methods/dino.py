@@ -140,6 +140,7 @@ class DINO(Method):
         if recipe == "paper":
             return ("dino recipe: paper (the run is long: not on CPU, not ≤ "
                     f"{SHORT_MAX_MINUTES:g} minutes, not < {SHORT_MAX_STEPS:,} steps)")
+
         def value(config: TrainConfig, key: str) -> Any:
             section, name = key.split(".")
             return getattr(getattr(config, section), name)
