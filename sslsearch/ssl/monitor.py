@@ -23,15 +23,16 @@ LOSS_AT_LOG_K_TOLERANCE = 0.01  # DINO loss within 1% of ln K: the student copie
 HINTS = {
     "embeddings": "lower optimizer.lr or raise the method's temperature; check the two views differ "
                   "(augmentation) and the batch is not tiny",
-    "uniform": "DINO teacher is uniform: try dino.centering=sinkhorn with fewer dino.prototypes (256), "
-               "dino.koleo_weight=0.1 and a sharper dino.teacher_temperature (0.02); on a small budget a smaller "
-               "--backbone gets more steps",
+    "uniform": "DINO teacher is uniform: unless the run already uses it, try dino.recipe=short "
+               "(dino.centering=sinkhorn with fewer dino.prototypes (256), dino.koleo_weight=0.1 and a sharper "
+               "dino.teacher_temperature (0.02)); on a small budget a smaller --backbone gets more steps",
     "one_prototype": "DINO teacher puts every image on one prototype: set dino.centering=sinkhorn (balances the "
                      "prototypes), or lower dino.center_momentum (centre faster) or raise "
                      "dino.teacher_temperature_start",
-    "loss_at_log_k": "DINO loss is stuck at ln K (student copies a uniform teacher): try dino.centering=sinkhorn "
-                     "with dino.prototypes=256, dino.koleo_weight=0.1 and dino.teacher_temperature=0.02, or train "
-                     "longer; on a small budget a smaller --backbone gets more steps",
+    "loss_at_log_k": "DINO loss is stuck at ln K (student copies a uniform teacher): train longer, or, unless "
+                     "the run already uses it, try dino.recipe=short (dino.centering=sinkhorn with "
+                     "dino.prototypes=256, dino.koleo_weight=0.1 and dino.teacher_temperature=0.02); on a small "
+                     "budget a smaller --backbone gets more steps",
 }
 
 

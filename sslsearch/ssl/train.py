@@ -218,6 +218,9 @@ class Trainer:
         self.budget = requested_budget(config.epochs, config.max_minutes, dataset_size=len(self.images),
                                        global_batch_size=self.global_batch, device_type=self.device.type)
         adapted = self.method_cls.adapt_to_budget(config, self.budget)
+        note = self.method_cls.explain_budget_choice(config, adapted, self.budget)
+        if note:
+            self.log(note)
         if adapted != config:
             validate_config(adapted)
             config = adapted

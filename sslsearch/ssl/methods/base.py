@@ -54,8 +54,9 @@ class Method(nn.Module):
 
     Before anything is built the trainer asks the class, in this order: ``validate(config)``
     (rules of the method's own settings), ``adapt_to_budget(config, budget)`` (settings chosen
-    from the run's length), then, with the backbone built, ``input_sizes`` and ``resolve_config``
-    (data-dependent defaults). So a new method needs no edit in the trainer.
+    from the run's length; ``explain_budget_choice`` says which, in one logged line), then, with
+    the backbone built, ``input_sizes`` and ``resolve_config`` (data-dependent defaults). So a new
+    method needs no edit in the trainer.
 
     Subclasses set ``name``, ``min_batch_size``, ``optimizer_defaults`` (and ``multi_size_views``
     when views of several sizes go through the backbone), implement ``build_transform`` and
@@ -99,6 +100,11 @@ class Method(nn.Module):
         it is applied again to the run's saved config, which must come back unchanged.
         """
         return config
+
+    @classmethod
+    def explain_budget_choice(cls, asked: TrainConfig, adapted: TrainConfig, budget: Budget) -> str | None:
+        """One line for the console saying what ``adapt_to_budget`` chose and why, or None (nothing to say)."""
+        return None
 
     @classmethod
     def input_sizes(cls, config: TrainConfig, augmentation: AugmentationConfig) -> dict[str, int]:
