@@ -43,6 +43,8 @@ def search_command(
     ids: Optional[str] = typer.Option(None, "--ids", help="Comma-separated store ids, e.g. 3,17."),
     k: int = typer.Option(10, "-k", "--k", help="Neighbours per query."),
     device: str = DeviceOption,
+    memory_budget: Optional[str] = typer.Option(
+        None, "--memory-budget", help="Most memory the index may take, e.g. 4GB: a larger IVF index is memory-mapped."),
     as_json: bool = JsonOption,
 ) -> None:
     from ..errors import InvalidArgumentError
@@ -53,7 +55,7 @@ def search_command(
         raise InvalidArgumentError("give exactly one kind of query: image paths, --vectors FILE.npy or --ids 3,17"
                                    + (f" (got {' and '.join(given)})" if given else ""))
     # A few CLI queries do not repay copying the index to a GPU: it goes there only with --device cuda.
-    index = load_index(index_dir, device="cpu" if device == "auto" else device)
+    index = load_index(index_dir, device="cpu" if device == "auto" else device, memory_budget=memory_budget)
     if ids:
         results = index.search_ids(_parse_ids(ids), k)
     elif vectors:
