@@ -439,7 +439,7 @@ def load_index(directory: str | os.PathLike[str], *, device: str = "cpu",
     exact_device = None
     if device != "cpu":
         torch_device = resolve_device(device)
-        if wants_faiss_gpu(device, card.kind):
+        if wants_faiss_gpu(device, card.kind) and not card.build_params.get("on_disk"):  # lists stay mapped
             faiss_index = index_to_gpu(faiss_index, device)
             apply_search_params(faiss_index, card.search_params)
         elif torch_device.type == "cuda" and card.kind == "flat":
