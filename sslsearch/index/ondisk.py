@@ -175,7 +175,7 @@ def build_ondisk_index(store_dir: str | os.PathLike[str], out: str | os.PathLike
             part_bytes = min(part_budget, -(-n // workers) * code_bytes)
             parts = plan_parts([(s.name, s.rows) for s in store.manifest.shards], code_bytes, part_bytes)
             part_paths = [str(work / f"part-{p.number:05d}.index") for p in parts]
-            worker_peak = _fill_parts(parts, part_paths, str(trained_path), str(store.directory), chunk_rows,
+            worker_peak, part_rate = _fill_parts(parts, part_paths, str(trained_path), str(store.directory), chunk_rows,
                                       workers, max(1, cores // workers), n, progress)
             timings["add"] = time.perf_counter() - tick
 
@@ -214,6 +214,7 @@ def build_ondisk_index(store_dir: str | os.PathLike[str], out: str | os.PathLike
             build_params = {**spec.build_params, "on_disk": True, "train_size": int(min(train_size, n)),
                             "chunk_rows": chunk_rows, "target_recall": target_recall, "parts": len(parts),
                             "workers": workers, "ivfdata_bytes": data_bytes, "worker_peak_memory_bytes": worker_peak,
+                            "part_rows_per_second": round(part_rate, 1),
                             "device": "faiss-gpu (training)" if on_gpu else "cpu",
                             "memory_budget_bytes": memory_budget_bytes}
 
@@ -245,18 +246,19 @@ def _train(index: Any, training: np.ndarray) -> Any:
 
 
 def _fill_parts(parts: list[PartPlan], part_paths: list[str], trained_path: str, store_dir: str, chunk_rows: int,
-                workers: int, threads: int, total: int, progress: bool | None) -> int:
+                workers: int, threads: int, total: int, progress: bool | None) -> tuple[int, float]:
     """Fill every part, ``workers`` at a time, each in a fresh ``python -m sslsearch.distributed.index_part`` process.
 
     Fresh interpreters rather than multiprocessing: forking a process whose OpenMP pool has run
     (faiss training) can hang the child, and spawn would re-run the caller's unguarded script.
-    Returns the largest peak RSS of a worker.
+    Returns the largest peak RSS of a worker and the median rows/s of one worker filling its part.
     """
     package_root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     pending = list(zip(parts, part_paths))
     running: list[tuple[PartPlan, subprocess.Popen[str]]] = []
     peak = 0
+    rates: list[float] = []
     with progress_bar(total, "index parts", unit="vec", enabled=progress) as bar:
         try:
             while pending or running:
@@ -273,11 +275,12 @@ def _fill_parts(parts: list[PartPlan], part_paths: list[str], trained_path: str,
                     last = (stderr.strip().splitlines() or ["(no output)"])[-1]
                     raise IndexFileError(f"the process filling index part {part.number} (shards {part.shards[0]}…"
                                          f"{part.shards[-1]}) failed with exit code {process.returncode}: {last}")
-                rows, rss = json.loads(stdout.strip().splitlines()[-1])
+                rows, rss, seconds = json.loads(stdout.strip().splitlines()[-1])
                 peak = max(peak, rss)
+                rates.append(rows / seconds if seconds > 0 else 0.0)
                 bar.update(rows)
         finally:
             for _, process in running:
                 process.kill()
                 process.wait()
-    return peak
+    return peak, float(np.median(rates)) if rates else 0.0
