@@ -23,6 +23,7 @@ from .graph import DEFAULT_NEIGHBORS, SimilarPairs, _canonical
 
 DEFAULT_MARGIN = 0.03  # below the floor that candidates may score in the index (8-bit codes: a few hundredths)
 CHUNK_ROWS = 16_384
+PAIR_BLOCK = 65_536  # pairs re-scored at once
 
 
 def similar_pairs_from_index(store_dir: str | os.PathLike[str], index_dir: str | os.PathLike[str],
@@ -112,4 +113,8 @@ def _exact_similarities(store: EmbeddingStore, first: np.ndarray, second: np.nda
         if hi > lo:
             vectors[lo:hi] = batch.embeddings[rows[lo:hi] - batch.ids[0]]
     a, b = np.searchsorted(rows, first), np.searchsorted(rows, second)
-    return np.einsum("ij,ij->i", vectors[a], vectors[b]).astype(np.float32)
+    similarity = np.empty(len(first), np.float32)
+    for start in range(0, len(first), PAIR_BLOCK):  # bounded temporaries: two (block, dim) gathers at a time
+        stop = start + PAIR_BLOCK
+        similarity[start:stop] = np.einsum("ij,ij->i", vectors[a[start:stop]], vectors[b[start:stop]])
+    return similarity
