@@ -189,3 +189,13 @@ def test_receipt_round_trip():
     receipt = BlockReceipt(3, 5, 1234, ({"path": "a.png", "reason": "empty", "detail": "a.png: file is empty"},))
     assert BlockReceipt.from_json(receipt.to_json()) == receipt
     assert receipt.shard == "part-00003.parquet" and BlockReceipt(4, 0, 0).shard is None
+
+
+def test_cli_refuses_an_unknown_engine_and_threads_with_ray(images, tmp_path, capsys):
+    base = ["embed", str(images), "--encoder", SPEC, "--out", str(tmp_path / "emb"), "--device", "cpu"]
+    for extra, message in ((["--engine", "spark"], "unknown engine 'spark'"),
+                           (["--engine", "ray", "--threads", "2"], "--threads applies to --engine local")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(base + extra)
+        assert exit_info.value.code == 1 and message in capsys.readouterr().err
+    assert not (tmp_path / "emb").exists()

@@ -155,12 +155,13 @@ def _ray_session(ray: Any, address: str | None) -> Iterator[None]:
         ray.shutdown()
 
 
-def _resources(ray: Any, options: RayOptions) -> tuple[int, float, float]:
-    """(actors, gpus per actor, cpus per actor) from the options and the cluster's resources."""
+def _resources(ray: Any, options: RayOptions, device: str) -> tuple[int, float, float]:
+    """(actors, gpus per actor, cpus per actor) from the options, the device asked and the cluster's resources."""
     cluster = ray.cluster_resources()
     gpus = float(cluster.get("GPU", 0))
     cpus = float(cluster.get("CPU", 1))
-    per_gpu = options.gpus_per_worker if options.gpus_per_worker is not None else (1.0 if gpus else 0.0)
+    default_gpus = 1.0 if gpus and device != "cpu" else 0.0
+    per_gpu = options.gpus_per_worker if options.gpus_per_worker is not None else default_gpus
     if per_gpu > gpus:
         raise InvalidArgumentError(f"--gpus-per-worker {per_gpu} but the Ray cluster has {gpus:g} GPU(s); "
                                    "pass --gpus-per-worker 0 to embed on CPUs")
@@ -175,8 +176,6 @@ def _resources(ray: Any, options: RayOptions) -> tuple[int, float, float]:
 def _prepare_store(location: StoreLocation, source: ImageSource, encoder: Encoder, dtype: str, *, resume: bool,
                    overwrite: bool) -> dict[int, BlockReceipt]:
     """Check or clear the output; return the receipts of blocks already done (resume only)."""
-    location.make_dirs()
-    location.make_dirs(RECEIPTS)
     names = [n for n in location.list() if not n.startswith(".")]  # the lock, temporary files
     has_store = MANIFEST_NAME in names or any(SHARD_PATTERN.match(n) for n in names)
     fingerprint = encoder.fingerprint.to_dict()
@@ -186,6 +185,7 @@ def _prepare_store(location: StoreLocation, source: ImageSource, encoder: Encode
     if not has_store and names and not overwrite and not resume:
         raise StoreError(f"output directory {location.uri} already holds {len(names)} other file(s) (e.g. {names[0]!r}); "
                          "choose an empty or new directory, or pass --overwrite")
+    location.make_dirs(RECEIPTS)
     if overwrite and not resume:
         for name in names:
             if SHARD_PATTERN.match(name) or name == MANIFEST_NAME:
@@ -364,7 +364,7 @@ def _run(ray: Any, todo: list[BlockTask], source: ImageSource, driver_encoder: E
     total = sum(len(t.ids) for t in todo)
     finished: dict[int, BlockReceipt] = {}
     with _ray_session(ray, options.address):
-        actors, gpus, cpus = _resources(ray, options)
+        actors, gpus, cpus = _resources(ray, options, device)
         actor_device = device if device != "auto" else ("cuda" if gpus else "cpu")
         decode_workers = max(0, int(cpus) - 1) if gpus else 0
         threads = None if gpus else max(1, int(cpus))
