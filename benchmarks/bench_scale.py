@@ -167,7 +167,12 @@ def main(argv: list[str] | None = None) -> None:
                            "index_faiss_bytes": card.size_bytes, "ivfdata_bytes": card.build_params["ivfdata_bytes"]}
 
         log("exact ground truth of the held-out queries (the reference: exact search of the same batch) ...")
-        queries = held_out_queries(n, args.queries, dim, args.seed)
+        cached = work / f"queries-{args.queries}-seed{args.seed}.npy"
+        if cached.exists():
+            queries = np.load(cached)
+        else:
+            queries = held_out_queries(n, args.queries, dim, args.seed)
+            np.save(cached, queries)
         started = time.perf_counter()
         truth = exact_search(queries, store, 10, device="cpu", backend="faiss")[1]
         exact_seconds = time.perf_counter() - started
@@ -176,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         index = load_index(index_dir)
         raw = index.faiss_index
         sweep = []
-        for nprobe in (4, 8, 16, 32, 64, 128):
+        for nprobe in sorted({4, 8, 16, 32, 64, 128, int(card.search_params["nprobe"])}):
             apply_search_params(raw, {"nprobe": nprobe})
             found = raw.search(queries, 10)[1]
             seconds = median_seconds(lambda: raw.search(queries, 10), args.repeats)
@@ -184,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
                           "qps": round(len(queries) / seconds, 1)})
             log(f"  nprobe {nprobe}: recall@10 {sweep[-1]['recall_at_10']:.4f}, {sweep[-1]['qps']:.0f} QPS")
         apply_search_params(raw, card.search_params)
-        tuned = next(p for p in sweep if p["nprobe"] >= card.search_params["nprobe"])
+        tuned = next(p for p in sweep if p["nprobe"] == card.search_params["nprobe"])
         single = [queries[i:i + 1] for i in range(100)]
         latency = median_seconds(lambda: [raw.search(q, 10) for q in single], args.repeats) / len(single)
         record["search"] = {"sweep": sweep, "tuned_nprobe": card.search_params["nprobe"],

@@ -118,7 +118,8 @@ def build_ondisk_index(store_dir: str | os.PathLike[str], out: str | os.PathLike
     cores = usable_cores()
     workers = max(1, min(workers or 2, cores, len(store.manifest.shards)))
     index = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
-    code_bytes = faiss.extract_index_ivf(index).code_size + 8  # codes + int64 id per vector
+    # codes + int64 id per vector, ×2: inverted lists grow by doubling, so a part may hold twice its bytes
+    code_bytes = 2 * (faiss.extract_index_ivf(index).code_size + 8)
     train_size = spec.train_size
     if memory_budget_bytes is not None:
         train_size = min(train_size, max(1, memory_budget_bytes // (TRAIN_SHARE * 4 * dim)))
