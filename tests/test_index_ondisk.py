@@ -111,7 +111,7 @@ def test_cli_on_disk_json_stays_clean(store, tmp_path, capfd):
         main(["index", "build", str(store[0]), "--out", str(out), "--on-disk", "--workers", "1", "--json"])
     assert exit_info.value.code in (0, None)
     stdout = capfd.readouterr().out
-    card = json.loads(stdout)  # faiss's "resizing ..." went to stderr
+    card = json.loads(stdout)  # faiss's "resizing ..." did not reach stdout
     assert card["build_params"]["on_disk"] and card["build_params"]["workers"] == 1
     with pytest.raises(SystemExit):
         main(["index", "build", str(store[0]), "--out", str(out), "--on-disk"])

@@ -1,4 +1,4 @@
-"""Embedding extraction on Ray Data: shard blocks embedded by an actor pool, committed into the same store as the local engine."""
+"""Embedding extraction on Ray Data: an actor pool embeds shard blocks into the local engine's store format."""
 from __future__ import annotations
 
 import contextlib

@@ -28,21 +28,26 @@ RECALL_DEFINITION = RECALL_HELD_OUT
 
 
 @contextlib.contextmanager
-def c_stdout_to_stderr() -> Iterator[None]:
-    """Send what C code writes to file descriptor 1 (faiss's on-disk lists print there) to stderr in the block."""
+def quiet_c_stdout() -> Iterator[None]:
+    """Drop what C code prints on file descriptor 1 in the block.
+
+    faiss's on-disk lists print notes there ("resizing ...", "IO_FLAG_ONDISK_SAME_DIR: updating
+    ondisk filename ..."), which would corrupt ``--json`` output; its errors are exceptions.
+    """
     sys.stdout.flush()
     try:
         saved = os.dup(1)
+        devnull = os.open(os.devnull, os.O_WRONLY)
     except OSError:  # no stdout at all
         yield
         return
     try:
-        os.dup2(2, 1)
+        os.dup2(devnull, 1)
         yield
     finally:
-        sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
+        os.close(devnull)
 
 
 def _now() -> str:
@@ -270,7 +275,7 @@ def read_index_files(directory: str | os.PathLike[str], *, mmap: bool = False) -
     if mmap and card.kind in ("ivf", "ivfpq"):
         flags |= faiss.IO_FLAG_MMAP
     try:
-        with c_stdout_to_stderr():
+        with quiet_c_stdout():
             faiss_index = faiss.read_index(str(path), flags)
     except (RuntimeError, MemoryError, OSError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

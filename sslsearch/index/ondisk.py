@@ -33,7 +33,7 @@ from ..progress import progress_bar
 from ..store import EmbeddingStore, manifest_hash
 from .exact import exact_search
 from .gpu import index_to_cpu, index_to_gpu, wants_faiss_gpu
-from .io import CARD_FILE, ONDISK_DATA, c_stdout_to_stderr, RECALL_IN_INDEX, IndexCard, check_index_output, save_index_files
+from .io import CARD_FILE, ONDISK_DATA, RECALL_IN_INDEX, IndexCard, check_index_output, quiet_c_stdout, save_index_files
 from .search import drop_self_matches
 from .spec import IndexSpec, choose_index_spec, format_bytes
 
@@ -183,7 +183,7 @@ def build_ondisk_index(store_dir: str | os.PathLike[str], out: str | os.PathLike
             # 4. merge the inverted lists into one file, memory-mapped.
             tick = time.perf_counter()
             merged = faiss.read_index(str(trained_path))
-            with c_stdout_to_stderr():  # faiss prints "resizing ..." on stdout, which --json keeps for data
+            with quiet_c_stdout():  # faiss prints "resizing ..." on stdout, which --json keeps for data
                 merge_ondisk(merged, part_paths, str(work / ONDISK_DATA))
             for path in part_paths:
                 os.unlink(path)
@@ -233,7 +233,8 @@ def build_ondisk_index(store_dir: str | os.PathLike[str], out: str | os.PathLike
                     sslsearch_version=sslsearch.__version__, faiss_version=faiss.__version__, reason=spec.reason,
                     build_params=build_params, recall_k=max(k, 0), tuning=tuple(points),
                     recall_definition=RECALL_IN_INDEX,
-                    timings={name: round(seconds, 3) for name, seconds in {**timings, "save": time.perf_counter() - tick}.items()})
+                    timings={name: round(seconds, 3)
+                             for name, seconds in {**timings, "save": time.perf_counter() - tick}.items()})
 
             card = save_index_files(out_dir, merged, make_card)
         finally:
