@@ -57,3 +57,13 @@ def test_an_index_of_another_store_is_refused(planted, tmp_path):
         similar_pairs_from_index(other, index, FLOOR)
     with pytest.raises(InvalidArgumentError):
         similar_pairs_from_index(store, index, FLOOR, neighbors=0)
+
+
+def test_rescoring_in_several_passes_gives_the_same_pairs(planted):
+    store, index, _, _ = planted
+    one_pass = similar_pairs_from_index(store, index, FLOOR)
+    # 200 kB for vectors: groups of ~800 rows, several passes over the store
+    many = similar_pairs_from_index(store, index, FLOOR, memory_budget=400_000)
+    np.testing.assert_array_equal(many.first, one_pass.first)
+    np.testing.assert_array_equal(many.second, one_pass.second)
+    np.testing.assert_array_equal(many.similarity, one_pass.similarity)

@@ -7,7 +7,8 @@ are kept: pairs whose indexed similarity is at least ``min_similarity - margin``
 shift similarities by up to a few hundredths). A second pass over the store reads the vectors of
 the rows in candidate pairs and recomputes every candidate's similarity exactly, so the pairs
 returned carry exact similarities. Memory: the index's quantizer, one chunk, the candidate pairs
-and the vectors of the rows they touch — never N×N, never the whole graph of all k neighbours.
+and, for re-scoring, the vectors of the rows they touch up to a budget (more passes over the store
+beyond it) — never N×N, never all vectors at once.
 """
 from __future__ import annotations
 
@@ -18,12 +19,14 @@ import numpy as np
 
 from ..errors import InvalidArgumentError, StoreError
 from ..progress import progress_bar
+from ..index.spec import parse_memory
 from ..store import EmbeddingStore, manifest_hash
 from .graph import DEFAULT_NEIGHBORS, SimilarPairs, _canonical
 
 DEFAULT_MARGIN = 0.03  # below the floor that candidates may score in the index (8-bit codes: a few hundredths)
 CHUNK_ROWS = 16_384
 PAIR_BLOCK = 65_536  # pairs re-scored at once
+RESCORE_BYTES = 2 * 2**30  # default memory for the vectors being re-scored (without a memory_budget)
 
 
 def similar_pairs_from_index(store_dir: str | os.PathLike[str], index_dir: str | os.PathLike[str],
@@ -40,7 +43,9 @@ def similar_pairs_from_index(store_dir: str | os.PathLike[str], index_dir: str |
         nprobe: inverted lists visited per query (IVF); default: the card's tuned value.
         margin: candidates are pairs within this of the floor in the index's (approximate) scores.
         chunk_rows: store rows searched at once.
-        memory_budget: passed to ``load_index`` (a larger IVF index is memory-mapped).
+        memory_budget: passed to ``load_index`` (a larger IVF index is memory-mapped); half of it
+            (default 1 GiB) holds the vectors being re-scored — more passes over the store when the
+            rows in candidate pairs do not fit.
         progress: progress bar on stderr.
 
     Returns:
@@ -92,29 +97,49 @@ def similar_pairs_from_index(store_dir: str | os.PathLike[str], index_dir: str |
             scores, found = raw.search(batch.embeddings, k)
             queries = np.broadcast_to(batch.ids[:, None], found.shape)
             keep = (found >= 0) & (found != queries) & (scores >= min_similarity - margin)
-            parts.append((queries[keep], found[keep], scores[keep]))
+            parts.append(_canonical(queries[keep], found[keep], scores[keep]))  # a chunk's repeats dropped early
             bar.update(len(batch.ids))
     first, second, _ = _canonical(*[np.concatenate([p[i] for p in parts]) if parts else np.zeros(0)
                                     for i in range(3)])
-    similarity = _exact_similarities(store, first, second, chunk_rows)
+    del parts
+    budget = parse_memory(memory_budget) if memory_budget is not None else RESCORE_BYTES
+    similarity = _exact_similarities(store, first, second, chunk_rows, budget // 2)
     keep = similarity >= min_similarity
     return SimilarPairs(first[keep], second[keep], similarity[keep], float(min_similarity), int(neighbors), "index",
                         "cpu", time.perf_counter() - started, cells)
 
 
-def _exact_similarities(store: EmbeddingStore, first: np.ndarray, second: np.ndarray, chunk_rows: int) -> np.ndarray:
-    """Inner products of the stored vectors of each (first, second) pair, reading only the rows involved."""
-    if len(first) == 0:
-        return np.zeros(0, np.float32)
-    rows = np.union1d(first, second)
-    vectors = np.zeros((len(rows), store.dim), np.float32)
-    for batch in store.iter_batches(chunk_rows):
-        lo, hi = np.searchsorted(rows, [batch.ids[0], batch.ids[-1] + 1])
-        if hi > lo:
-            vectors[lo:hi] = batch.embeddings[rows[lo:hi] - batch.ids[0]]
-    a, b = np.searchsorted(rows, first), np.searchsorted(rows, second)
+def _exact_similarities(store: EmbeddingStore, first: np.ndarray, second: np.ndarray, chunk_rows: int,
+                        vector_bytes: int) -> np.ndarray:
+    """Inner products of the stored vectors of each (first, second) pair, reading only the rows involved.
+
+    The rows in pairs are cut into groups whose vectors (kept in the store's dtype, so the values
+    are exactly the stored ones) fit ``vector_bytes`` per two groups; one pass over the store per
+    pair of groups scores the pairs between them: one pass when everything fits, g(g+1)/2 for g groups.
+    """
     similarity = np.empty(len(first), np.float32)
-    for start in range(0, len(first), PAIR_BLOCK):  # bounded temporaries: two (block, dim) gathers at a time
-        stop = start + PAIR_BLOCK
-        similarity[start:stop] = np.einsum("ij,ij->i", vectors[a[start:stop]], vectors[b[start:stop]])
+    if len(first) == 0:
+        return similarity
+    rows = np.union1d(first, second)
+    dtype = np.float16 if store.manifest.dtype == "float16" else np.float32
+    per_group = max(1, vector_bytes // (2 * store.dim * np.dtype(dtype).itemsize))
+    groups = -(-len(rows) // per_group)
+    group_of_first = np.searchsorted(rows, first) // per_group
+    group_of_second = np.searchsorted(rows, second) // per_group
+    for g in range(groups):
+        for h in range(g, groups):
+            wanted = np.union1d(rows[g * per_group:(g + 1) * per_group], rows[h * per_group:(h + 1) * per_group])
+            vectors = np.zeros((len(wanted), store.dim), dtype)
+            for batch in store.iter_batches(chunk_rows):
+                lo, hi = np.searchsorted(wanted, [batch.ids[0], batch.ids[-1] + 1])
+                if hi > lo:
+                    vectors[lo:hi] = batch.embeddings[wanted[lo:hi] - batch.ids[0]]
+            mine = np.flatnonzero(((group_of_first == g) & (group_of_second == h))
+                                  | ((group_of_first == h) & (group_of_second == g)))
+            for start in range(0, len(mine), PAIR_BLOCK):  # bounded temporaries: two (block, dim) gathers
+                pairs = mine[start:start + PAIR_BLOCK]
+                a = vectors[np.searchsorted(wanted, first[pairs])].astype(np.float32)
+                b = vectors[np.searchsorted(wanted, second[pairs])].astype(np.float32)
+                similarity[pairs] = np.einsum("ij,ij->i", a, b)
+            del vectors
     return similarity
