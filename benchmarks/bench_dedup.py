@@ -25,6 +25,7 @@ Appends JSON lines to benchmarks/results/dedup.jsonl.
 from __future__ import annotations
 
 import argparse
+import csv
 import itertools
 import json
 import multiprocessing
@@ -127,19 +128,35 @@ def hash_pairs(paths: list[Path], kind: str) -> tuple[np.ndarray, float]:
     return bits, len(paths) / (time.perf_counter() - started)
 
 
+def real_set(root: Path) -> tuple[Path, list[tuple[str, str]], dict[tuple[str, str], tuple[str, ...]]]:
+    """A dedup set of ``benchmarks/real_sets.py``: (image root, (original, copy) pairs, their edits), paths
+    relative to the image root."""
+    images = root / "images"
+    if not (root / "pairs.csv").is_file():
+        raise SystemExit(f"no dedup set at {root}; build it with: python benchmarks/real_sets.py build "
+                         f"--out {root.parent} --sets {root.name}")
+    with open(root / "pairs.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    strip = lambda path: str(Path(path).relative_to("images"))  # noqa: E731
+    pairs = [(strip(r["original"]), strip(r["copy"])) for r in rows]
+    return images, pairs, {pair: tuple(r["edits"].split("+")) for pair, r in zip(pairs, rows)}
+
+
 def quality(args: argparse.Namespace, work: Path) -> dict[str, object]:
-    data = make_sample_dataset(work / "images", n_images=args.n_images, image_size=64, seed=args.seed)
-    source = list_images(data.root)
+    if args.dataset:
+        root, planted, edits = real_set(args.data_root / args.dataset)
+    else:
+        data = make_sample_dataset(work / "images", n_images=args.n_images, image_size=64, seed=args.seed)
+        root, planted, edits = data.root, read_near_duplicates(data.root), read_near_duplicate_edits(data.root)
+    source = list_images(root)
     paths = [source.abs_path(r) for r in source.records]
     row = {r.path: r.id for r in source.records}
-    truth = {frozenset((row[a], row[b])) for a, b in read_near_duplicates(data.root)}
+    truth = {frozenset((row[a], row[b])) for a, b in planted}
     encoder = args.encoder
     started = time.perf_counter()
-    embedded = embed_images(data.root, encoder, work / "emb", image_size=args.image_size, device=args.device,
+    embedded = embed_images(root, encoder, work / "emb", image_size=args.image_size, device=args.device,
                             progress=False)
     embed_seconds = time.perf_counter() - started
-
-    edits = read_near_duplicate_edits(data.root)
 
     def run(score: str) -> tuple[dict[str, object], object]:
         result = deduplicate(work / "emb", work / f"dups-{score}", precision=args.precision, score=score,
@@ -160,8 +177,8 @@ def quality(args: argparse.Namespace, work: Path) -> dict[str, object]:
         ours["calibration_reached"] = calibration.reached if calibration else None
         return ours, result
 
-    ours, result = run("adjusted")  # the default with a calibrated threshold
-    ours_cosine, _ = run("cosine")
+    ours, result = run("auto")  # the default with a calibrated threshold (verified since the real-image sets)
+    ours_cosine, _ = run(args.compare_score)
 
     from sslsearch.store import EmbeddingStore
 
@@ -189,7 +206,8 @@ def quality(args: argparse.Namespace, work: Path) -> dict[str, object]:
         hashes[kind] = {**best_threshold(distance.astype(np.float64), is_true, len(truth), False),
                         "images_per_second": round(rate, 1)}
     # "ours_auto" / "ours_best_threshold" are the default score (adjusted since commit c7dad07; cosine before)
-    return {"images": len(paths), "true_pairs": len(truth), "encoder": encoder, "image_size": args.image_size,
+    return {"dataset": args.dataset or "sample", "images": len(paths), "true_pairs": len(truth), "encoder": encoder,
+            "image_size": args.image_size, "compare_score": args.compare_score,
             "default_score": result.threshold.score,
             "encoder_fingerprint": embedded.encoder.get("id"), "precision_target": args.precision,
             "ours_auto": ours, "ours_auto_cosine": ours_cosine, "ours_best_threshold": oracle_adjusted,
@@ -319,6 +337,10 @@ def scale_run(n: int, method: str, *, query_rows: int, device: str, seed: int, d
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="CI-sized: 200 images, 10k vectors, 1 repeat")
+    parser.add_argument("--dataset", default=None,
+                        help="a real dedup set of benchmarks/real_sets.py (e.g. icons-dedup) instead of sample data")
+    parser.add_argument("--data-root", type=Path, default=Path("data/real"), help="where real_sets.py built the sets")
+    parser.add_argument("--compare-score", default="adjusted", help="second score run beside the default")
     parser.add_argument("--full", action="store_true", help="2000 images; 100k and 1M vectors")
     parser.add_argument("--encoder", default="timm:resnet18",
                         help="timm:<name> (random init) or a `sslsearch train` run directory")
@@ -349,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_quality:
         with tempfile.TemporaryDirectory(prefix="bench_dedup_") as work:
             figures = quality(args, Path(work))
-        print(f"\nquality: {figures['images']} sample images, {figures['true_pairs']} planted near-duplicate pairs, "
+        print(f"\nquality: {figures['images']} images of {figures['dataset']}, {figures['true_pairs']} planted near-duplicate pairs, "
               f"encoder {figures['encoder']} @ {figures['image_size']} px")
         print(f"{'method':<34}{'threshold':>10}{'precision':>10}{'recall':>8}{'F1':>7}")
         ours, cosine = figures["ours_auto"], figures["ours_auto_cosine"]
@@ -357,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
         if figures["ours_best_threshold"] is not None:
             rows.append(("sslsearch, best threshold (oracle)", f"{figures['ours_best_threshold']['threshold']:.4f}",
                          figures["ours_best_threshold"]))
-        rows += [("  cosine score, auto", f"{cosine['threshold']:.4f}", cosine)]
+        rows += [(f"  {args.compare_score} score, auto", f"{cosine['threshold']:.4f}", cosine)]
         if figures["ours_best_threshold_cosine"] is not None:
             rows.append(("  cosine score, best (oracle)", f"{figures['ours_best_threshold_cosine']['threshold']:.4f}",
                          figures["ours_best_threshold_cosine"]))

@@ -29,10 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sslsearch import __version__
-from sslsearch.embed import default_workers, embed_images, usable_cores
-from sslsearch.encoders import create_encoder
-from sslsearch.sources import list_images, load_image
+from sslsearch import __version__, create_encoder, embed_images, list_images, load_image
+from sslsearch.embed import default_workers, usable_cores
 
 RESULTS = Path(__file__).resolve().parent / "results" / "embed.jsonl"
 
@@ -40,7 +38,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "embed.jsonl"
 def make_images(root: Path, n_images: int, image_size: int) -> Path:
     """The project's sample data set when available, else random-shape PNG/JPEG files."""
     try:
-        from sslsearch.sample_data import make_sample_dataset
+        from sslsearch import make_sample_dataset
     except ImportError:
         make_sample_dataset = None
     if make_sample_dataset is not None:

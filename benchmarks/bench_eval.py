@@ -37,13 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sslsearch import __version__
-from sslsearch.devices import resolve_device
+from sslsearch import StoreWriter, __version__, exact_search, resolve_device
 from sslsearch.evaluate import knn_evaluate, retrieval_evaluate
 from sslsearch.evaluate.labels import load_split
-from sslsearch.index.exact import exact_search
 from sslsearch.index.synthetic import iter_synthetic_embeddings
-from sslsearch.store import StoreWriter
 
 RESULTS = Path(__file__).resolve().parent / "results" / "eval.jsonl"
 SIZES = {"quick": (2_000, 20_000), "default": (10_000, 100_000), "full": (100_000, 1_000_000)}

@@ -36,12 +36,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sslsearch import __version__
-from sslsearch.index import build_index, exact_search, load_index, recall_at_k
+from sslsearch import EmbeddingStore, StoreWriter, __version__, build_index, exact_search, load_index, recall_at_k
 from sslsearch.index.build import EF_SEARCH_LADDER, NPROBE_LADDER
 from sslsearch.index.search import apply_search_params
 from sslsearch.index.synthetic import iter_synthetic_embeddings, synthetic_embeddings
-from sslsearch.store import EmbeddingStore, StoreWriter
 
 RESULTS = Path(__file__).parent / "results" / "index.jsonl"
 M = 32

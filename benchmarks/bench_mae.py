@@ -40,11 +40,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from sslsearch import __version__
-from sslsearch.encoders import create_backbone, create_encoder
-from sslsearch.evaluate import class_retrieval, knn_accuracy, linear_probe
-from sslsearch.sources import list_images, load_image
-from sslsearch.ssl import TrainConfig, train
+from sslsearch import (TrainConfig, __version__, class_retrieval, create_backbone, create_encoder, knn_accuracy,
+                       linear_probe, list_images, load_image)
+from sslsearch.ssl import train
 from sslsearch.ssl.config import from_flat
 from sslsearch.ssl.rundir import read_metrics
 
@@ -115,8 +113,8 @@ def plain_loop_images_per_second(images: list, config: TrainConfig, steps: int) 
     """Median images/s of steps 3… of a plain loop: DataLoader → PlainMAE → backward → AdamW step."""
     from torchvision import transforms as T
 
-    from sslsearch.encoders import default_preprocessing
-    from sslsearch.ssl.data import compute_threads
+    from sslsearch import default_preprocessing
+    from sslsearch.devices import compute_threads
 
     kwargs = {**config.model_kwargs, "img_size": config.image_size}
     encoder, _ = create_backbone(config.backbone, **kwargs)
@@ -210,7 +208,8 @@ def score(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray | None,
 
 def random_init_encoder(config: TrainConfig, directory: Path):
     """The trained architecture at its seeded random init, pooled as MAE exports (mean of patch tokens)."""
-    from sslsearch.encoders import default_preprocessing, save_encoder
+    from sslsearch import default_preprocessing
+    from sslsearch.encoders import save_encoder
 
     kwargs = {**config.model_kwargs, "img_size": config.image_size, "global_pool": "avg", "fc_norm": False}
     backbone, _ = create_backbone(config.backbone, **kwargs)

@@ -30,10 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sslsearch import __version__
-from sslsearch.index import build_index, load_index
+from sslsearch import StoreWriter, __version__, build_index, load_index
 from sslsearch.index.synthetic import iter_synthetic_embeddings, synthetic_embeddings
-from sslsearch.store import StoreWriter
 
 RESULTS = Path(__file__).parent / "results" / "search.jsonl"
 

@@ -36,11 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslsearch.devices import resolve_device
-from sslsearch.encoders import create_backbone, default_preprocessing
-from sslsearch.sample_data import make_sample_dataset
-from sslsearch.sources import list_images, load_image
-from sslsearch.ssl import TrainConfig, train
+from sslsearch import (TrainConfig, create_backbone, default_preprocessing, list_images, load_image,
+                       make_sample_dataset, resolve_device)
+from sslsearch.ssl import train
 from sslsearch.ssl.config import AugmentationConfig, from_flat
 from sslsearch.ssl.rundir import read_metrics
 from sslsearch.ssl.transforms import DINOTransform, SimCLRTransform, resolve_augmentation

@@ -1,12 +1,11 @@
 """Embedding extraction: images decoded in worker processes → encoder forward → Parquet store, resumable."""
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -15,6 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from .devices import default_workers, torch_threads, usable_cores  # the last two also importable from here
 from .encoders import Encoder, create_encoder
 from .errors import BadImageError, InputNotFoundError, InvalidArgumentError, StoreError
 from .loader import aligned_batches, iter_decoded
@@ -24,33 +24,6 @@ from .store import MANIFEST_NAME, SHARD_PATTERN, StoreWriter
 
 EXTRA_COLUMNS = ("label", "width", "height", "sha256")
 _QUEUE_BATCHES = 8  # batches waiting for the writer thread; bounds memory while decode/forward run ahead
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def default_workers(device: str | torch.device = "cpu") -> int:
-    """Decode worker processes by default.
-
-    With a GPU the CPU only decodes: one worker per core, at most 8. On the CPU the forward pass
-    already keeps every core busy and decoding costs a fraction of its CPU work (resnet18, 128 px
-    sources: ~1.1 ms vs ~4 ms per image at 64 px, ~1.3 vs ~11 at 112 px), so a quarter of the
-    cores, at least 1 (0 on a single core). On the busy 2-core box, 0, 1 and 2 workers were within
-    run-to-run noise of each other (benchmarks/bench_embed.py); one worker keeps the decoding of
-    large photos off the forward thread.
-    """
-    cores = usable_cores()
-    if torch.device(device).type == "cuda":
-        return max(1, min(cores, 8))
-    return 0 if cores < 2 else max(1, min(cores // 4, 8))
-
-
-# --------------------------------------------------------------------------- results
 
 
 @dataclass(frozen=True)
@@ -115,20 +88,6 @@ class PathEmbeddings(NamedTuple):
         """The input paths that have a row in ``vectors``, in row order."""
         bad = {s.path for s in self.skipped}
         return [os.fspath(p) for p in paths if os.fspath(p) not in bad]
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    """Use ``threads`` intra-op CPU threads inside the block (None: leave torch's setting)."""
-    if threads is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _check_args(batch_size: int, workers: int | None, device: torch.device) -> int:
@@ -273,7 +232,8 @@ def embed_images(data: str | os.PathLike[str] | ImageSource, encoder: str | Enco
                  weights: str | os.PathLike[str] | None = None, image_size: int | None = None, batch_size: int = 64,
                  workers: int | None = None, dtype: str = "float16", device: str = "auto", resume: bool = False,
                  overwrite: bool = False, strict: bool = False, progress: bool | None = None,
-                 shard_rows: int = 50_000, threads: int | None = None) -> EmbedResult:
+                 shard_rows: int = 50_000, threads: int | None = None, pretrained: bool = False,
+                 allow_download: bool = False) -> EmbedResult:
     """Embed every image of ``data`` into an embedding store at ``out`` (Contract 2).
 
     Worker processes decode (``load_image`` + the encoder's eval preprocessing) while the main
@@ -286,7 +246,7 @@ def embed_images(data: str | os.PathLike[str] | ImageSource, encoder: str | Enco
         data: a folder, a .txt/.csv/.parquet list of paths, one image, or an ``ImageSource``.
         encoder: ``timm:<name>``, a training run directory, or a ready ``Encoder``.
         out: the store directory (created; must be empty or new unless resume/overwrite).
-        weights: local state dict for a ``timm:`` encoder.
+        weights: local state dict (or checkpoint folder) for a ``timm:`` encoder.
         image_size: overrides the encoder's eval crop size.
         batch_size: images per forward pass.
         workers: decode processes (0 decodes in this process); default ``default_workers(device)``:
@@ -300,6 +260,8 @@ def embed_images(data: str | os.PathLike[str] | ImageSource, encoder: str | Enco
         shard_rows: rows per Parquet shard.
         threads: CPU threads of the forward pass (``torch.set_num_threads``) during this call;
             default: torch's current setting. Restored afterwards.
+        pretrained, allow_download: the published weights of a ``timm:`` name, from the local Hugging Face
+            cache (downloaded only with ``allow_download``); see ``create_encoder``.
 
     Returns:
         An ``EmbedResult``; ``result.summary()`` is a one-line report.
@@ -326,9 +288,11 @@ def embed_images(data: str | os.PathLike[str] | ImageSource, encoder: str | Enco
         raise InvalidArgumentError(f"threads must be > 0, got {threads}")
     source = data if isinstance(data, ImageSource) else list_images(data)
     if not isinstance(encoder, Encoder):
-        encoder = create_encoder(encoder, weights=weights, image_size=image_size, device=device)
-    elif weights is not None or image_size is not None:
-        raise InvalidArgumentError("weights/image_size apply when the encoder is given by name; this Encoder is built")
+        encoder = create_encoder(encoder, weights=weights, image_size=image_size, device=device, pretrained=pretrained,
+                                 allow_download=allow_download)
+    elif weights is not None or image_size is not None or pretrained:
+        raise InvalidArgumentError("weights/image_size/pretrained apply when the encoder is given by name; this Encoder "
+                                   "is built")
     workers = _check_args(batch_size, workers, encoder.device)
     directory = Path(out)
     created = not directory.exists()
@@ -340,7 +304,7 @@ def embed_images(data: str | os.PathLike[str] | ImageSource, encoder: str | Enco
     kept_before = writer.manifest.rows
     todo = [r.id for r in source.records if r.id not in writer.done_ids]
     try:
-        with _torch_threads(threads):
+        with torch_threads(threads):
             embedded_now = _run(source, encoder, writer, todo, batch_size=batch_size, workers=workers, strict=strict,
                                 progress=progress, dtype=dtype)
     except BadImageError:
@@ -406,5 +370,5 @@ def _run(source: ImageSource, encoder: Encoder, writer: StoreWriter, todo: list[
     return embedded
 
 
-__all__ = ["EXTRA_COLUMNS", "EmbedResult", "PathEmbeddings", "default_workers", "embed_images",
-           "embed_paths", "usable_cores"]
+__all__ = ["EXTRA_COLUMNS", "EmbedResult", "PathEmbeddings", "default_workers", "embed_images", "embed_paths",
+           "usable_cores"]

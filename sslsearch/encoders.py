@@ -99,12 +99,18 @@ def default_preprocessing(module: torch.nn.Module, image_size: int | None = None
 
     config = timm.data.resolve_data_config({}, model=module)
     native = _fixed_input_size(module) or int(config["input_size"][-1])
-    size = int(image_size or native)
-    crop_pct = float(config.get("crop_pct", 1.0) or 1.0)
+    return preprocessing_for(int(image_size or native), crop_pct=float(config.get("crop_pct", 1.0) or 1.0),
+                             interpolation=str(config.get("interpolation", "bicubic")), mean=tuple(config["mean"]),
+                             std=tuple(config["std"]))
+
+
+def preprocessing_for(size: int, *, crop_pct: float, interpolation: str, mean: Sequence[float],
+                      std: Sequence[float]) -> Preprocessing:
+    """Center-crop ``size`` px from the image resized to ``size / crop_pct`` (timm's eval transform)."""
     # Small images (< 96 px) are usually whole objects: cropping would cut them, so resize only.
     resize = size if size < 96 else int(round(size / crop_pct))
-    return Preprocessing(image_size=size, resize_size=resize, interpolation=str(config.get("interpolation", "bicubic")),
-                         mean=tuple(config["mean"]), std=tuple(config["std"]))
+    return Preprocessing(image_size=size, resize_size=resize, interpolation=interpolation,
+                         mean=tuple(float(x) for x in mean), std=tuple(float(x) for x in std))
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -227,15 +233,21 @@ def _is_convnet(module: torch.nn.Module) -> bool:
 
 
 def create_encoder(spec: str | os.PathLike[str], *, weights: str | os.PathLike[str] | None = None,
-                   image_size: int | None = None, device: str | torch.device = "auto") -> Encoder:
+                   image_size: int | None = None, device: str | torch.device = "auto", pretrained: bool = False,
+                   allow_download: bool = False) -> Encoder:
     """The one door to encoders.
 
     Args:
-        spec: ``timm:<model-name>`` (random init unless ``weights``), or a training run directory
-            (or any directory) holding ``encoder.json`` + ``encoder.safetensors``.
-        weights: a local ``.safetensors`` / ``.pth`` state dict for a ``timm:`` spec.
+        spec: ``timm:<model-name>`` (random init unless ``weights`` or ``pretrained``), or a training run
+            directory (or any directory) holding ``encoder.json`` + ``encoder.safetensors``.
+        weights: a local ``.safetensors`` / ``.pth`` state dict for a ``timm:`` spec, or a checkpoint
+            folder (weights + timm's ``config.json``, e.g. a Hugging Face snapshot folder).
         image_size: overrides the eval crop size (and a ViT's input size).
         device: ``auto``, ``cpu`` or ``cuda``.
+        pretrained: the published weights of the timm name, from the local Hugging Face cache (or
+            ``weights``), with the checkpoint's own preprocessing; nothing is downloaded unless
+            ``allow_download`` (see ``sslsearch.pretrained.find_checkpoint``).
+        allow_download: with ``pretrained``, fetch weights missing from the cache from the Hub.
 
     Raises:
         UnknownNameError, InputNotFoundError, CheckpointError, InvalidArgumentError.
@@ -244,33 +256,50 @@ def create_encoder(spec: str | os.PathLike[str], *, weights: str | os.PathLike[s
         >>> encoder = create_encoder("timm:resnet18", image_size=64)
         >>> encoder.dim
         512
+        >>> dino = create_encoder("timm:vit_small_patch14_dinov2.lvd142m", pretrained=True)  # doctest: +SKIP
     """
     torch_device = resolve_device(device)
     if image_size is not None and image_size < 8:
         raise InvalidArgumentError(f"--image-size must be at least 8 px, got {image_size}")
     spec = str(spec)
+    checkpoint = None
     if spec.startswith("timm:"):
         name = spec.removeprefix("timm:")
-        kwargs: dict[str, Any] = {}
-        module, dim = create_backbone(name)
+        if pretrained or (weights is not None and Path(weights).is_dir()):
+            from .pretrained import find_checkpoint
+
+            checkpoint = find_checkpoint(name, path=weights, allow_download=allow_download)
+            weights = checkpoint.weights
+        elif allow_download:
+            raise InvalidArgumentError("--allow-download goes with --pretrained (published weights by name)")
+        kwargs: dict[str, Any] = dict(checkpoint.model_args) if checkpoint is not None else {}
+        module, dim = create_backbone(name, **kwargs)
         native = _fixed_input_size(module)
         if image_size and native is not None and native != image_size:
             kwargs["img_size"] = image_size  # ViTs need their position embeddings sized for the input
             module, dim = create_backbone(name, **kwargs)
-        if weights is not None:
-            _load_into(module, load_state_dict(weights), str(weights))
-            weights_id = file_sha256(weights)
+        if checkpoint is not None:
+            from .pretrained import load_checkpoint_state
+
+            _load_into(module, load_checkpoint_state(module, checkpoint), str(checkpoint.weights))
+            weights_id = file_sha256(checkpoint.weights)
+            preprocessing = checkpoint.preprocessing(image_size)
         else:
-            weights_id = f"random-init(seed={RANDOM_INIT_SEED})"
-        preprocessing = default_preprocessing(module, image_size)
+            if weights is not None:
+                _load_into(module, load_state_dict(weights), str(weights))
+                weights_id = file_sha256(weights)
+            else:
+                weights_id = f"random-init(seed={RANDOM_INIT_SEED})"
+            preprocessing = default_preprocessing(module, image_size)
         canonical_spec = f"timm:{name}"
     else:
         directory = Path(spec)
         if not directory.exists():
             raise InputNotFoundError(f"encoder {spec!r} is neither timm:<model-name> nor an existing run directory; "
                                      "use e.g. timm:resnet18 or the --out of `sslsearch train`")
-        if weights is not None:
-            raise InvalidArgumentError("--weights goes with a timm:<model-name> encoder; a run directory has its own")
+        if weights is not None or pretrained:
+            raise InvalidArgumentError("--weights and --pretrained go with a timm:<model-name> encoder; a run directory "
+                                       "has its own weights")
         meta = read_encoder_json(directory)
         kwargs = dict(meta.get("model_kwargs", {}))
         module, dim = create_backbone(meta["backbone"], **kwargs)
@@ -288,6 +317,9 @@ def create_encoder(spec: str | os.PathLike[str], *, weights: str | os.PathLike[s
         module = module.to(memory_format=torch.channels_last)
     source = {"spec": spec if spec.startswith("timm:") else str(Path(spec).resolve()),
               "weights": str(Path(weights).resolve()) if weights is not None else None, "image_size": image_size}
+    if checkpoint is not None:
+        # the snapshot path, not the blob a Hub cache symlink resolves to: config.json sits beside the former
+        source.update(weights=os.path.abspath(checkpoint.weights), pretrained=True)
     fingerprint = EncoderFingerprint(spec=canonical_spec, weights_sha256=weights_id,
                                      preprocessing=preprocessing.to_dict(), dim=dim, model_kwargs=kwargs, source=source)
     return Encoder(module=module, dim=dim, preprocessing=preprocessing, fingerprint=fingerprint,
@@ -347,9 +379,12 @@ def encoder_from_fingerprint(fingerprint: dict[str, Any], *, device: str | torch
     if not source.get("spec"):
         raise EncoderMismatchError(f"the index does not record how to rebuild its encoder {fingerprint.get('spec')}; "
                                    "embed the queries yourself and search with --vectors")
+    weights = source.get("weights")
+    if source.get("pretrained") and weights and not Path(weights).exists():
+        weights = None  # the cache moved: find the same checkpoint by name (the id check below compares it)
     try:
-        encoder = create_encoder(source["spec"], weights=source.get("weights"), image_size=source.get("image_size"),
-                                 device=device)
+        encoder = create_encoder(source["spec"], weights=weights, image_size=source.get("image_size"),
+                                 device=device, pretrained=bool(source.get("pretrained")))
     except (InputNotFoundError, CheckpointError) as error:
         raise EncoderMismatchError(f"cannot rebuild the encoder {fingerprint.get('spec')} the index was built with "
                                    f"({error}); embed the queries yourself and search with --vectors") from None

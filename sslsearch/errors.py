@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import difflib
+import pickle
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class SSLSearchError(Exception):
@@ -36,6 +38,14 @@ class StoreError(SSLSearchError, ValueError):
     """An embedding store that is missing, truncated, foreign or inconsistent."""
 
 
+class StoreWriterExists(StoreError):
+    """Raised when the output directory already holds a store and neither resume nor overwrite was asked."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(f"{directory} already holds an embedding store; pass --resume to finish it, --overwrite to "
+                         "replace it, or choose another --out")
+
+
 class IndexFileError(SSLSearchError, ValueError):
     """An index directory whose files are missing, corrupt or inconsistent with the card."""
 
@@ -56,12 +66,36 @@ class CheckpointError(SSLSearchError, ValueError):
     """A training checkpoint or run directory that cannot be used as asked."""
 
 
-def did_you_mean(name: str, choices: Iterable[str], *, limit: int = 3) -> str:
-    """Return ' (did you mean X?)' for the closest choices, or '' when nothing is close."""
-    close = difflib.get_close_matches(name, list(choices), n=limit, cutoff=0.6)
+class TrainingDivergedError(SSLSearchError, RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class ServerError(SSLSearchError, RuntimeError):
+    """A search server (``sslsearch serve``) that refused a request or cannot be reached; ``status`` is the HTTP code."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RefusedGlobalError(pickle.UnpicklingError):
+    """A data pickle named a global outside the allowed plain containers and numpy helpers.
+
+    Internal to the restricted unpickler (``evaluate/pickles.py``), which turns it into an
+    ``InvalidArgumentError`` naming the file.
+    """
+
+
+def did_you_mean(name: str, choices: Iterable[str], *, limit: int = 3, cutoff: float = 0.6, prefix: str = "") -> str:
+    """Return ' (did you mean X?)' for the closest choices, or '' when nothing is close.
+
+    ``cutoff`` is difflib's similarity floor; ``prefix`` goes before each suggestion (e.g. a
+    config section: ``'dino.prototypes'``).
+    """
+    close = difflib.get_close_matches(name, list(choices), n=limit, cutoff=cutoff)
     if not close:
         return ""
-    return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
+    return " (did you mean " + " or ".join(repr(prefix + c) for c in close) + "?)"
 
 
 def unknown_name(kind: str, name: str, choices: Iterable[str], *, show: int = 12) -> UnknownNameError:

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import EncoderMismatchError, InputNotFoundError, InvalidArgumentError, StoreError
+from .errors import EncoderMismatchError, InputNotFoundError, InvalidArgumentError, StoreError, StoreWriterExists
 from .files import DirectoryLock, atomic_path, atomic_write_json, prepare_output_dir
 
 FORMAT_VERSION = 1
@@ -496,11 +496,3 @@ class StoreWriter:
             self.close()
         else:
             self.abort()
-
-
-class StoreWriterExists(StoreError):
-    """Raised when the output directory already holds a store and neither resume nor overwrite was asked."""
-
-    def __init__(self, directory: Path) -> None:
-        super().__init__(f"{directory} already holds an embedding store; pass --resume to finish it, --overwrite to "
-                         "replace it, or choose another --out")

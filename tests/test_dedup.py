@@ -198,9 +198,12 @@ def test_report_shows_placeholder_for_missing_image(planted, tmp_path: Path) -> 
     assert by_path["img_09.png"].size_bytes == -1 and not by_path["img_09.png"].keep
 
 
-def test_calibration_needs_a_rebuildable_encoder(planted, tmp_path: Path) -> None:
+def test_calibration_of_embedding_scores_needs_a_rebuildable_encoder(planted, tmp_path: Path) -> None:
     with pytest.raises(EncoderMismatchError, match="--threshold"):
-        deduplicate(planted[0], tmp_path / "dups", precision=0.99)
+        deduplicate(planted[0], tmp_path / "dups", precision=0.99, score="adjusted")
+    # the verified score (the default) calibrates on pixels alone: no encoder needed
+    result = deduplicate(planted[0], tmp_path / "dups-verified", precision=0.99)
+    assert result.threshold.score == "verified" and result.threshold.method == "calibrated"
     with pytest.raises(InvalidArgumentError, match="--precision"):
         deduplicate(planted[0], tmp_path / "dups", precision=1.0)
 
@@ -279,9 +282,9 @@ def test_embed_then_dedup_with_calibration(images_with_copies, tmp_path: Path) -
     result = deduplicate_images(images_with_copies, SPEC, out, image_size=32, workers=0, device="cpu",
                                 sample_size=40, report=True)
     assert (out / "embeddings" / "manifest.json").is_file()
-    # an adjusted score (the default with a calibrated threshold) may pass 1 in a sparse neighbourhood
-    assert result.threshold.method == "calibrated" and result.threshold.score == "adjusted"
-    assert 0 < result.threshold.value < 1.5
+    # the verified score (the default with a calibrated threshold) reads like a cosine
+    assert result.threshold.method == "calibrated" and result.threshold.score == "verified"
+    assert 0 < result.threshold.value <= 1
     exact = [c for c in result.clusters if any(m.path.startswith("circle/zz_") for m in c.members)]
     assert len(exact) == 1
     matches = {m.path: m.match for m in exact[0].members}

@@ -65,7 +65,8 @@ def test_adjustment_is_neutral_at_typical_density_and_bounded_by_its_cosine_floo
 
 
 def test_resolve_score() -> None:
-    assert resolve_score("auto", threshold_given=False, against=False) == "adjusted"
+    assert resolve_score("auto", threshold_given=False, against=False) == "verified"
+    assert resolve_score("auto", threshold_given=False, against=False, images=10_000_000) == "adjusted"
     assert resolve_score("auto", threshold_given=True, against=False) == "cosine"
     assert resolve_score("auto", threshold_given=False, against=True) == "cosine"
     assert resolve_score("adjusted", threshold_given=True, against=False) == "adjusted"
@@ -73,6 +74,8 @@ def test_resolve_score() -> None:
         resolve_score("cosin", threshold_given=False, against=False)
     with pytest.raises(InvalidArgumentError, match="--against"):
         resolve_score("adjusted", threshold_given=False, against=True)
+    with pytest.raises(InvalidArgumentError, match="--against"):
+        resolve_score("verified", threshold_given=False, against=True)
 
 
 def test_adjusted_score_separates_a_copy_from_a_dense_group_of_look_alikes(tmp_path: Path) -> None:

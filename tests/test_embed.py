@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from sslsearch.embed import EmbedResult, default_workers, embed_images, embed_paths
+from sslsearch.devices import default_workers
+from sslsearch.embed import EmbedResult, embed_images, embed_paths
 from sslsearch.encoders import create_encoder
 from sslsearch.errors import (
     BadImageError,
@@ -319,7 +320,7 @@ def test_aligned_batches_follow_fixed_slots():
 
 @pytest.mark.parametrize("cores, cpu, cuda", [(1, 0, 1), (2, 1, 2), (4, 1, 4), (16, 4, 8), (64, 8, 8)])
 def test_default_workers(monkeypatch, cores, cpu, cuda):
-    monkeypatch.setattr("sslsearch.embed.usable_cores", lambda: cores)
+    monkeypatch.setattr("sslsearch.devices.usable_cores", lambda: cores)
     assert (default_workers("cpu"), default_workers("cuda")) == (cpu, cuda)
 
 

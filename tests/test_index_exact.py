@@ -103,3 +103,30 @@ def test_any_backend_agrees_on_float16_and_strided_databases(vectors, backend):
                                   expected)
     np.testing.assert_array_equal(exact_search(queries, strided, 10, backend=backend, block_size=512,
                                                device="cpu")[1], brute_force(queries, vectors, 10))
+
+
+@pytest.mark.parametrize("ids, self_ids, k, expected", [
+    ([[3, 7, 5]], [3], 2, [[7, 5]]),            # own id first: dropped
+    ([[7, 3, 5]], [3], 2, [[7, 5]]),            # own id second (a duplicate scored as high): dropped where it is
+    ([[7, 8, 5]], [3], 2, [[7, 8]]),            # own id absent (ties or an approximate miss): the last hit goes
+    ([[1, 2, 3, 4]], [2], 2, [[1, 3]]),         # more columns than k + 1: cut to k
+    ([[0, 1], [1, 0]], [0, 1], 1, [[1], [0]]),  # row by row
+])
+def test_drop_self_matches(ids, self_ids, k, expected) -> None:
+    from sslsearch.index.exact import drop_self_matches, drop_self_matches_with_scores
+
+    ids, self_ids = np.array(ids, np.int64), np.array(self_ids, np.int64)
+    assert drop_self_matches(ids, self_ids, k).tolist() == expected
+    scores = -ids.astype(np.float32) / 10  # a score that names its id
+    kept_scores, kept_ids = drop_self_matches_with_scores(scores, ids, self_ids, k)
+    assert kept_ids.tolist() == expected and np.allclose(kept_scores, -kept_ids / 10)
+
+
+def test_leave_one_out_search_matches_brute_force_without_the_query(vectors: np.ndarray) -> None:
+    from sslsearch.index.exact import drop_self_matches
+
+    queries, ids = vectors[:50], np.arange(50)
+    found = drop_self_matches(exact_search(queries, vectors, 11)[1], ids, 10)
+    scores = queries @ vectors.T
+    scores[np.arange(50), ids] = -np.inf
+    assert recall_at_k(found, np.argsort(-scores, axis=1)[:, :10]) == 1.0

@@ -7,6 +7,7 @@ import sys
 import typer
 
 from ..errors import SSLSearchError
+from .common import HelpGroup
 
 app = typer.Typer(
     name="sslsearch",
@@ -14,10 +15,13 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode="markdown",  # help texts are Markdown: lists and examples wrap cleanly at any width
+    cls=HelpGroup,
 )
-index_app = typer.Typer(help="Build and inspect FAISS indexes over an embedding store.", no_args_is_help=True)
+index_app = typer.Typer(help="Build and inspect FAISS indexes over an embedding store.", no_args_is_help=True,
+                        rich_markup_mode="markdown", cls=HelpGroup)
 bench_app = typer.Typer(help="Measure embeddings and indexes: k-NN accuracy, retrieval, index recall vs speed.",
-                        no_args_is_help=True)
+                        no_args_is_help=True, rich_markup_mode="markdown", cls=HelpGroup)
 app.add_typer(index_app, name="index")
 app.add_typer(bench_app, name="bench")
 

@@ -35,11 +35,6 @@ def _ints(text: Optional[str], what: str) -> Optional[list[int]]:
     return values
 
 
-def _help(text: str) -> str:
-    """Unwrap each paragraph so the terminal, not the source, decides the line breaks."""
-    return "\n\n".join(" ".join(paragraph.split()) for paragraph in text.strip().split("\n\n"))
-
-
 def _command_line(context: typer.Context) -> str:
     """The command as typed, rebuilt from the options given on the command line (for "reproduce")."""
     words = context.command_path.split()
@@ -63,13 +58,14 @@ def _pct(value: float) -> str:
 
 KNN_HELP = """k-NN classification accuracy of the embeddings in EMB.
 
-DINO protocol (cosine similarity, k in 10, 20, 100, 200, softmax-weighted votes with T=0.07),
+The DINO protocol (cosine similarity, k in 10, 20, 100, 200, softmax-weighted votes with T=0.07),
 with a plain majority vote beside it.
 
-Labels come from the store's label column (ImageFolder class) or --labels FILE. Queries: --queries
-EMB2 (e.g. the test split), --holdout FRACTION of EMB, or leave-one-out (default).
+* **Labels** come from the store's `label` column (the ImageFolder class) or --labels FILE.
+* **Queries**: --queries EMB2 (e.g. the test split), --holdout FRACTION of EMB, or leave-one-out
+  (the default).
 
-Example: sslsearch bench knn emb-train/ --queries emb-test/
+Example: `sslsearch bench knn emb-train/ --queries emb-test/`
 """
 
 
@@ -102,11 +98,11 @@ def knn_command(
 
 LINEAR_HELP = """Linear-probe accuracy of the embeddings in EMB.
 
-Logistic regression on the frozen embeddings (torch, GPU when present), with a small
-learning-rate x weight-decay sweep chosen on a validation tenth of the
-training rows, then refitted and scored on the test rows (--queries EMB2, or --holdout, default 0.2).
+Logistic regression on the frozen embeddings (torch, on the GPU when there is one), with a small
+learning-rate × weight-decay sweep chosen on a validation tenth of the training rows, then
+refitted and scored on the test rows (--queries EMB2, or --holdout, default 0.2).
 
-Example: sslsearch bench linear emb-train/ --queries emb-test/
+Example: `sslsearch bench linear emb-train/ --queries emb-test/`
 """
 
 
@@ -134,14 +130,15 @@ def linear_command(
 
 RETRIEVAL_HELP = """Retrieval quality of EMB: recall@k, precision@k and mAP.
 
-Recall@k: share of queries with a positive in the top k.
+Recall@k is the share of queries with a positive in their top k. The ground truth is one of:
 
-Ground truth: classes (labels: the store's, or --labels FILE; a --labels file of path,group gives
-instance groups), positive pairs (--pairs FILE.csv, two columns of paths, undirected; e.g. the
-sample data's near_duplicates.csv), or the revisited Oxford/Paris protocol (--revisited
-gnd_roxford5k.pkl: Easy/Medium/Hard mAP with junk images; pass cropped queries with --queries).
+* **classes**: the store's labels, or --labels FILE (a `path,group` file gives instance groups);
+* **--pairs FILE.csv**: positive pairs, two columns of paths, undirected (e.g. the sample data's
+  `near_duplicates.csv`);
+* **--revisited gnd_roxford5k.pkl**: the revisited Oxford/Paris protocol, Easy / Medium / Hard mAP
+  with junk images left out (pass the cropped queries with --queries).
 
-Example: sslsearch bench retrieval emb/ --pairs sample-data/near_duplicates.csv
+Example: `sslsearch bench retrieval emb/ --pairs sample-data/near_duplicates.csv`
 """
 
 
@@ -185,12 +182,12 @@ def retrieval_command(
 
 INDEX_HELP = """Recall vs speed of the index in IDX over its search parameter.
 
-Recall@k against exact search over the store, and queries/s (batch and one at a time), over a
-sweep of its search parameter (nprobe for IVF, efSearch for HNSW). Prints the
-operating-point table and the fastest setting that meets --target-recall; --apply writes that
-setting into the index card (index.json), so `sslsearch search` uses it.
+Measures recall@k against exact search over the store, and queries/s (batch and one at a time),
+over a sweep of the search parameter (nprobe for IVF, efSearch for HNSW). Prints the table and the
+fastest setting that meets --target-recall; --apply writes that setting into the index card
+(`index.json`), so `sslsearch search` uses it.
 
-Example: sslsearch bench index idx/ --target-recall 0.95 --plot recall.png --apply
+Example: `sslsearch bench index idx/ --target-recall 0.95 --plot recall.png --apply`
 """
 
 
@@ -227,9 +224,10 @@ def index_command(
 
 ALL_HELP = """Every evaluation the inputs allow, in one report folder.
 
-Writes report.md, report.json and PNG plots (k-NN accuracy vs k, recall-QPS of --index, training curves of --run).
+Writes `report.md`, `report.json` and PNG plots (k-NN accuracy vs k, recall vs QPS of --index,
+training curves of --run). Parts whose inputs are missing are skipped with a note.
 
-Example: sslsearch bench all emb/ --out report/ --index idx/ --run run/
+Example: `sslsearch bench all emb/ --out report/ --index idx/ --run run/`
 """
 
 
@@ -264,12 +262,11 @@ def all_command(
 
 DATASET_HELP = """Write a local CIFAR-10/100 folder as ImageFolders for `sslsearch embed`.
 
-Reads cifar-10-batches-py or cifar-100-python and writes PNG ImageFolders OUT/train/<class>/
-and OUT/test/<class>/ (with labels.csv), ready for `sslsearch embed`.
-The batch pickles are read with a restricted unpickler (arrays and plain containers only); nothing
-is downloaded.
+Reads `cifar-10-batches-py` or `cifar-100-python` and writes PNG ImageFolders `OUT/train/<class>/`
+and `OUT/test/<class>/` (with `labels.csv`). The batch pickles are read with a restricted unpickler
+(arrays and plain containers only); nothing is downloaded.
 
-Example: sslsearch bench dataset cifar-10-batches-py/ --out cifar10/
+Example: `sslsearch bench dataset cifar-10-batches-py/ --out cifar10/`
 """
 
 
@@ -288,9 +285,9 @@ def dataset_command(
 
 
 def register(app: typer.Typer, index_app: typer.Typer, bench_app: typer.Typer) -> None:
-    bench_app.command("knn", help=_help(KNN_HELP))(knn_command)
-    bench_app.command("linear", help=_help(LINEAR_HELP))(linear_command)
-    bench_app.command("retrieval", help=_help(RETRIEVAL_HELP))(retrieval_command)
-    bench_app.command("index", help=_help(INDEX_HELP))(index_command)
-    bench_app.command("all", help=_help(ALL_HELP))(all_command)
-    bench_app.command("dataset", help=_help(DATASET_HELP))(dataset_command)
+    bench_app.command("knn", help=KNN_HELP)(knn_command)
+    bench_app.command("linear", help=LINEAR_HELP)(linear_command)
+    bench_app.command("retrieval", help=RETRIEVAL_HELP)(retrieval_command)
+    bench_app.command("index", help=INDEX_HELP)(index_command)
+    bench_app.command("all", help=ALL_HELP)(all_command)
+    bench_app.command("dataset", help=DATASET_HELP)(dataset_command)

@@ -7,9 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 DeviceOption = typer.Option("auto", "--device", help="auto (CUDA when torch sees a GPU), cpu or cuda.")
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON on stdout instead of a table.")
+PretrainedOption = typer.Option(False, "--pretrained", help="Published weights of the timm: name (e.g. "
+                                "vit_small_patch14_dinov2.lvd142m) from the local Hugging Face cache, or --weights DIR; "
+                                "preprocessing from its config.json. Nothing is downloaded without --allow-download.")
+AllowDownloadOption = typer.Option(False, "--allow-download", help="With --pretrained: fetch weights missing from "
+                                   "the cache from the Hugging Face Hub.")
 
 
 def print_json(obj: Any) -> None:
@@ -37,3 +43,40 @@ def existing_path(value: str) -> Path:
 
 def stdout_is_terminal() -> bool:
     return sys.stdout.isatty()
+
+
+def _hide_flag_types(params: list[Any]) -> list[Any]:
+    """Flags take no value, so their help shows none (Typer writes ``<bool>`` in the type column)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""  # the type column shows the metavar when there is one
+    return params
+
+
+class HelpCommand(TyperCommand):
+    """A command whose ``--help`` reads as users expect: ``sslsearch search [OPTIONS] IDX [QUERY]...``.
+
+    Typer writes required arguments as ``{IDX}`` in the usage line and ``<bool>`` after every flag;
+    here arguments are written as Click does (``IDX``, ``[QUERY]...``) and flags, which take no
+    value, show none. Every command gets this class (``commands.register_all``).
+    """
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = param.display_name_raw if param.required else f"[{param.display_name_raw}]"
+                pieces.append(name + ("..." if param.nargs != 1 else ""))
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+    def get_params(self, ctx: typer.Context) -> list[Any]:
+        return _hide_flag_types(super().get_params(ctx))
+
+
+class HelpGroup(TyperGroup):
+    """A command group (``sslsearch``, ``sslsearch index``, ``sslsearch bench``) whose flags show no ``<bool>``."""
+
+    def get_params(self, ctx: typer.Context) -> list[Any]:
+        return _hide_flag_types(super().get_params(ctx))

@@ -10,7 +10,7 @@ from .common import JsonOption, print_json
 
 
 def sample_data_command(
-    out: Path = typer.Argument(..., help="Folder to create (absent or empty unless --overwrite).", show_default=False),
+    out: Path = typer.Argument(..., metavar="OUT", help="Folder to create (absent or empty unless --overwrite).", show_default=False),
     n_images: int = typer.Option(1000, "--n-images", help="Images to write, near-duplicate copies included."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed writes the same bytes."),
     image_size: int = typer.Option(64, "--image-size", help="Side of the square images in pixels."),
@@ -21,12 +21,13 @@ def sample_data_command(
 ) -> None:
     """Generate a labelled sample image folder with planted near-duplicates, offline and seeded.
 
-    Writes OUT/<class>/img_NNNNN.png|jpg for 10 shape classes (arrow, checker, circle, crescent,
+    Writes `OUT/<class>/img_NNNNN.png|jpg` for 10 shape classes (arrow, checker, circle, crescent,
     cross, ring, square, star, stripes, triangle) on varied backgrounds with random colours,
-    positions, sizes, rotations and clutter, plus OUT/near_duplicates.csv (columns original,copy)
-    listing the planted near-duplicate pairs.
+    positions, sizes, rotations and clutter, plus `OUT/near_duplicates.csv` (columns
+    original, copy, edits) listing the planted near-duplicate pairs. The same seed writes the
+    same bytes.
 
-    Example: sslsearch sample-data sample-data --n-images 1000
+    Example: `sslsearch sample-data sample-data --n-images 1000`
     """
     dataset = make_sample_dataset(out, n_images=n_images, seed=seed, image_size=image_size,
                                   duplicate_fraction=duplicate_fraction, overwrite=overwrite)

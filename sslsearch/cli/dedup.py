@@ -6,22 +6,33 @@ from typing import Optional
 
 import typer
 
-from .common import DeviceOption, JsonOption, info, print_json
+from .common import AllowDownloadOption, DeviceOption, JsonOption, PretrainedOption, info, print_json
 
-HELP = (
-    "Find exact and near-duplicate images and say which to keep. INPUT is an embedding store (`sslsearch embed`), "
-    "or, with --encoder, images (a folder or list) that are embedded into DUPS/embeddings first.\n\n"
-    "Near duplicates come from a k-NN graph (never an N×N matrix) cut at a threshold: give one with --threshold "
-    "(a cosine similarity), or let --precision (default 0.99) calibrate it on edited copies of a sample of your own "
-    "images; a calibrated threshold applies to the density-adjusted score (the cosine less how alike each image's "
-    "neighbourhood is, so dense regions of look-alikes need a closer match; --score cosine turns it off). Exact duplicates (same file bytes, same decoded pixels) always join. Writes DUPS/clusters.parquet, "
-    "keep.txt, remove.txt (absolute paths), summary.json, and with --report a self-contained report.html.\n\n"
-    "With --against IDX, new images that duplicate something an existing index holds are listed for removal "
-    "(the index is not changed).\n\n"
-    "Examples: sslsearch dedup emb/ --out dups/ --report\n"
-    "          sslsearch dedup photos/ --encoder timm:resnet50 --out dups/ --precision 0.995\n"
-    "          sslsearch dedup new_emb/ --against idx/ --out dups/"
-)
+HELP = """Find exact and near-duplicate images and say which to keep.
+
+INPUT is an embedding store (from `sslsearch embed`), or, with --encoder, images (a folder or a
+list) that are embedded into `DUPS/embeddings` first.
+
+* **Near duplicates**: candidate pairs from a k-NN graph (never an N×N matrix) cut at a threshold.
+  By default each candidate (embedding neighbours and pixel look-alikes) is *verified* on pixels:
+  one image is trimmed, mirrored, rotated and cut the ways copies differ, and the best match with
+  the other is its score. --precision (default 0.99) calibrates the threshold on edited copies of
+  a sample of your own images (--edits chooses the edits: `full`, `classic` or names such as
+  `pad,hflip,jpeg`). --threshold T gives a fixed cosine similarity instead; --score chooses what
+  the threshold compares (cosine, adjusted: cosine less the neighbourhood density, verified).
+* **Exact duplicates** (the same file bytes, the same decoded pixels) always join.
+* **--against IDX**: new images that duplicate something an existing index holds are listed for
+  removal (the index is not changed).
+
+Writes `DUPS/clusters.parquet`, `keep.txt`, `remove.txt` (absolute paths), `summary.json`, and with
+--report a self-contained `report.html`.
+
+Examples:
+
+* `sslsearch dedup emb/ --out dups/ --report`
+* `sslsearch dedup photos/ --encoder timm:resnet50 --out dups/ --precision 0.995`
+* `sslsearch dedup new_emb/ --against idx/ --out dups/`
+"""
 
 
 def dedup_command(
@@ -29,20 +40,26 @@ def dedup_command(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory DUPS (new or empty unless --overwrite)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", "-t",
                                               help="Score in (0, 1] at or above which images are duplicates (cosine "
-                                                   "similarity unless --score adjusted)."),
+                                                   "similarity unless --score adjusted or verified)."),
     precision: float = typer.Option(0.99, "--precision", "-p",
                                     help="Target precision in (0, 1) of the self-calibrated threshold (when no --threshold)."),
     keep: str = typer.Option("resolution", "--keep",
                              help="Which image of a cluster to keep: resolution (largest, then larger file, then smallest "
                                   "id), file-size, oldest, newest or first."),
     score: str = typer.Option("auto", "--score",
-                              help="What the threshold compares: auto (adjusted with a calibrated threshold, cosine "
-                                   "with --threshold or --against), cosine, or adjusted."),
+                              help="What the threshold compares: auto (verified with a calibrated threshold, adjusted "
+                                   "above 200,000 images, cosine with --threshold or --against), cosine, adjusted "
+                                   "or verified."),
+    edits: str = typer.Option("full", "--edits",
+                              help="Edits of the calibration copies for the verified score: full (crop to 70 %, "
+                                   "rotate ±15°, pad, flip, greyscale, JPEG, rescale, colour, watermark), classic, "
+                                   "or comma-separated names."),
     report: bool = typer.Option(False, "--report", help="Also write DUPS/report.html (thumbnails, keeper marked)."),
     against: Optional[Path] = typer.Option(None, "--against", help="Existing index directory to check new images against."),
     encoder: Optional[str] = typer.Option(None, "--encoder", "-e",
-                                          help="Embed INPUT images first with this encoder (timm:<name> or a run dir)."),
+                                          help="Embed INPUT images first with this encoder (`timm:<name>` or a run directory)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Local state dict for a timm: --encoder."),
+    pretrained: bool = PretrainedOption, allow_download: bool = AllowDownloadOption,
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size in px for --encoder."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass when embedding (--encoder)."),
     neighbors: int = typer.Option(16, "--neighbors", "-k", help="Neighbours per image in the k-NN graph."),
@@ -59,11 +76,12 @@ def dedup_command(
     from ..errors import InvalidArgumentError
 
     options = dict(threshold=threshold, precision=precision, keep=keep, neighbors=neighbors, method=method,
-                   sample_size=sample, seed=seed, against=against, score=score, report=report,
+                   sample_size=sample, seed=seed, against=against, score=score, edits=edits, report=report,
                    report_max_clusters=report_clusters)
     if encoder is not None:
         result = deduplicate_images(data, encoder, out, weights=weights, image_size=image_size, batch_size=batch_size,
-                                    device=device, overwrite=overwrite, **options)
+                                    device=device, overwrite=overwrite, pretrained=pretrained,
+                                    allow_download=allow_download, **options)
     elif (data / "manifest.json").is_file() or not data.exists():
         result = deduplicate(data, out, device=device, overwrite=overwrite, **options)
     else:

@@ -6,28 +6,39 @@ from typing import Optional
 
 import typer
 
-from .common import DeviceOption, JsonOption, info, print_json
+from .common import AllowDownloadOption, DeviceOption, JsonOption, PretrainedOption, info, print_json
 
-HELP = (
-    "Embed every image of DATA (a folder, a .txt/.csv/.parquet list of paths, or one image) into an embedding "
-    "store at --out: Parquet shards + manifest.json, L2-normalised vectors.\n\n"
-    "ENCODER is timm:<model-name> (random init unless --weights gives a local state dict) or a run directory "
-    "written by `sslsearch train`. Files that cannot be decoded are skipped and recorded with their reason "
-    "(--strict makes them an error). An interrupted run keeps its complete shards: run the same command with "
-    "--resume to finish it.\n\n"
-    "--engine ray runs the same job on a Ray cluster (pip install 'sslsearch[ray]'): an actor pool embeds blocks "
-    "of --shard-rows images, each actor writing its shard straight to --out (a path on a shared filesystem or a "
-    "URI such as s3://bucket/emb); --workers is then the number of actors.\n\n"
-    "Example: sslsearch embed images/ --encoder timm:resnet18 --image-size 112 --out emb/"
-)
+HELP = """Embed every image of DATA into an embedding store at --out.
+
+DATA is a folder, a `.txt`/`.csv`/`.parquet` list of paths, or one image. The store holds Parquet
+shards and `manifest.json`, with L2-normalised vectors.
+
+* **--encoder** is `timm:<model-name>` (random init unless --weights gives a local state dict;
+  nothing is downloaded) or a run directory written by `sslsearch train`.
+* Files that cannot be decoded are skipped and recorded with their reason (--strict makes them an
+  error).
+* An interrupted run keeps its complete shards: run the same command with --resume to finish it.
+* Published weights (DINOv2, DINOv3, SigLIP 2, MAE, ...) come from the local Hugging Face cache
+  with --pretrained; nothing is downloaded unless --allow-download is given (see docs/pretrained.md).
+* **--engine ray** runs the same job on a Ray cluster (`pip install 'sslsearch[ray]'`): an actor
+  pool embeds blocks of --shard-rows images, each actor writing its shard straight to --out (a
+  path on a shared filesystem or a URI such as `s3://bucket/emb`); --workers is then the number of
+  actors (docs/scale.md).
+
+Example: `sslsearch embed images/ --encoder timm:resnet18 --image-size 112 --out emb/`
+
+Example: `sslsearch embed images/ --encoder timm:vit_small_patch14_dinov2.lvd142m --pretrained --image-size 224 --out emb/`
+"""
 ENGINES = ("local", "ray")
 
 
 def embed_command(
     data: Path = typer.Argument(..., metavar="DATA", help="Folder of images, a .txt/.csv/.parquet list of paths, or one image."),
-    encoder: str = typer.Option(..., "--encoder", "-e", help="timm:<model-name> or a `sslsearch train` run directory."),
+    encoder: str = typer.Option(..., "--encoder", "-e", help="`timm:<model-name>` or a `sslsearch train` run directory."),
     out: str = typer.Option(..., "--out", "-o", help="Output store directory (new or empty); with --engine ray also a URI."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Local .safetensors/.pth state dict for a timm: encoder."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Local .safetensors/.pth state dict for a timm: encoder, "
+                                           "or a checkpoint folder (weights + timm's config.json)."),
+    pretrained: bool = PretrainedOption, allow_download: bool = AllowDownloadOption,
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size in px (default: the model's)."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass."),
     workers: Optional[int] = typer.Option(
@@ -61,14 +72,15 @@ def embed_command(
             raise InvalidArgumentError("--threads applies to --engine local; with --engine ray use --cpus-per-worker")
         result = embed_images_ray(data, encoder, out, weights=weights, image_size=image_size, batch_size=batch_size,
                                   dtype=dtype, device=device, resume=resume, overwrite=overwrite, strict=strict,
-                                  shard_rows=shard_rows, options=RayOptions(address, workers, gpus_per_worker,
-                                                                            cpus_per_worker))
+                                  shard_rows=shard_rows, pretrained=pretrained, allow_download=allow_download,
+                                  options=RayOptions(address, workers, gpus_per_worker, cpus_per_worker))
     else:
         from ..embed import embed_images
 
         result = embed_images(data, encoder, out, weights=weights, image_size=image_size, batch_size=batch_size,
                               workers=workers, dtype=dtype, device=device, resume=resume, overwrite=overwrite,
-                              strict=strict, shard_rows=shard_rows, threads=threads)
+                              strict=strict, shard_rows=shard_rows, threads=threads, pretrained=pretrained,
+                              allow_download=allow_download)
     if as_json:
         print_json(result.to_dict())
         return

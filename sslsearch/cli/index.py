@@ -8,32 +8,37 @@ import typer
 
 from .common import DeviceOption, JsonOption, print_json
 
-BUILD_HELP = """Build a FAISS index over the embedding store EMB and write it to --out: index.faiss (readable by
-plain faiss.read_index; faiss ids = store ids) and the card index.json.
+BUILD_HELP = """Build a FAISS index over the embedding store EMB and write it to --out.
 
---kind auto picks by size and --memory-budget: Flat up to 20,000 vectors, HNSW32 up to 2M, then
-IVF-SQ8, and IVF-PQ when the budget is tight. After building, recall@10 against exact search is
-measured on 500 held-out store vectors (added once measured), and efSearch/nprobe are tuned to the smallest setting
-reaching recall@10 ≥ 0.95; both go into the card.
+The index directory holds `index.faiss` (readable by plain `faiss.read_index`; faiss ids are the
+store ids) and the card `index.json`.
 
---on-disk builds an IVF index for stores beyond memory: trained on a sample, filled shard by shard in
---workers processes, its inverted lists merged into index.ivfdata and memory-mapped at search; the
-budget then bounds the build's working memory (training sample, parts filled at once), not the index.
+* **--kind auto** picks by size and --memory-budget: Flat up to 20,000 vectors, HNSW32 up to 2M,
+  then IVF-SQ8, and IVF-PQ when the budget is tight.
+* After building, recall@10 against exact search is measured on 500 held-out store vectors
+  (added once measured), and efSearch / nprobe are tuned to the smallest setting that reaches
+  recall@10 ≥ 0.95; both go into the card.
 
-Example: sslsearch index build emb/ --out idx/ --kind auto --memory-budget 4GB
-         sslsearch index build emb/ --out idx/ --on-disk --memory-budget 2GB --workers 4
+* **--on-disk** builds an IVF index for stores beyond memory: trained on a sample, filled shard by
+  shard in --workers processes, its inverted lists merged into `index.ivfdata` and memory-mapped at
+  search; the budget then bounds the build's working memory, not the index (docs/scale.md).
+
+Example: `sslsearch index build emb/ --out idx/ --kind auto --memory-budget 4GB`
+
+Example: `sslsearch index build emb/ --out idx/ --on-disk --memory-budget 2GB --workers 4`
 """
 
-INFO_HELP = """Print the card of the index directory IDX: index type, vectors, encoder, store, search
-parameters, measured recall@10, size, build time. --verify also reads index.faiss and checks that it
-matches the card.
+INFO_HELP = """Print the card of the index directory IDX.
 
-Example: sslsearch index info idx/ --json
+The card names the index type, vectors, encoder, store, search parameters, measured recall@10,
+size and build time. --verify also reads `index.faiss` and checks that it matches the card.
+
+Example: `sslsearch index info idx/ --verify`
 """
 
 
 def build_command(
-    store: Path = typer.Argument(..., help="Embedding store directory written by `sslsearch embed`."),
+    store: Path = typer.Argument(..., metavar="EMB", help="Embedding store directory written by `sslsearch embed`."),
     out: Path = typer.Option(..., "--out", "-o", help="Index directory to write (new or empty)."),
     kind: str = typer.Option("auto", "--kind", help="auto, flat, hnsw, ivf or ivfpq."),
     memory_budget: str = typer.Option("4GB", "--memory-budget",
@@ -58,8 +63,8 @@ def build_command(
 
 
 def info_command(
-    index_dir: Path = typer.Argument(..., help="Index directory written by `sslsearch index build`."),
-    verify: bool = typer.Option(False, "--verify", help="Also read index.faiss and check it against the card."),
+    index_dir: Path = typer.Argument(..., metavar="IDX", help="Index directory written by `sslsearch index build`."),
+    verify: bool = typer.Option(False, "--verify", help="Also read `index.faiss` and check it against the card."),
     as_json: bool = JsonOption,
 ) -> None:
     from ..index.io import read_card, read_index_files

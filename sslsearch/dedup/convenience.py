@@ -18,14 +18,15 @@ EMBEDDINGS_DIR = "embeddings"
 def deduplicate_images(data: str | os.PathLike[str], encoder: str, out: str | os.PathLike[str], *,
                        weights: str | os.PathLike[str] | None = None, image_size: int | None = None,
                        batch_size: int = 64, workers: int | None = None, device: str = "auto",
-                       overwrite: bool = False, progress: bool | None = None, **dedup_options: Any) -> DedupResult:
+                       overwrite: bool = False, progress: bool | None = None, pretrained: bool = False,
+                       allow_download: bool = False, **dedup_options: Any) -> DedupResult:
     """Embed the images of ``data`` into ``out/embeddings`` and deduplicate them into ``out``.
 
     Args:
         data: a folder, a .txt/.csv/.parquet list of paths (as ``sslsearch embed`` takes).
         encoder: ``timm:<model-name>`` or a ``sslsearch train`` run directory.
         out: the output directory (refused if it holds files, unless ``overwrite``).
-        weights, image_size, batch_size, workers: as for ``embed_images``.
+        weights, image_size, batch_size, workers, pretrained, allow_download: as for ``embed_images``.
         device: for embedding, the graph and calibration.
         overwrite: replace earlier results (the embeddings too).
         progress: progress bars on stderr.
@@ -54,6 +55,7 @@ def deduplicate_images(data: str | os.PathLike[str], encoder: str, out: str | os
     directory = prepare_dedup_dir(out, overwrite=overwrite)
     store = Path(directory) / EMBEDDINGS_DIR
     embed_images(data, encoder, store, weights=weights, image_size=image_size, batch_size=batch_size, workers=workers,
-                 device=device, overwrite=overwrite, progress=progress)
+                 device=device, overwrite=overwrite, progress=progress, pretrained=pretrained,
+                 allow_download=allow_download)
     return deduplicate(store, directory, device=device, overwrite=overwrite, progress=progress,
                        _allowed_in_out=(EMBEDDINGS_DIR,), **dedup_options)

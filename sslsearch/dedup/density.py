@@ -33,26 +33,32 @@ import numpy as np
 
 from ..errors import InvalidArgumentError, unknown_name
 
-SCORES: tuple[str, ...] = ("auto", "cosine", "adjusted")
+SCORES: tuple[str, ...] = ("auto", "cosine", "adjusted", "verified")
+# Above this many images ``auto`` picks the adjusted score: verification costs ~35 small PIL operations an image.
+VERIFY_MAX_IMAGES = 200_000
 DENSITY_RANK = 5  # b_i: the similarity of image i to its 5th nearest other image
 DENSITY_STRENGTH = 0.5
 DENSITY_CAP_QUANTILE = 0.97  # b is capped here: a big cluster of copies is penalised like a dense region, no more
 
 
-def resolve_score(score: str, *, threshold_given: bool, against: bool) -> str:
-    """Map ``auto`` to ``adjusted`` (calibrated threshold) or ``cosine`` (a given threshold, or ``--against``).
+def resolve_score(score: str, *, threshold_given: bool, against: bool, images: int = 0) -> str:
+    """Map ``auto`` to ``verified`` (a calibrated threshold, up to ``VERIFY_MAX_IMAGES`` images), ``adjusted``
+    (calibrated, more images) or ``cosine`` (a given threshold, or ``--against``).
 
     Raises:
         UnknownNameError: a name not in ``SCORES``.
-        InvalidArgumentError: ``adjusted`` with ``against`` (the index's items have no background here).
+        InvalidArgumentError: ``adjusted`` or ``verified`` with ``against`` (the index's items are not
+            in this run: no neighbour background, no images to verify).
     """
     if score not in SCORES:
         raise unknown_name("score", score, SCORES)
     if score == "auto":
-        return "cosine" if threshold_given or against else "adjusted"
-    if score == "adjusted" and against:
-        raise InvalidArgumentError("--score adjusted cannot be used with --against (the index's images have no "
-                                   "neighbour background in this run); use --score cosine or leave --score out")
+        if threshold_given or against:
+            return "cosine"
+        return "verified" if images <= VERIFY_MAX_IMAGES else "adjusted"
+    if score in ("adjusted", "verified") and against:
+        raise InvalidArgumentError(f"--score {score} cannot be used with --against (the index's images are not part "
+                                   "of this run); use --score cosine or leave --score out")
     return score
 
 

@@ -1,22 +1,59 @@
 """The edits that near-duplicates usually differ by, applied to a PIL image (for threshold calibration).
 
-Re-encoding, resizing, cropping, colour shifts, a watermark and a small rotation, each with
-ranges a little wider than the planted copies of ``sslsearch.sample_data``, so a threshold
-calibrated on them is not tuned to exactly the edits a benchmark plants.
+Two presets (``EDIT_PRESETS``):
+
+* ``classic`` — re-encoding, resizing, a small crop, colour shifts, a watermark and a small
+  rotation, each with ranges a little wider than the planted copies of ``sslsearch.sample_data``;
+  what the embedding scores (cosine, adjusted) are calibrated on.
+* ``full`` — the classic edits with a crop keeping down to 70 % of the area and rotations up to 15
+  degrees, plus a pad, a mirror flip and greyscale: the edits people mean by "the same picture"
+  in real collections, and what the verified score (``verify.py``) is calibrated on.
+
+A comma-separated list of edit names (``--edits pad,hflip,jpeg``) chooses exactly those.
 """
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance, ImageFont
+from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
-EDITS: tuple[str, ...] = ("jpeg", "resize", "crop", "color", "watermark", "rotate")
+from ..errors import unknown_name
+
+EDITS: tuple[str, ...] = ("jpeg", "resize", "crop", "color", "watermark", "rotate")  # the classic preset
+FULL_EDITS: tuple[str, ...] = ("jpeg", "resize", "wide_crop", "color", "watermark", "wide_rotate", "pad", "hflip",
+                               "grayscale")
+EDIT_PRESETS: dict[str, tuple[str, ...]] = {"classic": EDITS, "full": FULL_EDITS}
 _EDIT_COUNT_WEIGHTS = (0.45, 0.4, 0.15)  # probability of 1, 2 or 3 edits per copy
 
 
-def edited_copy(image: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, tuple[str, ...]]:
-    """A copy of an RGB image with 1 to 3 random edits from ``EDITS``; deterministic for ``rng``.
+def resolve_edits(edits: str | Sequence[str]) -> tuple[str, ...]:
+    """A preset name or comma-separated edit names → edit names, checked.
+
+    Raises:
+        UnknownNameError: a name that is neither a preset nor an edit.
+
+    Example:
+        >>> resolve_edits("pad,hflip")
+        ('pad', 'hflip')
+    """
+    names = [edits] if isinstance(edits, str) and edits in EDIT_PRESETS else \
+        [n.strip() for n in (edits.split(",") if isinstance(edits, str) else edits) if n.strip()]
+    if len(names) == 1 and names[0] in EDIT_PRESETS:
+        return EDIT_PRESETS[names[0]]
+    for name in names:
+        if name not in _APPLY:
+            raise unknown_name("edit", name, (*EDIT_PRESETS, *_APPLY))
+    if not names:
+        raise unknown_name("edit", "", (*EDIT_PRESETS, *_APPLY))
+    return tuple(names)
+
+
+def edited_copy(image: Image.Image, rng: np.random.Generator,
+                edits: Sequence[str] = EDITS) -> tuple[Image.Image, tuple[str, ...]]:
+    """A copy of an RGB image with 1 to 3 random edits from ``edits`` (names of this module's edits,
+    default the classic preset); deterministic for ``rng``.
 
     Returns:
         The edited RGB image and the names of the edits applied, in order.
@@ -26,12 +63,13 @@ def edited_copy(image: Image.Image, rng: np.random.Generator) -> tuple[Image.Ima
         >>> copy.mode, len(edits) >= 1
         ('RGB', True)
     """
-    count = 1 + int(rng.choice(len(_EDIT_COUNT_WEIGHTS), p=_EDIT_COUNT_WEIGHTS))
-    chosen = sorted(rng.choice(len(EDITS), size=count, replace=False).tolist())
+    edits = tuple(edits)
+    count = min(len(edits), 1 + int(rng.choice(len(_EDIT_COUNT_WEIGHTS), p=_EDIT_COUNT_WEIGHTS)))
+    chosen = sorted(rng.choice(len(edits), size=count, replace=False).tolist())
     out = image if image.mode == "RGB" else image.convert("RGB")
     for index in chosen:
-        out = _APPLY[EDITS[index]](out, rng)
-    return out, tuple(EDITS[i] for i in chosen)
+        out = _APPLY[edits[index]](out, rng)
+    return out, tuple(edits[i] for i in chosen)
 
 
 def jpeg(image: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -85,4 +123,42 @@ def rotate(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     return image.rotate(degrees, resample=Image.BICUBIC, expand=False, fillcolor=tuple(int(c) for c in border))
 
 
-_APPLY = {"jpeg": jpeg, "resize": resize, "crop": crop, "color": color, "watermark": watermark, "rotate": rotate}
+def wide_crop(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A window keeping 70..95 % of the area (aspect within ±15 %), anywhere in the image."""
+    w, h = image.size
+    area, aspect = float(rng.uniform(0.70, 0.95)), float(rng.uniform(0.87, 1.15))
+    cw, ch = min(w, max(8, round(w * np.sqrt(area * aspect)))), min(h, max(8, round(h * np.sqrt(area / aspect))))
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    return image.crop((x, y, x + cw, y + ch))
+
+
+def wide_rotate(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Rotate by 3..15 degrees either way, the canvas kept or grown, corners in the mean border colour."""
+    pixels = np.asarray(image)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]).mean(axis=0)
+    degrees = float(rng.uniform(3, 15)) * (1 if rng.random() < 0.5 else -1)
+    return image.rotate(degrees, resample=Image.BICUBIC, expand=bool(rng.random() < 0.5),
+                        fillcolor=tuple(int(c) for c in border))
+
+
+def pad(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A border of 3..25 % of the side on each side, in white, black or the image's mean colour."""
+    w, h = image.size
+    widths = tuple(int(rng.uniform(0.03, 0.25) * side) for side in (w, h, w, h))
+    choice = int(rng.integers(0, 3))
+    fill = ((255, 255, 255), (0, 0, 0), tuple(int(c) for c in np.asarray(image).reshape(-1, 3).mean(axis=0)))[choice]
+    return ImageOps.expand(image, widths, fill=fill)
+
+
+def hflip(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Mirror left to right."""
+    return ImageOps.mirror(image)
+
+
+def grayscale(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Greyscale, kept as RGB."""
+    return ImageOps.grayscale(image).convert("RGB")
+
+
+_APPLY = {"jpeg": jpeg, "resize": resize, "crop": crop, "color": color, "watermark": watermark, "rotate": rotate,
+          "wide_crop": wide_crop, "wide_rotate": wide_rotate, "pad": pad, "hflip": hflip, "grayscale": grayscale}

@@ -70,7 +70,8 @@ class ThresholdChoice:
         value: the score at or above which images are duplicates (None when not needed).
         method: "given" (--threshold), "calibrated" (--precision) or "not needed" (fewer than 2 images).
         calibration: the calibration details when ``method == "calibrated"``.
-        score: "cosine" (similarity) or "adjusted" (cosine less the neighbourhood density, ``density.py``).
+        score: "cosine" (similarity), "adjusted" (cosine less the neighbourhood density, ``density.py``) or
+            "verified" (pixel verification of candidate pairs, ``verify.py``).
         density: the adjustment's parameters when ``score == "adjusted"``.
     """
 
@@ -88,7 +89,7 @@ class ThresholdChoice:
     def describe(self) -> str:
         if self.value is None:
             return "threshold not needed"
-        name = "adjusted-score threshold" if self.score == "adjusted" else "threshold"
+        name = {"adjusted": "adjusted-score threshold", "verified": "verified-score threshold"}.get(self.score, "threshold")
         if self.calibration is None:
             return f"{name} {self.value:.4f} (given)"
         c = self.calibration

@@ -19,8 +19,10 @@ from .calibrate import (DEFAULT_PRECISION, DEFAULT_SAMPLE_SIZE, EditedCopies, ca
                         make_edited_copies)
 from .clusters import DEFAULT_KEEP, KEEP_POLICIES, ImageFacts, check_keep_policy, choose_keeper, connected_groups
 from .density import DENSITY_RANK, DensityAdjustment, resolve_score
+from .edits import resolve_edits
 from .exact import EXACT_CANDIDATE_SIMILARITY, ContentHasher, chain_pairs, file_size, hash_groups, identical_pairs, match_kind
 from .graph import DEFAULT_NEIGHBORS, SimilarPairs, resolve_method, similar_pairs
+from .verified import CANDIDATE_COSINE, calibrate_verified, verified_pairs
 from .outputs import prepare_dedup_dir, write_clusters, write_list, write_summary
 from .result import ClusterMember, DedupResult, DuplicateCluster, ThresholdChoice
 
@@ -193,7 +195,8 @@ def _index_cluster_members(rows: _StoreRows, store_rows: np.ndarray, index_nodes
 def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str], *, threshold: float | None = None,
                 precision: float = DEFAULT_PRECISION, keep: str = DEFAULT_KEEP, neighbors: int = DEFAULT_NEIGHBORS,
                 method: str = "auto", device: str = "auto", sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0,
-                against: str | os.PathLike[str] | None = None, score: str = "auto", report: bool = False,
+                against: str | os.PathLike[str] | None = None, score: str = "auto", edits: str = "full",
+                report: bool = False,
                 report_max_clusters: int = DEFAULT_REPORT_CLUSTERS, overwrite: bool = False,
                 progress: bool | None = None, _allowed_in_out: Sequence[str] = ()) -> DedupResult:
     """Find exact and near-duplicate images in an embedding store and say which to keep.
@@ -226,8 +229,11 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
         against: an existing index directory: new images that duplicate an item of the index are
             listed for removal (the index item is the keeper, ``source="index"``); the index is
             only searched, never changed. New images are also deduplicated among themselves.
-        score: "auto" (adjusted when calibrating without ``against``, else cosine), "cosine" or
-            "adjusted": what the threshold compares.
+        score: "auto" (verified when calibrating without ``against``, adjusted above
+            ``VERIFY_MAX_IMAGES`` images; cosine with a given threshold or ``against``), "cosine",
+            "adjusted" or "verified": what the threshold compares (``verify.py`` for the last).
+        edits: the calibration copies' edits for the verified score: a preset of ``edits.EDIT_PRESETS``
+            ("full", "classic") or comma-separated edit names.
         report: also write the self-contained HTML report.
         report_max_clusters: clusters shown in the report (largest first).
         overwrite: replace earlier results in ``out``.
@@ -256,7 +262,9 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
     else:
         check_precision(precision)
     check_keep_policy(keep)
+    score_asked = score
     score = resolve_score(score, threshold_given=threshold is not None, against=against is not None)
+    edit_names = resolve_edits(edits)
     resolve_method(method, 0, "cpu")
     if neighbors < 1:
         raise InvalidArgumentError(f"--neighbors must be >= 1, got {neighbors}")
@@ -265,6 +273,9 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
     timings: dict[str, float] = {}
 
     rows = _read_store(embeddings)
+    if score_asked == "auto":
+        score = resolve_score(score_asked, threshold_given=threshold is not None, against=against is not None,
+                              images=len(rows.ids))
     out = prepare_dedup_dir(out, overwrite=overwrite, allowed=_allowed_in_out)
     with DirectoryLock(out):
         timings["load"] = time.perf_counter() - started
@@ -283,7 +294,7 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
 
         density, record, copies, encoder = None, 0, None, None
         calibrating = threshold is None and n >= 2
-        if calibrating:
+        if calibrating and score != "verified":
             encoder = _store_encoder(rows, device)
         if score == "adjusted" and n >= 2:
             record = max(neighbors, DENSITY_RANK)
@@ -308,6 +319,11 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
             found = scored(graph(cosine_floor(floor)))
             return found[found >= floor]
 
+        verified = None
+        if score == "verified" and n >= 2:
+            verified = verified_pairs(rows.vectors, rows.all_absolute(), neighbors=neighbors, method=method,
+                                      device=device, seed=seed, progress=progress)
+            timings["graph"] = verified.seconds
         if threshold is not None:
             choice = ThresholdChoice(float(threshold), "given", score=score, density=density)
         elif n < 2 and against is None:
@@ -315,14 +331,28 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
         elif n < 2:
             raise InvalidArgumentError(f"store {rows.store.directory} holds 1 image: too few to calibrate a threshold; "
                                        "pass --threshold T (e.g. the one in the summary.json of a full dedup run)")
+        elif verified is not None:
+            calibration = calibrate_verified(verified, rows.all_absolute(), precision=precision,
+                                             sample_size=sample_size, edits=edit_names, seed=seed,
+                                             file_sha256=rows.sha256, progress=progress)
+            choice = ThresholdChoice(calibration.threshold, "calibrated", calibration, "verified")
         else:
             choice = _calibrate(rows, encoder, precision, sample_size, seed, progress, store_pairs=store_scores,
                                 density=density, copies=copies)
         timings["calibration"] = time.perf_counter() - mark - timings.get("graph", 0.0)
 
         cut = choice.value if choice.value is not None else 1.0
-        pairs = graph(cosine_floor(cut))
-        pair_scores = scored(pairs)
+        if verified is not None:  # the candidates and their verified scores replace the cosine graph
+            pairs = SimilarPairs(verified.first, verified.second, verified.cosine, CANDIDATE_COSINE, neighbors,
+                                 resolve_method(method, n, device), "cpu", verified.seconds)
+            pair_scores = verified.score
+        elif score == "verified":  # a single image: nothing to pair
+            pairs = SimilarPairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32),
+                                 CANDIDATE_COSINE, neighbors, "exact", "cpu", 0.0)
+            pair_scores = pairs.similarity
+        else:
+            pairs = graph(cosine_floor(cut))
+            pair_scores = scored(pairs)
 
         mark = time.perf_counter()
         hasher = ContentHasher(rows.absolute, rows.sha256)

@@ -50,14 +50,16 @@ class BlockEmbedder:
 
     def __init__(self, encoder_spec: str, weights: str | None, image_size: int | None, device: str,
                  expected_id: str, location_uri: str, root: str, dim: int, dtype: str, batch_size: int,
-                 decode_workers: int, threads: int | None, strict: bool) -> None:
+                 decode_workers: int, threads: int | None, strict: bool, pretrained: bool = False,
+                 allow_download: bool = False) -> None:
         import torch
 
         if threads is not None:
             torch.set_num_threads(threads)
         self.error: SSLSearchError | None = None  # reported with the first block: Ray Data drops exception types
         try:
-            self.encoder = create_encoder(encoder_spec, weights=weights, image_size=image_size, device=device)
+            self.encoder = create_encoder(encoder_spec, weights=weights, image_size=image_size, device=device,
+                                          pretrained=pretrained, allow_download=allow_download)
             if self.encoder.fingerprint.id != expected_id:
                 raise EncoderMismatchError(
                     f"the encoder built on this worker is {self.encoder.fingerprint.id}, the driver's is {expected_id}: "
@@ -248,7 +250,8 @@ def embed_images_ray(data: str | os.PathLike[str] | ImageSource, encoder: str, o
                      weights: str | os.PathLike[str] | None = None, image_size: int | None = None,
                      batch_size: int = 64, dtype: str = "float16", device: str = "auto", resume: bool = False,
                      overwrite: bool = False, strict: bool = False, progress: bool | None = None,
-                     shard_rows: int = 50_000, options: RayOptions = RayOptions()) -> EmbedResult:
+                     shard_rows: int = 50_000, pretrained: bool = False, allow_download: bool = False,
+                     options: RayOptions = RayOptions()) -> EmbedResult:
     """Embed every image of ``data`` into a store at ``out`` with a Ray Data actor pool (Contract 2).
 
     The images are listed on the driver (``sources.list_images``: the same ids as the local
@@ -264,7 +267,8 @@ def embed_images_ray(data: str | os.PathLike[str] | ImageSource, encoder: str, o
         data: a folder, a .txt/.csv/.parquet list of paths, or an ``ImageSource``.
         encoder: ``timm:<name>`` or a training run directory (built on every actor).
         out: the store directory or URI.
-        weights, image_size, batch_size, dtype, resume, overwrite, strict: as ``embed_images``.
+        weights, image_size, batch_size, dtype, resume, overwrite, strict, pretrained, allow_download: as
+            ``embed_images`` (published weights must be in each node's Hugging Face cache, or downloadable).
         device: ``auto`` (CUDA in actors that hold a GPU), ``cpu`` or ``cuda``.
         progress: a bar of rows done (block by block) on stderr.
         shard_rows: ids per block = rows per shard (fewer where files were bad).
@@ -286,7 +290,8 @@ def embed_images_ray(data: str | os.PathLike[str] | ImageSource, encoder: str, o
     _check_args(batch_size, shard_rows, dtype, options)
     ray = import_ray()
     source = data if isinstance(data, ImageSource) else list_images(data)
-    driver_encoder = create_encoder(encoder, weights=weights, image_size=image_size, device="cpu")
+    driver_encoder = create_encoder(encoder, weights=weights, image_size=image_size, device="cpu",
+                                    pretrained=pretrained, allow_download=allow_download)
     location = StoreLocation.parse(out)
     created = location.is_local and not os.path.exists(location.root)
     try:
@@ -294,7 +299,8 @@ def embed_images_ray(data: str | os.PathLike[str] | ImageSource, encoder: str, o
                                                             weights=weights, image_size=image_size, device=device,
                                                             dtype=dtype, batch_size=batch_size, strict=strict,
                                                             progress=progress, shard_rows=shard_rows, resume=resume,
-                                                            overwrite=overwrite, options=options)
+                                                            overwrite=overwrite, options=options,
+                                                            pretrained=pretrained, allow_download=allow_download)
     except BaseException:
         if created and not location.list() and not location.list(RECEIPTS):
             for directory in (os.path.join(location.root, RECEIPTS), location.root):
@@ -311,7 +317,8 @@ def embed_images_ray(data: str | os.PathLike[str] | ImageSource, encoder: str, o
 def _embed_locked(ray: Any, source: ImageSource, driver_encoder: Encoder, location: StoreLocation, *, encoder: str,
                   weights: str | os.PathLike[str] | None, image_size: int | None, device: str, dtype: str,
                   batch_size: int, strict: bool, progress: bool | None, shard_rows: int, resume: bool,
-                  overwrite: bool, options: RayOptions) -> tuple[StoreManifest, int, int]:
+                  overwrite: bool, options: RayOptions, pretrained: bool = False,
+                  allow_download: bool = False) -> tuple[StoreManifest, int, int]:
     """Prepare, run and commit under the directory lock; returns (manifest, rows kept, rows embedded now)."""
     lock = DirectoryLock(location.root) if location.is_local else contextlib.nullcontext()
     with lock:
@@ -325,7 +332,8 @@ def _embed_locked(ray: Any, source: ImageSource, driver_encoder: Encoder, locati
             receipts = dict(done)
             receipts.update(_run(ray, todo, source, driver_encoder, location, encoder=encoder, weights=weights,
                                  image_size=image_size, device=device, dtype=dtype, batch_size=batch_size,
-                                 strict=strict, progress=progress, options=options))
+                                 strict=strict, progress=progress, options=options, pretrained=pretrained,
+                                 allow_download=allow_download))
         except BadImageError:
             if not done:  # --strict stopped a fresh run: its shards are of no use once the file is fixed
                 _remove_outputs(location)
@@ -357,7 +365,8 @@ def _remove_outputs(location: StoreLocation) -> None:
 
 def _run(ray: Any, todo: list[BlockTask], source: ImageSource, driver_encoder: Encoder, location: StoreLocation, *,
          encoder: str, weights: str | os.PathLike[str] | None, image_size: int | None, device: str, dtype: str,
-         batch_size: int, strict: bool, progress: bool | None, options: RayOptions) -> dict[int, BlockReceipt]:
+         batch_size: int, strict: bool, progress: bool | None, options: RayOptions, pretrained: bool = False,
+         allow_download: bool = False) -> dict[int, BlockReceipt]:
     """Embed the ``todo`` blocks on the cluster; returns their receipts."""
     if not todo:
         return {}
@@ -381,7 +390,7 @@ def _run(ray: Any, todo: list[BlockTask], source: ImageSource, driver_encoder: E
                     image_size=image_size, device=actor_device, expected_id=driver_encoder.fingerprint.id,
                     location_uri=location.uri if not location.is_local else location.root, root=str(source.root),
                     dim=driver_encoder.dim, dtype=dtype, batch_size=batch_size, decode_workers=decode_workers,
-                    threads=threads, strict=strict))
+                    threads=threads, strict=strict, pretrained=pretrained, allow_download=allow_download))
             with progress_bar(total, "embed (ray)", unit="img", enabled=progress) as bar:
                 for row in dataset.iter_rows():
                     if row["error"]:

@@ -1,22 +1,23 @@
 """Index recall against exact search and QPS over a sweep of search parameters (nprobe / efSearch)."""
 from __future__ import annotations
 
-import contextlib
 import os
 import statistics
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from ..devices import faiss_threads
 from ..errors import InvalidArgumentError
 from ..files import atomic_write_json
 from ..index.build import EF_SEARCH_LADDER, NPROBE_LADDER
 from ..index.exact import recall_at_k
 from ..index.io import CARD_FILE, IndexCard, read_card, read_index_files
-from ..index.search import apply_search_params, drop_self_matches
+from ..index.exact import drop_self_matches
+from ..index.search import apply_search_params
 from ..store import EmbeddingStore, check_same_encoder
 from .labels import unit_rows
 from .neighbors import exact_neighbors
@@ -112,23 +113,6 @@ def set_search_parameter(index: Any, parameter: str, value: int) -> None:
     """Set nprobe or efSearch on an index, through any wrapper (IDMap, pre-transform, refine)."""
     if parameter:
         apply_search_params(index, {parameter: int(value)})
-
-
-@contextlib.contextmanager
-def _faiss_threads(threads: int) -> Iterator[None]:
-    """Run faiss with this many OpenMP threads, restoring the setting afterwards.
-
-    A single query cannot use more than one thread, and on a busy machine the idle threads'
-    wake-ups make its latency jump by 10x from call to call.
-    """
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(threads)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
 
 
 def _median_seconds(run: Any, repeats: int, min_seconds: float = 0.02) -> float:
@@ -234,7 +218,7 @@ def sweep_index(index_dir: str | os.PathLike[str], store: str | os.PathLike[str]
         _, ids = index.search(query_vectors, search_k)
         recall = recall_at_k(_without_self(ids, self_ids, k), exact_ids)
         batch_seconds = _median_seconds(lambda: index.search(query_vectors, search_k), repeats)
-        with _faiss_threads(1):  # one query at a time on one thread, as a serving worker runs
+        with faiss_threads(1):  # one query at a time on one thread, as a serving worker runs
             single_seconds = _median_seconds(lambda: [index.search(single[i:i + 1], search_k)
                                                       for i in range(len(single))], repeats)
         settings.append(SweepSetting(parameter, int(value), recall, len(query_vectors) / max(batch_seconds, 1e-9),

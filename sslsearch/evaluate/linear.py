@@ -1,17 +1,16 @@
 """Linear probe: multinomial logistic regression on frozen embeddings, with a small learning-rate × L2 sweep."""
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ..devices import resolve_device
+from ..devices import resolve_device, torch_threads
 from ..errors import InvalidArgumentError
 from .knn import encode_labels
 from .labels import EvaluationSplit, holdout_rows
@@ -67,18 +66,6 @@ class LinearProbeResult:
                 "notes": list(self.notes), "seconds": self.seconds}
 
 
-@contextlib.contextmanager
-def _intra_op_threads(threads: int | None) -> Iterator[None]:
-    """Run with this many torch CPU threads (None: unchanged), restoring the setting afterwards."""
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 # Below this many multiply-adds per step, one thread is faster: the matmuls are too small to split,
 # and on a busy machine the other threads' spin-waits cost tens of ms per step.
 SINGLE_THREAD_STEP_WORK = 4_000_000
@@ -101,7 +88,7 @@ def _fit(features: torch.Tensor, targets: torch.Tensor, n_classes: int, settings
     decays = torch.tensor([wd for _, wd in settings], device=device).view(groups, 1, 1)
     ones = torch.ones(n, 1, device=device)
     small = device.type == "cpu" and batch_size * (dim + 1) * n_classes * groups < SINGLE_THREAD_STEP_WORK
-    with _intra_op_threads(1 if small else None):
+    with torch_threads(1 if small else None):
         _train_epochs(features, targets, weights, learning_rates, decays, ones, epochs=epochs, batch_size=batch_size,
                       generator=generator)
     final = weights.detach()

@@ -9,7 +9,7 @@ import torch
 
 from ..devices import resolve_device
 from ..errors import InvalidArgumentError
-from ..index.exact import exact_search
+from ..index.exact import drop_self_matches_with_scores, exact_search
 
 
 @dataclass(frozen=True)
@@ -60,15 +60,8 @@ def exact_neighbors(queries: np.ndarray, database: np.ndarray, k: int, *, device
     torch_device = resolve_device(device)
     search_k = k + 1 if exclude_self else k
     scores, positions = _exact_search(queries, database, search_k, torch_device)
-    if exclude_self:
-        rows = np.arange(len(queries))[:, None]
-        is_self = positions == rows
-        # Drop the self column where it was found, else the last column (self fell just outside k + 1 on ties).
-        drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), search_k - 1)
-        keep = np.ones_like(positions, dtype=bool)
-        keep[np.arange(len(queries)), drop] = False
-        scores = scores[keep].reshape(len(queries), k)
-        positions = positions[keep].reshape(len(queries), k)
+    if exclude_self:  # each query is the database row of the same position
+        scores, positions = drop_self_matches_with_scores(scores, positions, np.arange(len(queries)), k)
     return Neighbors(scores=scores, positions=positions)
 
 

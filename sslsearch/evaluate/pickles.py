@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputNotFoundError, InvalidArgumentError
+from ..errors import InputNotFoundError, InvalidArgumentError, RefusedGlobalError
 
 try:  # numpy >= 2 moved the pickling helpers to numpy._core; old pickles still name numpy.core
     from numpy._core import multiarray as _multiarray
@@ -30,10 +30,6 @@ _ALLOWED[("collections", "OrderedDict")] = __import__("collections").OrderedDict
 for _name in ("set", "frozenset", "complex", "bytearray"):
     _ALLOWED[("builtins", _name)] = getattr(__import__("builtins"), _name)
     _ALLOWED[("__builtin__", _name)] = getattr(__import__("builtins"), _name)
-
-
-class RefusedGlobalError(pickle.UnpicklingError):
-    """A pickle named a global outside the allowed numpy helpers."""
 
 
 class RestrictedUnpickler(pickle.Unpickler):

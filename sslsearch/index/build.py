@@ -17,10 +17,10 @@ from ..errors import InvalidArgumentError
 from ..files import DirectoryLock
 from ..progress import progress_bar
 from ..store import EmbeddingStore, StoreBatch, manifest_hash
-from .exact import exact_search, recall_at_k
+from .exact import drop_self_matches, exact_search, recall_at_k
 from .gpu import index_to_cpu, index_to_gpu, wants_faiss_gpu
 from .io import RECALL_HELD_OUT, RECALL_IN_INDEX, IndexCard, check_index_output, save_index_files
-from .search import apply_search_params, drop_self_matches
+from .search import apply_search_params
 from .spec import IndexSpec, choose_index_spec, parse_memory
 
 DEFAULT_MEMORY_BUDGET = "4GB"

@@ -192,3 +192,46 @@ def recall_at_k(found_ids: np.ndarray, true_ids: np.ndarray) -> float:
             hits.append(len(truth.intersection(found[found >= 0].tolist())) / len(truth))
     return float(np.mean(hits)) if hits else float("nan")
 
+
+
+def _self_match_kept(ids: np.ndarray, self_ids: np.ndarray) -> np.ndarray:
+    """(q, m) bool: False at each row's first hit of its own id, or at its last hit when the id is absent."""
+    is_self = ids == np.asarray(self_ids)[:, None]
+    first = np.where(is_self.any(axis=1), is_self.argmax(axis=1), ids.shape[1] - 1)
+    kept = np.ones(ids.shape, dtype=bool)
+    kept[np.arange(len(ids)), first] = False
+    return kept
+
+
+def drop_self_matches(ids: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
+    """Leave each query's own id out of its results (leave-one-out search of vectors in the database).
+
+    Search k + 1 neighbours, then drop each row's first hit of its own id; where the id is not
+    among them (it fell just outside on ties, or an approximate index missed it), the last hit goes
+    instead. Other vectors equal to the query (duplicates) stay.
+
+    Args:
+        ids: (q, m) int64 result ids, m ≥ k + 1, best first.
+        self_ids: (q,) the id of each query.
+        k: neighbours to keep.
+
+    Returns:
+        (q, k) int64 ids.
+
+    Example:
+        >>> drop_self_matches(np.array([[7, 3, 5], [1, 2, 3]]), np.array([3, 9]), 2)
+        array([[7, 5],
+               [1, 2]])
+    """
+    ids = np.asarray(ids)
+    kept = _self_match_kept(ids, self_ids)
+    return ids[kept].reshape(len(ids), ids.shape[1] - 1)[:, :k]
+
+
+def drop_self_matches_with_scores(scores: np.ndarray, ids: np.ndarray, self_ids: np.ndarray,
+                                  k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``drop_self_matches`` for a (scores, ids) pair of (q, m) arrays: (q, k) scores and ids."""
+    scores, ids = np.asarray(scores), np.asarray(ids)
+    kept = _self_match_kept(ids, self_ids)
+    shape = (len(ids), ids.shape[1] - 1)
+    return scores[kept].reshape(shape)[:, :k], ids[kept].reshape(shape)[:, :k]

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EncoderMismatchError, InputNotFoundError, InvalidArgumentError, SSLSearchError, StoreError
+from .exact import drop_self_matches_with_scores
 
 
 @dataclass(frozen=True)
@@ -91,18 +92,6 @@ def apply_search_params(faiss_index: Any, params: dict[str, Any]) -> None:
         faiss, "GpuParameterSpace") else faiss.ParameterSpace()
     for name, value in params.items():
         space.set_index_parameter(faiss_index, name, value)
-
-
-def drop_self_matches(ids: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
-    """(q, k+1) result ids → (q, k) without each query's own id (or without the last hit when absent)."""
-    ids = np.asarray(ids)
-    is_self = ids == np.asarray(self_ids)[:, None]
-    missing = ~is_self.any(axis=1)
-    is_self[missing, -1] = True
-    first = np.argmax(is_self, axis=1)
-    keep = np.ones(ids.shape, dtype=bool)
-    keep[np.arange(len(ids)), first] = False
-    return ids[keep].reshape(len(ids), ids.shape[1] - 1)[:, :k]
 
 
 class Index:
@@ -264,13 +253,7 @@ class Index:
         if self.store is None:
             raise StoreError(f"searching by id needs the store the index was built from: {self.store_note}")
         vectors = self.store.vectors_for(wanted)
-        scores, found = self.search_arrays(vectors, k + 1)
-        is_self = found == wanted[:, None]
-        missing = ~is_self.any(axis=1)
-        is_self[missing, -1] = True
-        keep = ~(is_self & (np.cumsum(is_self, axis=1) == 1))
-        scores = scores[keep].reshape(len(wanted), k)
-        found = found[keep].reshape(len(wanted), k)
+        scores, found = drop_self_matches_with_scores(*self.search_arrays(vectors, k + 1), wanted, k)
         return self._results([f"id:{i}" for i in wanted.tolist()], scores, found)
 
     def search_images(self, paths: Sequence[str | os.PathLike[str]], k: int = 10, *, device: str = "auto",

@@ -32,7 +32,7 @@ FLAT_MAX_VECTORS = 20_000  # exact search up to this many vectors (exact and per
 HNSW_MAX_VECTORS = 2_000_000  # above this, a 2-core HNSW build takes hours; IVF trains on a sample
 HNSW_M = 32  # graph degree (level 0 holds 2·M links per vector)
 # efConstruction 80, not the usual 200: measured on 100k × 384 clustered vectors, faiss builds the
-# graph 2.8× faster for the same recall-vs-efSearch curve within noise (README, "Indexes and search").
+# graph 2.8× faster for the same recall-vs-efSearch curve within noise (docs/search.md, "Building").
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 64  # start value, tuned at build time
 IVF_NPROBE = 16  # start value, tuned at build time

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import types
 import typing
@@ -12,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, did_you_mean
 
 
 def option(default: Any, help: str, *, runtime: bool = False) -> Any:
@@ -69,6 +68,9 @@ class OptimizerConfig:
     betas: tuple[float, float] = option((0.9, 0.999), "AdamW betas")
     lars_trust_coefficient: float = option(0.001, "LARS trust coefficient η")
     clip_grad_norm: float | None = option(None, "clip the gradient norm to this (0 = off; DINO default 3.0)")
+    layer_decay: float | None = option(None, "layer-wise lr decay: backbone layer i of L trains at lr × decay^(L - i), "
+                                             "heads at lr (default 0.75 with init, else 1.0 = off)")
+    init_lr_ratio: float = option(0.1, "with init: the method's default base lr × this (ignored when lr is given)")
 
 
 @dataclass
@@ -153,6 +155,11 @@ class TrainConfig:
     method: str = option("simclr", "simclr, moco, dino or mae")
     backbone: str = option("resnet18", "timm architecture (random init), e.g. resnet18, resnet50, vit_small_patch16_224")
     model_kwargs: dict = option({}, "extra timm.create_model arguments, e.g. {patch_size: 8} for a ViT")
+    init: str | None = option(None, "start from these weights instead of a random init: timm:NAME (with pretrained), "
+                                    "a run directory, a checkpoint folder, or a weights file for backbone")
+    pretrained: bool = option(False, "with init timm:NAME: its published weights, from the local Hugging Face cache")
+    allow_download: bool = option(False, "with init timm:NAME and pretrained: fetch weights missing from the cache",
+                                  runtime=True)
     image_size: int = option(64, "training resolution (global crops) in px")
     batch_size: int = option(64, "images per step per process (global batch = batch_size × processes)")
     epochs: float | None = option(None, "passes over the data (default 100 unless max_minutes is given)")
@@ -188,6 +195,8 @@ class TrainConfig:
         """The config section of the chosen method (``self.simclr`` for method "simclr", ...)."""
         return getattr(self, self.method, None)
 
+
+RUN_CONFIG_NAME = "config.yaml"  # the resolved config in a training run directory (rundir.py)
 
 SECTIONS = ("augmentation", "optimizer", "simclr", "moco", "dino", "mae")
 
@@ -312,9 +321,7 @@ def from_flat(overrides: dict[str, Any], base: TrainConfig, *, source: str = "fl
 
 
 def _near(name: str, choices: Any, section: str = "") -> str:
-    close = difflib.get_close_matches(name, list(choices), n=2, cutoff=0.5)
-    prefix = f"{section}." if section else ""
-    return f" (did you mean {' or '.join(repr(prefix + c) for c in close)}?)" if close else ""
+    return did_you_mean(name, choices, limit=2, cutoff=0.5, prefix=f"{section}." if section else "")
 
 
 def load_yaml(path: str | os.PathLike[str], base: TrainConfig | None = None) -> TrainConfig:
@@ -335,6 +342,21 @@ def load_yaml(path: str | os.PathLike[str], base: TrainConfig | None = None) -> 
     if not isinstance(data, dict):
         raise InvalidArgumentError(f"config file {path} must hold a mapping of field: value, got {type(data).__name__}")
     return from_dict(data, base, source=str(path))
+
+
+def load_run_config(run: str | os.PathLike[str]) -> TrainConfig:
+    """The resolved config a training run was started with (``RUN/config.yaml``).
+
+    Raises:
+        InputNotFoundError: ``run`` is not a run directory.
+    """
+    from ..errors import InputNotFoundError
+
+    path = Path(run) / RUN_CONFIG_NAME
+    if not path.is_file():
+        raise InputNotFoundError(f"{Path(run)} is not a training run (no {RUN_CONFIG_NAME}); "
+                                 "start one without --resume")
+    return load_yaml(path)
 
 
 def to_yaml(config: TrainConfig, *, comments: bool = True) -> str:
@@ -391,10 +413,8 @@ def build_config(overrides: dict[str, Any], *, config_file: str | os.PathLike[st
     any option given that differs from the run is refused later by the trainer.
     """
     if resume_run is not None:
-        from .rundir import RunDirectory
-
         # stop_after_steps belongs to the session that set it, not to the run
-        config = dataclasses.replace(RunDirectory(resume_run).load_config(), stop_after_steps=None)
+        config = dataclasses.replace(load_run_config(resume_run), stop_after_steps=None)
     else:
         config = TrainConfig()
     if config_file is not None:

@@ -1,7 +1,6 @@
 """Training data: decoded images (cached in memory when they fit), deterministic per-sample views, step batches."""
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -192,28 +191,6 @@ class StepBatchSampler(torch.utils.data.Sampler):
                 order = self.permutation(epoch)
             begin = (step % self.steps_per_epoch) * global_batch + self.rank * self.batch_size
             yield [(epoch, int(i)) for i in order[begin:begin + self.batch_size]]
-
-
-def default_workers(*, device_type: str, preloaded: bool) -> int:
-    """Data-loading processes for a run.
-
-    On a GPU the cores feed the device: all but one, at most 8. On the CPU the cores also run the
-    model: with images decoded in memory and few cores, augmenting in the training process (0
-    workers) costs less than taking a core from the model; otherwise a quarter of the cores.
-    """
-    cores = os.cpu_count() or 2
-    if device_type == "cuda":
-        return max(1, min(8, cores - 1))
-    if preloaded and cores <= 4:
-        return 0
-    return max(1, min(4, cores // 4))
-
-
-def compute_threads(workers: int) -> int:
-    """torch threads for CPU training beside ``workers`` loader processes, so the two do not oversubscribe
-    the cores (OpenMP threads that wait on a descheduled peer stall every layer)."""
-    cores = os.cpu_count() or 2
-    return max(1, min(torch.get_num_threads(), cores - workers))
 
 
 def make_loader(dataset: ViewDataset, sampler: StepBatchSampler, *, workers: int, pin_memory: bool,

@@ -60,32 +60,17 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
-class _GatherWithGradient(torch.autograd.Function):
-    """all_gather whose backward sums the gradients of every process and returns this process's slice.
-
-    Works on gloo (which has no reduce_scatter): backward all-reduces the full gradient.
-    """
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        ctx.batch = tensor.shape[0]
-        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, tensor.contiguous())
-        return torch.cat(parts, dim=0)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        grad = grad.contiguous()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        start = dist.get_rank() * ctx.batch
-        return grad[start:start + ctx.batch]
-
-
 def gather_with_gradient(tensor: torch.Tensor) -> torch.Tensor:
-    """(b, d) on each of W processes → (W·b, d) in rank order, differentiable; identity when not distributed."""
+    """(b, d) on each of W processes → (W·b, d) in rank order, differentiable; identity when not distributed.
+
+    The backward pass sums the gradients every process computed for this process's rows
+    (``torch.distributed.nn.functional.all_gather``: reduce-scatter on NCCL, all-to-all on gloo).
+    """
     if not is_distributed():
         return tensor
-    return _GatherWithGradient.apply(tensor)
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor.contiguous()), dim=0)
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ from ..errors import unknown_name
 from .config import OptimizerConfig
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
+INIT_LAYER_DECAY = 0.75  # continued pretraining: as BEiT/MAE fine-tuning use (0.65-0.75); not tuned here
 
 
 class LARS(torch.optim.Optimizer):
@@ -75,9 +76,10 @@ def build_optimizer(groups: list[dict[str, Any]], name: str, config: OptimizerCo
 
 
 def set_hyperparameters(optimizer: torch.optim.Optimizer, *, lr: float, weight_decay: float) -> None:
-    """Apply this step's lr to every group and its weight decay to the groups that take decay."""
+    """Apply this step's lr (× the group's ``lr_scale``, layer-wise decay) to every group and its weight decay to
+    the groups that take decay."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
         if group.get("apply_weight_decay", True):
             group["weight_decay"] = weight_decay
 
@@ -86,8 +88,13 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def resolve_optimizer_config(config: OptimizerConfig, defaults: Any, *, is_transformer: bool) -> OptimizerConfig:
-    """Fill ``auto`` and ``None`` fields from the method's ``OptimizerDefaults`` for the chosen optimizer."""
+def resolve_optimizer_config(config: OptimizerConfig, defaults: Any, *, is_transformer: bool,
+                             from_init: bool = False) -> OptimizerConfig:
+    """Fill ``auto`` and ``None`` fields from the method's ``OptimizerDefaults`` for the chosen optimizer.
+
+    ``from_init`` (continued pretraining): the default lr is scaled by ``init_lr_ratio`` and layer-wise
+    lr decay defaults to ``INIT_LAYER_DECAY``.
+    """
     import dataclasses
 
     name = choose_optimizer(config, is_transformer=is_transformer, cnn_default=defaults.cnn_optimizer)
@@ -96,6 +103,8 @@ def resolve_optimizer_config(config: OptimizerConfig, defaults: Any, *, is_trans
     if final is None:
         final = defaults.weight_decay_final.get(name)
     return dataclasses.replace(
-        config, name=name, lr=config.lr if config.lr is not None else defaults.lr[name], weight_decay=weight_decay,
+        config, name=name, weight_decay=weight_decay,
+        lr=config.lr if config.lr is not None else defaults.lr[name] * (config.init_lr_ratio if from_init else 1.0),
+        layer_decay=config.layer_decay if config.layer_decay is not None else (INIT_LAYER_DECAY if from_init else 1.0),
         weight_decay_final=final if final is not None else weight_decay,
         clip_grad_norm=config.clip_grad_norm if config.clip_grad_norm is not None else defaults.clip_grad_norm)

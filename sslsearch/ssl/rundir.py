@@ -6,12 +6,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError, InputNotFoundError, OutputExistsError
+from ..errors import CheckpointError, OutputExistsError
 from ..files import LOCK_NAME, atomic_write_text
 from .checkpoint import CHECKPOINT_DIR
-from .config import TrainConfig, differences, load_yaml, to_yaml
+from .config import RUN_CONFIG_NAME, TrainConfig, differences, load_run_config, to_yaml
 
-CONFIG_NAME = "config.yaml"
+CONFIG_NAME = RUN_CONFIG_NAME
 METRICS_NAME = "metrics.jsonl"
 
 
@@ -50,10 +50,7 @@ class RunDirectory:
         Raises:
             InputNotFoundError: not a run directory.
         """
-        if not self.config_path.is_file():
-            raise InputNotFoundError(f"{self.path} is not a training run (no {CONFIG_NAME}); "
-                                     "start one without --resume")
-        return load_yaml(self.config_path)
+        return load_run_config(self.path)
 
     def check_same_config(self, current: TrainConfig) -> None:
         """Refuse a resume whose resolved config differs from the run's in anything but runtime fields.

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+
+from .plan import TrainingPlan  # re-exported: StepContext carries the plan
 
 
 def cosine(step: int, total_steps: int, start: float, end: float) -> float:
@@ -36,38 +37,6 @@ def linear_ramp(step: int, ramp_steps: int, start: float, end: float) -> float:
 
 
 @dataclass(frozen=True)
-class TrainingPlan:
-    """How long the run is, fixed before the first step and stored in every checkpoint.
-
-    Attributes:
-        total_steps: optimizer steps of the whole run (the schedules end here).
-        steps_per_epoch: steps per pass over the data (global batch, last partial batch dropped).
-        warmup_steps: lr warm-up steps.
-        dataset_size: images the plan was made for.
-        global_batch_size: images per step over all processes.
-        budget_seconds: the wall-clock budget the plan was sized to, or None for an epoch count.
-    """
-
-    total_steps: int
-    steps_per_epoch: int
-    warmup_steps: int
-    dataset_size: int
-    global_batch_size: int
-    budget_seconds: float | None = None
-
-    @property
-    def epochs(self) -> float:
-        return self.total_steps / self.steps_per_epoch
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainingPlan":
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
-
-
-@dataclass(frozen=True)
 class StepContext:
     """Where a step sits in the run; passed to the method's hooks so its schedules need nothing else."""
 
@@ -81,3 +50,6 @@ class StepContext:
     @property
     def progress(self) -> float:
         return min(self.step / max(self.plan.total_steps, 1), 1.0)
+
+
+__all__ = ["StepContext", "TrainingPlan", "cosine", "linear_ramp", "warmup_cosine"]

@@ -1,4 +1,4 @@
-"""The method-agnostic trainer: plan the run, step the method, monitor, checkpoint, resume, export the encoder."""
+"""The method-agnostic trainer: step the method over its plan, monitor, checkpoint, resume, export the encoder."""
 from __future__ import annotations
 
 import copy
@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..devices import resolve_device
+from ..devices import compute_threads, default_training_workers, resolve_device, torch_threads
 from ..encoders import default_preprocessing, save_encoder
-from ..errors import InvalidArgumentError, SSLSearchError, unknown_name
+from ..errors import InvalidArgumentError, TrainingDivergedError, unknown_name
 from ..files import DirectoryLock
 from ..progress import progress_bar, progress_enabled
 from ..sources import list_images
@@ -26,25 +26,19 @@ from . import distributed
 from .backbone import build_backbone, check_input_sizes, is_vision_transformer
 from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .config import TrainConfig, to_dict
-from .data import (StepBatchSampler, ViewDataset, compute_threads, default_workers, load_training_images,
-                   make_loader)
-from .losses.dino import CENTERINGS
+from .data import StepBatchSampler, ViewDataset, load_training_images, make_loader
+from .initialization import (apply_layer_decay, load_initial_weights, read_init_record, resolve_initial_weights,
+                             training_preprocessing, write_init_record)
 from .methods import Method, get_method
 from .monitor import CollapseMonitor, KNNMonitor
 from .optimizers import build_optimizer, resolve_optimizer_config, set_hyperparameters
 from .rundir import RunDirectory
-from .schedules import StepContext, TrainingPlan, cosine, warmup_cosine
+from .plan import (CALIBRATION_STEPS, DEFAULT_EPOCHS, TrainingPlan, make_plan, planned_steps, requested_budget,
+                   steps_in_budget)
+from .schedules import StepContext, cosine, warmup_cosine
 from .transforms import resolve_augmentation
 
-DEFAULT_EPOCHS = 100.0
-CALIBRATION_STEPS = 3  # timed steps (after one untimed) that size a --max-minutes run
-BUDGET_SAFETY = 0.93  # plan for this fraction of the time left, so the run ends inside the budget
-BUDGET_HARD_STOP = 1.10  # stop (checkpoint, export) if the run overshoots its budget by this factor
 PRECISIONS = ("auto", "fp32", "bf16")
-
-
-class TrainingDivergedError(SSLSearchError, RuntimeError):
-    """The loss became NaN or infinite."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +85,7 @@ class TrainResult:
 
 
 def validate_config(config: TrainConfig) -> type[Method]:
-    """Checks that need no data or model; returns the method class.
+    """Checks that need no data or model (the method's own in its ``validate``); returns the method class.
 
     Raises:
         UnknownNameError, InvalidArgumentError: with the value seen and what to pass instead.
@@ -113,14 +107,7 @@ def validate_config(config: TrainConfig) -> type[Method]:
             raise InvalidArgumentError(f"--{name.replace('_', '-')} must be positive, got {value}")
     if config.precision not in PRECISIONS:
         raise unknown_name("precision", config.precision, PRECISIONS)
-    if config.method == "dino" and config.dino.centering not in CENTERINGS:
-        raise unknown_name("dino.centering", config.dino.centering, CENTERINGS)
-    if config.method == "dino" and not config.dino.koleo_weight >= 0:
-        raise InvalidArgumentError(f"dino.koleo_weight must be 0 (off) or positive, got {config.dino.koleo_weight}; "
-                                   "DINOv2 uses 0.1")
-    if config.method == "dino" and config.dino.koleo_weight > 0 and config.batch_size < 2:
-        raise InvalidArgumentError(f"dino.koleo_weight needs at least 2 images per step (each image's nearest "
-                                   f"neighbour in the batch), got --batch-size {config.batch_size}")
+    method_cls.validate(config)
     for name in ("checkpoint_every_steps", "log_every_steps", "keep_checkpoints"):
         if getattr(config, name) < 1:
             raise InvalidArgumentError(f"{name} must be at least 1, got {getattr(config, name)}")
@@ -191,7 +178,6 @@ class Trainer:
     # -- setup -------------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
-        threads = torch.get_num_threads()
         lock = DirectoryLock(self.run_dir.path) if self.process.is_main else nullcontext()
         if self.process.is_main:
             if self.resume:
@@ -199,17 +185,23 @@ class Trainer:
             else:
                 self.run_dir.check_fresh()
         try:
-            with lock:
+            with lock, torch_threads():  # setup may lower torch's threads beside loader processes
                 self.setup()
                 return self.loop()
         finally:
-            torch.set_num_threads(threads)
             if self.owns_process_group and self.process.distributed:
                 torch.distributed.destroy_process_group()
 
     def setup(self) -> None:
         config = self.config
         torch.manual_seed(config.seed + self.process.rank)
+        initial = None
+        if config.init and not self.resume:  # a resumed run continues from its checkpoint instead
+            initial = resolve_initial_weights(config.init, backbone=config.backbone, pretrained=config.pretrained,
+                                              allow_download=config.allow_download,
+                                              default_backbone=TrainConfig().backbone)
+            config = dataclasses.replace(config, backbone=initial.backbone,
+                                         model_kwargs={**initial.model_kwargs, **config.model_kwargs})
         source = list_images(config.data)
         show = progress_enabled(config.progress) and self.process.is_main
         self.images = load_training_images(source, strict=config.strict, preload_megabytes=config.preload_megabytes,
@@ -223,17 +215,22 @@ class Trainer:
             raise InvalidArgumentError(f"{config.data} has {len(self.images)} readable images, fewer than one global "
                                        f"batch ({config.batch_size} × {self.process.world_size} processes); "
                                        "lower --batch-size or add images")
+        self.budget = requested_budget(config.epochs, config.max_minutes, dataset_size=len(self.images),
+                                       global_batch_size=self.global_batch, device_type=self.device.type)
+        adapted = self.method_cls.adapt_to_budget(config, self.budget)
+        if adapted != config:
+            validate_config(adapted)
+            config = adapted
         backbone, dim, model_kwargs = build_backbone(config.backbone, config.model_kwargs,
                                                      image_size=config.image_size,
-                                                     multi_size=config.method == "dino")
+                                                     multi_size=self.method_cls.multi_size_views)
+        if initial is not None:
+            load_initial_weights(backbone, initial)
         augmentation = resolve_augmentation(config.augmentation, config.method, config.image_size)
-        sizes = {"--image-size": config.image_size}
-        if config.method == "dino" and augmentation.local_crop_count > 0:
-            sizes["augmentation.local_crop_size"] = augmentation.local_crop_size
-        check_input_sizes(backbone, config.backbone, sizes)
+        check_input_sizes(backbone, config.backbone, self.method_cls.input_sizes(config, augmentation))
         self.is_transformer = is_vision_transformer(backbone)
         optimizer_config = resolve_optimizer_config(config.optimizer, self.method_cls.optimizer_defaults,
-                                                    is_transformer=self.is_transformer)
+                                                    is_transformer=self.is_transformer, from_init=bool(config.init))
         config = dataclasses.replace(config, model_kwargs=model_kwargs, augmentation=augmentation,
                                      optimizer=optimizer_config,
                                      epochs=config.epochs if config.epochs or config.max_minutes else DEFAULT_EPOCHS,
@@ -260,13 +257,16 @@ class Trainer:
         if self.process.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.method, device_ids=ids)
-        self.optimizer = build_optimizer(self.method.parameter_groups(), optimizer_config.name, optimizer_config)
+        groups = apply_layer_decay(self.method.parameter_groups(), self.method.backbone, optimizer_config.layer_decay)
+        self.optimizer = build_optimizer(groups, optimizer_config.name, optimizer_config)
         self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
-        self.preprocessing = default_preprocessing(backbone, config.image_size)
+        init_record = (initial.record() if initial is not None else read_init_record(self.run_dir.path)
+                       if config.init else None)
+        self.preprocessing = training_preprocessing(default_preprocessing(backbone, config.image_size), init_record)
         self.transform = self.method_cls.build_transform(config.image_size, augmentation,
                                                          self.preprocessing.mean, self.preprocessing.std)
         self.dataset = ViewDataset(self.images, self.transform, config.seed)
-        self.workers = config.workers if config.workers is not None else default_workers(
+        self.workers = config.workers if config.workers is not None else default_training_workers(
             device_type=self.device.type, preloaded=self.images.cache is not None)
         if self.device.type == "cpu":
             torch.set_num_threads(compute_threads(self.workers))
@@ -284,36 +284,31 @@ class Trainer:
             if self.process.is_main:
                 self.run_dir.path.mkdir(parents=True, exist_ok=True)
                 self.run_dir.save_config(config)
+                if initial is not None:
+                    write_init_record(self.run_dir.path, initial)
             self.plan = self.make_plan()
 
     # -- planning ----------------------------------------------------------------------------------
 
     def make_plan(self) -> TrainingPlan:
+        """The run's plan (``plan.py``): its epochs, or the steps a measured step leaves time for in its budget."""
         config = self.config
-        epoch_steps = math.ceil(config.epochs * self.steps_per_epoch) if config.epochs else None
         eval_seconds = self.initial_knn() if config.val else 0.0  # every process joins (barrier inside)
         eval_seconds = float(distributed.broadcast_object(eval_seconds))
-        budget = config.max_minutes * 60 if config.max_minutes else None
-        total = epoch_steps
-        if budget is not None:
+        budget = dataclasses.replace(self.budget, epochs=config.epochs)
+        total = planned_steps(budget, None) if budget.budget_seconds is None else None
+        if budget.budget_seconds is not None:
             step_seconds = self.calibrate()
             val_every = self.val_every_steps()
-            per_step = step_seconds + eval_seconds / val_every
-            used = time.perf_counter() - self.start_time
-            reserve = eval_seconds + 2.0  # the final k-NN, checkpoint and export
-            fit = int(max(budget - used - reserve, 0.0) * BUDGET_SAFETY / per_step)
+            fit = steps_in_budget(budget.budget_seconds, used_seconds=time.perf_counter() - self.start_time,
+                                  step_seconds=step_seconds, eval_seconds=eval_seconds, val_every_steps=val_every)
             if fit < 1:
                 self.log(f"warning: --max-minutes {config.max_minutes} leaves time for no full step "
-                         f"(one takes ~{per_step:.1f} s); running 1 step")
-                fit = 1
-            total = min(fit, epoch_steps) if epoch_steps else fit
-            total = int(distributed.broadcast_object(total))
+                         f"(one takes ~{step_seconds + eval_seconds / val_every:.1f} s); running 1 step")
+            total = int(distributed.broadcast_object(planned_steps(budget, fit)))
             self.log(f"budget {config.max_minutes:g} min: ~{step_seconds:.2f} s/step → {total} steps "
                      f"({total / self.steps_per_epoch:.1f} epochs of {len(self.images)} images)")
-        warmup = int(config.optimizer.warmup_fraction * total)
-        return TrainingPlan(total_steps=total, steps_per_epoch=self.steps_per_epoch, warmup_steps=warmup,
-                            dataset_size=len(self.images), global_batch_size=self.global_batch,
-                            budget_seconds=budget)
+        return make_plan(budget, total, warmup_fraction=config.optimizer.warmup_fraction)
 
     def val_every_steps(self) -> int:
         return max(1, round(self.config.val_every_epochs * self.steps_per_epoch))
@@ -441,7 +436,7 @@ class Trainer:
         self.saved_step = self.step
         self.current_lr = self.current_weight_decay = 0.0
         stop_at = plan.total_steps if config.stop_after_steps is None else min(plan.total_steps, config.stop_after_steps)
-        hard_limit = plan.budget_seconds * BUDGET_HARD_STOP + 10 if plan.budget_seconds else None
+        hard_limit = plan.hard_stop_seconds
         # early on a healthy run can look collapsed (DINO's loss starts at ln K): judge after the warm-ups
         monitor = CollapseMonitor(grace_steps=max(plan.warmup_steps, min(int(0.3 * plan.total_steps),
                                                                           2 * plan.steps_per_epoch)))
@@ -574,6 +569,8 @@ class Trainer:
                         "epochs": round(self.step / self.plan.steps_per_epoch, 3), "images_seen": self.images_seen,
                         "finished": finished, "image_size": self.config.image_size, "data": self.config.data,
                         "knn_accuracy": self.knn_accuracy}
+            if self.config.init:
+                metadata["init"] = {"spec": self.config.init, "pretrained": self.config.pretrained}
             save_encoder(self.run_dir.path, backbone, backbone=self.config.backbone,
                          model_kwargs=dict(self.config.model_kwargs), preprocessing=self.preprocessing,
                          metadata=metadata)

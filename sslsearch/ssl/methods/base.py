@@ -10,6 +10,7 @@ from PIL import Image
 from torch import nn
 
 from ..config import AugmentationConfig, TrainConfig
+from ..plan import Budget
 from ..schedules import StepContext
 
 
@@ -51,8 +52,14 @@ class Method(nn.Module):
         optimizer.step()
         method.on_step_end(ctx)                # e.g. EMA teacher update
 
-    Subclasses set ``name``, ``min_batch_size``, ``optimizer_defaults``, implement
-    ``build_transform`` and ``forward_loss``, and register in ``methods.METHODS``.
+    Before anything is built the trainer asks the class, in this order: ``validate(config)``
+    (rules of the method's own settings), ``adapt_to_budget(config, budget)`` (settings chosen
+    from the run's length), then, with the backbone built, ``input_sizes`` and ``resolve_config``
+    (data-dependent defaults). So a new method needs no edit in the trainer.
+
+    Subclasses set ``name``, ``min_batch_size``, ``optimizer_defaults`` (and ``multi_size_views``
+    when views of several sizes go through the backbone), implement ``build_transform`` and
+    ``forward_loss``, and register in ``methods.METHODS``.
 
     Args:
         backbone: the network to pretrain (a timm model without classifier: (B, 3, H, W) → (B, dim)).
@@ -62,6 +69,7 @@ class Method(nn.Module):
 
     name: ClassVar[str] = ""
     min_batch_size: ClassVar[int] = 1
+    multi_size_views: ClassVar[bool] = False  # views of several sizes (DINO's local crops): ViTs interpolate positions
     optimizer_defaults: ClassVar[OptimizerDefaults] = OptimizerDefaults(lr={"sgd": 0.05, "lars": 0.3, "adamw": 5e-4},
                                                                         weight_decay={"sgd": 1e-4, "lars": 1e-6,
                                                                                       "adamw": 0.05})
@@ -73,6 +81,29 @@ class Method(nn.Module):
         self.config = config
 
     # -- configuration ---------------------------------------------------------------------------
+
+    @classmethod
+    def validate(cls, config: TrainConfig) -> None:
+        """Check the method's own settings before any data is read or model built; default: nothing to check.
+
+        Raises:
+            InvalidArgumentError, UnknownNameError: with the value seen and what to pass instead.
+        """
+
+    @classmethod
+    def adapt_to_budget(cls, config: TrainConfig, budget: Budget) -> TrainConfig:
+        """Settings chosen from the run's length (e.g. a recipe for short CPU budgets); default: unchanged.
+
+        Called before the backbone, views and optimizer are built, with the budget asked for
+        (epochs or minutes, images, global batch, device). It must be idempotent: on ``--resume``
+        it is applied again to the run's saved config, which must come back unchanged.
+        """
+        return config
+
+    @classmethod
+    def input_sizes(cls, config: TrainConfig, augmentation: AugmentationConfig) -> dict[str, int]:
+        """The view sizes the backbone must take, by the option that sets each (checked against its stride)."""
+        return {"--image-size": config.image_size}
 
     @classmethod
     def resolve_config(cls, config: TrainConfig, *, dataset_size: int, global_batch_size: int) -> TrainConfig:

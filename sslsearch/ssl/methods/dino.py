@@ -7,18 +7,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...errors import InvalidArgumentError, unknown_name
+from ..backbone import is_vision_transformer
 from ..config import AugmentationConfig, TrainConfig
 from ..heads import DINOHead
 from ..losses import DINOLoss, koleo_loss
+from ..losses.dino import CENTERINGS
 from ..schedules import StepContext, cosine, linear_ramp
 from ..transforms import DINOTransform
 from .base import Method, MethodOutput, OptimizerDefaults, frozen_copy, short_run_momentum, update_momentum
 
 FREEZE_LAST_LAYER_MAX_FRACTION = 0.2
-
-
-def is_vision_transformer(backbone: nn.Module) -> bool:
-    return getattr(backbone, "patch_embed", None) is not None
 
 
 class DINO(Method):
@@ -36,6 +35,7 @@ class DINO(Method):
 
     name = "dino"
     min_batch_size = 1
+    multi_size_views = True
     optimizer_defaults = OptimizerDefaults(lr={"sgd": 0.2, "lars": 1.0, "adamw": 5e-4},
                                            weight_decay={"sgd": 1e-5, "lars": 1e-6, "adamw": 0.04},
                                            weight_decay_final={"adamw": 0.4}, clip_grad_norm=3.0)
@@ -52,6 +52,26 @@ class DINO(Method):
         self.teacher_backbone = frozen_copy(self.backbone)
         self.teacher_head = frozen_copy(self.head)
         self.loss = DINOLoss(section.prototypes, section.center_momentum, section.centering)
+
+    @classmethod
+    def validate(cls, config: TrainConfig) -> None:
+        """Known centering, a KoLeo weight of 0 (off) or more, and a batch KoLeo can pair images in."""
+        section = config.dino
+        if section.centering not in CENTERINGS:
+            raise unknown_name("dino.centering", section.centering, CENTERINGS)
+        if not section.koleo_weight >= 0:
+            raise InvalidArgumentError(f"dino.koleo_weight must be 0 (off) or positive, got {section.koleo_weight}; "
+                                       "DINOv2 uses 0.1")
+        if section.koleo_weight > 0 and config.batch_size < 2:
+            raise InvalidArgumentError(f"dino.koleo_weight needs at least 2 images per step (each image's nearest "
+                                       f"neighbour in the batch), got --batch-size {config.batch_size}")
+
+    @classmethod
+    def input_sizes(cls, config: TrainConfig, augmentation: AugmentationConfig) -> dict[str, int]:
+        sizes = {"--image-size": config.image_size}
+        if augmentation.local_crop_count > 0:
+            sizes["augmentation.local_crop_size"] = augmentation.local_crop_size
+        return sizes
 
     @classmethod
     def build_transform(cls, image_size: int, augmentation: AugmentationConfig, mean: tuple[float, ...],

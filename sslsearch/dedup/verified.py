@@ -1,0 +1,198 @@
+"""The verified score's run: candidate pairs from embeddings and pixels, verified, and a threshold for them.
+
+Candidates are each image's ``neighbors`` nearest images by the store's embedding (cosine) and by
+a flip-symmetric greyscale thumbnail of its canonical view (``verify.canonical``), so a copy the
+encoder misplaces is still found; every candidate pair is then scored by ``verify.verify_pairs``.
+
+The threshold is calibrated as for the embedding scores (``calibrate.py``): edited copies of a
+seeded sample of the store's images (the ``full`` edit preset by default) are verified against
+their originals (true matches); the sampled originals' own candidate pairs give the rate of false
+matches per image above each score, which predicts the precision of the store's pairs. The
+threshold is the lowest whose predicted precision, and that of every higher one, reaches the
+target, and never above the typical copy's score (``TYPICAL_COPY_QUANTILE``): a calibration that
+asks more than a typical copy reaches would miss most duplicates to avoid pairs the store may not
+have.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ..errors import BadImageError, InputNotFoundError
+from ..progress import progress_bar
+from ..sources import load_image
+from .calibrate import (AMBIGUOUS_RANK, SURE_COPY_QUANTILE, Calibration, StoreFalsePairRate, choose_store_threshold,
+                        precision_recall, store_precision)
+from .edits import edited_copy
+from .graph import similar_pairs
+from .verify import canonical, verify_images, verify_pairs
+
+THUMB_SIZE = 16  # px of the greyscale thumbnails that propose pixel candidates
+CANDIDATE_COSINE = 0.0  # embedding neighbours at or above this cosine are candidates (all k nearest, in effect)
+TYPICAL_COPY_QUANTILE = 0.5  # the threshold never exceeds this quantile of the copies' scores
+CURVE_POINTS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995)
+
+
+@dataclass(frozen=True)
+class VerifiedPairs:
+    """Candidate pairs of store rows with their verification scores.
+
+    Attributes:
+        first, second: (m,) int64 row positions, ``first < second``, unique.
+        cosine: (m,) float32 embedding cosine of each pair.
+        score: (m,) float32 verification score (``verify.py``), -1 where an image was unreadable.
+        seconds: wall time (thumbnails, candidate graphs and verification).
+    """
+
+    first: np.ndarray
+    second: np.ndarray
+    cosine: np.ndarray
+    score: np.ndarray
+    seconds: float
+
+    def __len__(self) -> int:
+        return int(self.first.shape[0])
+
+
+def _safe_load(path: Path) -> Image.Image | None:
+    try:
+        return load_image(path).image
+    except (BadImageError, OSError):
+        return None
+
+
+def thumbnails(paths: Sequence[Path], *, progress: bool | None = None) -> np.ndarray:
+    """(n, THUMB_SIZE²) float32 flip-symmetric, normalised greyscale thumbnails of the canonical views
+    (zero rows for unreadable images)."""
+    out = np.zeros((len(paths), THUMB_SIZE * THUMB_SIZE), np.float32)
+    with progress_bar(len(paths), "dedup thumbnails", unit="img", enabled=progress) as bar:
+        for row, path in enumerate(paths):
+            image = _safe_load(path)
+            if image is not None:
+                image.thumbnail((96, 96), Image.BILINEAR)
+                view = ImageOps.grayscale(canonical(image)).resize((THUMB_SIZE, THUMB_SIZE), Image.BILINEAR)
+                pixels = np.asarray(view, np.float32)
+                pixels = (pixels + pixels[:, ::-1]).ravel()
+                pixels -= pixels.mean()
+                out[row] = pixels / max(float(np.linalg.norm(pixels)), 1e-6)
+            bar.update(1)
+    return out
+
+
+def verified_pairs(vectors: np.ndarray, paths: Sequence[Path], *, neighbors: int, method: str, device: str, seed: int,
+                   progress: bool | None = None) -> VerifiedPairs:
+    """Candidate pairs (embedding and pixel neighbours) of the store's rows, verified on pixels."""
+    started = time.perf_counter()
+    by_embedding = similar_pairs(vectors, CANDIDATE_COSINE, neighbors=neighbors, method=method, device=device,
+                                 seed=seed, progress=progress)
+    thumbs = thumbnails(paths, progress=progress)
+    by_pixels = similar_pairs(thumbs, CANDIDATE_COSINE, neighbors=neighbors, method=method, device=device, seed=seed,
+                              progress=progress)
+    first = np.concatenate([by_embedding.first, by_pixels.first])
+    second = np.concatenate([by_embedding.second, by_pixels.second])
+    keys = np.unique(first.astype(np.int64) * len(paths) + second)
+    first, second = keys // len(paths), keys % len(paths)
+    cosine = np.einsum("pd,pd->p", vectors[first], vectors[second]).astype(np.float32)
+    with progress_bar(len(np.unique(np.r_[first, second])), "verifying pairs", unit="img", enabled=progress) as bar:
+        done = [0]
+
+        def advance(count: int) -> None:
+            bar.update(count - done[0])
+            done[0] = count
+
+        score = verify_pairs(first, second, lambda row: _safe_load(paths[row]), progress=advance)
+    return VerifiedPairs(first, second, cosine, score, time.perf_counter() - started)
+
+
+def calibrate_verified(pairs: VerifiedPairs, paths: Sequence[Path], *, precision: float, sample_size: int,
+                       edits: Sequence[str], seed: int, file_sha256: Sequence[str | None] | None = None,
+                       progress: bool | None = None) -> Calibration:
+    """Choose the verified-score threshold on edited copies of a seeded sample of the store's images.
+
+    Raises:
+        InputNotFoundError: none of the sampled images can be read.
+    """
+    started = time.perf_counter()
+    n = len(paths)
+    per_image = 1 if sample_size <= n else min(3, -(-sample_size // n))
+    order = np.random.default_rng([seed, 0]).permutation(n)
+    originals: list[Image.Image] = []
+    copies: list[Image.Image] = []
+    rows: list[int] = []
+    unreadable = 0
+    wanted = -(-sample_size // per_image)
+    with progress_bar(wanted * per_image, "calibration copies", unit="img", enabled=progress) as bar:
+        for row in order.tolist():
+            if len(set(rows)) >= wanted:
+                break
+            image = _safe_load(paths[row])
+            if image is None:
+                unreadable += 1
+                continue
+            image.thumbnail((256, 256), Image.BILINEAR)
+            rng = np.random.default_rng([seed, 1, row])
+            for _ in range(per_image):
+                originals.append(image)
+                copies.append(edited_copy(image, rng, edits)[0])
+                rows.append(row)
+                bar.update(1)
+    if not rows:
+        raise InputNotFoundError(f"cannot calibrate the threshold: none of the {unreadable} sampled images could be read "
+                                 f"(e.g. {paths[0]}); restore the images, or pass a fixed --threshold T")
+    positives = verify_images(copies, originals).astype(np.float64)
+    sampled = np.unique(rows)
+    negatives = _store_negatives(pairs, sampled, positives, np.asarray(rows), file_sha256)
+    rate = StoreFalsePairRate(negatives, len(sampled), n)
+    descending = np.sort(pairs.score.astype(np.float64))[::-1]
+    threshold, reached = choose_store_threshold(positives, descending, rate, precision)
+    typical = float(np.quantile(positives, TYPICAL_COPY_QUANTILE))
+    if threshold > typical:  # never ask more than a typical copy reaches (module docstring)
+        threshold, reached = typical, False
+    estimate = lambda t: (store_precision(descending, rate, t), precision_recall(positives, negatives, t)[1])  # noqa: E731
+    estimated_precision, estimated_recall = estimate(threshold)
+    return Calibration(threshold=float(threshold), target_precision=float(precision),
+                       estimated_precision=estimated_precision, estimated_recall=estimated_recall, reached=reached,
+                       images=len(sampled), copies=len(rows), negatives=len(negatives), ambiguous=0,
+                       unreadable=unreadable, seed=seed, seconds=time.perf_counter() - started,
+                       curve=tuple((t, *estimate(t)) for t in CURVE_POINTS),
+                       copy_precision=precision_recall(positives, negatives, threshold)[0], method="store",
+                       store_pairs=len(pairs), score="verified")
+
+
+def _store_negatives(pairs: VerifiedPairs, sampled: np.ndarray, positives: np.ndarray, copy_rows: np.ndarray,
+                     file_sha256: Sequence[str | None] | None) -> np.ndarray:
+    """Verified scores of the sampled originals' candidate pairs, less probable duplicates already in the data.
+
+    Left out: partners with the same file bytes, partners scoring at least ``SURE_COPY_QUANTILE`` of
+    the copies, and the ``AMBIGUOUS_RANK`` best partners when they score as high as the original's
+    own copies (or a typical copy, when its copies are harsher) — as ``calibrate._compare`` does.
+    """
+    sure = float(np.quantile(positives, SURE_COPY_QUANTILE))
+    typical = float(np.quantile(positives, TYPICAL_COPY_QUANTILE))
+    own_floor = {int(row): typical for row in sampled.tolist()}
+    for row, score in zip(copy_rows.tolist(), positives.tolist()):
+        own_floor[row] = min(own_floor[row], score)
+    is_sampled = np.zeros(max(int(pairs.first.max(initial=0)), int(pairs.second.max(initial=0)), int(sampled.max())) + 1,
+                          bool)
+    is_sampled[sampled] = True
+    out: list[float] = []
+    for side, other in ((pairs.first, pairs.second), (pairs.second, pairs.first)):
+        mask = is_sampled[side]
+        for row in np.unique(side[mask]).tolist():
+            here = mask & (side == row)
+            partners, scores = other[here], pairs.score[here]
+            order = np.argsort(-scores, kind="stable")
+            partners, scores = partners[order], scores[order]
+            same_file = np.array([bool(file_sha256 is not None and file_sha256[row]
+                                       and file_sha256[int(p)] == file_sha256[row]) for p in partners.tolist()], bool) \
+                if file_sha256 is not None else np.zeros(len(partners), bool)
+            drop = same_file | (scores >= sure)
+            near = np.flatnonzero(~drop)[:AMBIGUOUS_RANK]
+            drop[near[scores[near] >= own_floor[row]]] = True
+            out.extend(scores[~drop].tolist())
+    return np.asarray(out, np.float64)
