@@ -31,10 +31,9 @@ from ..errors import IndexFileError, InvalidArgumentError
 from ..files import DirectoryLock
 from ..progress import progress_bar
 from ..store import EmbeddingStore, manifest_hash
-from .exact import exact_search
+from .exact import drop_self_matches, exact_search
 from .gpu import index_to_cpu, index_to_gpu, wants_faiss_gpu
 from .io import CARD_FILE, ONDISK_DATA, RECALL_IN_INDEX, IndexCard, check_index_output, quiet_c_stdout, save_index_files
-from .search import drop_self_matches
 from .spec import IndexSpec, choose_index_spec, format_bytes
 
 BUILD_FOLDER = ".ondisk-build.tmp"  # inside the output directory; removed when the build ends
