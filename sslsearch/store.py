@@ -111,6 +111,26 @@ def schema_for(dim: int, dtype: str, extra: Sequence[str] = ()) -> pa.Schema:
     return pa.schema(fields)
 
 
+def shard_table(schema: pa.Schema, ids: np.ndarray | Sequence[int], paths: Sequence[str], embeddings: np.ndarray,
+                **extra: Sequence[Any]) -> pa.Table:
+    """The Arrow table of one shard: ``schema`` (from ``schema_for``), embeddings cast to its dtype.
+
+    Shared by ``StoreWriter`` and the distributed writers, so every engine writes the same shards.
+    """
+    value_type = schema.field("embedding").type
+    dim = value_type.list_size
+    dtype = "float16" if value_type.value_type == pa.float16() else "float32"
+    vectors = np.asarray(embeddings).astype(dtype, copy=False).reshape(-1, dim)
+    columns: dict[str, pa.Array] = {
+        "id": pa.array(np.asarray(ids, np.int64), pa.int64()),
+        "path": pa.array(list(paths), pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
+    }
+    for name in schema.names[3:]:
+        columns[name] = pa.array(list(extra[name]), OPTIONAL_COLUMNS[name])
+    return pa.Table.from_arrays([columns[n] for n in schema.names], schema=schema)
+
+
 def manifest_hash(directory: str | os.PathLike[str]) -> str:
     """sha256 of the store's manifest bytes: identifies the exact data an index was built from."""
     return hashlib.sha256((Path(directory) / MANIFEST_NAME).read_bytes()).hexdigest()
@@ -429,21 +449,15 @@ class StoreWriter:
         if not self._buffered:
             self._save_manifest()
             return
-        dim = self.manifest.dim
-        vectors = np.concatenate([b["embedding"] for b in self._buffer]).astype(self.manifest.dtype, copy=False)
-        columns: dict[str, pa.Array] = {
-            "id": pa.array(np.concatenate([b["id"] for b in self._buffer]), pa.int64()),
-            "path": pa.array(sum((b["path"] for b in self._buffer), []), pa.string()),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
-        }
-        for name in self.extra_columns:
-            columns[name] = pa.array(sum((b[name] for b in self._buffer), []), OPTIONAL_COLUMNS[name])
-        table = pa.Table.from_arrays([columns[n] for n in self.schema.names], schema=self.schema)
+        vectors = np.concatenate([b["embedding"] for b in self._buffer])
+        table = shard_table(self.schema, np.concatenate([b["id"] for b in self._buffer]),
+                            sum((b["path"] for b in self._buffer), []), vectors,
+                            **{name: sum((b[name] for b in self._buffer), []) for name in self.extra_columns})
         number = 1 + max((int(SHARD_PATTERN.match(s.name).group(1)) for s in self.manifest.shards), default=-1)
         name = f"part-{number:05d}.parquet"
         with atomic_path(self.directory / name) as tmp:
             pq.write_table(table, tmp, compression="zstd")
-        self.done_ids.update(columns["id"].to_numpy().tolist())
+        self.done_ids.update(table.column("id").to_numpy().tolist())
         self.manifest = dataclasses.replace(self.manifest, shards=self.manifest.shards + (ShardInfo(name, table.num_rows),),
                                             rows=self.manifest.rows + table.num_rows)
         self._buffer, self._buffered = [], 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -18,7 +19,13 @@ store ids) and the card `index.json`.
   (added once measured), and efSearch / nprobe are tuned to the smallest setting that reaches
   recall@10 ≥ 0.95; both go into the card.
 
+* **--on-disk** builds an IVF index for stores beyond memory: trained on a sample, filled shard by
+  shard in --workers processes, its inverted lists merged into `index.ivfdata` and memory-mapped at
+  search; the budget then bounds the build's working memory, not the index (docs/scale.md).
+
 Example: `sslsearch index build emb/ --out idx/ --kind auto --memory-budget 4GB`
+
+Example: `sslsearch index build emb/ --out idx/ --on-disk --memory-budget 2GB --workers 4`
 """
 
 INFO_HELP = """Print the card of the index directory IDX.
@@ -38,12 +45,15 @@ def build_command(
                                       help="Most memory the index may take, e.g. 4GB, 512MiB; 'none' for no limit."),
     device: str = DeviceOption,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an index already at --out."),
+    on_disk: bool = typer.Option(False, "--on-disk", help="IVF lists on disk (index.ivfdata), for stores beyond memory."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="--on-disk: processes filling parts (default 2)."),
     as_json: bool = JsonOption,
 ) -> None:
     from ..index.build import build_index
 
     budget = None if memory_budget.strip().lower() in ("none", "unlimited") else memory_budget
-    card = build_index(store, out, kind=kind, memory_budget=budget, device=device, overwrite=overwrite)
+    card = build_index(store, out, kind=kind, memory_budget=budget, device=device, overwrite=overwrite,
+                       on_disk=on_disk, workers=workers)
     if as_json:
         print_json(card.to_dict())
         return

@@ -53,6 +53,8 @@ def search_command(
     ids: Optional[str] = typer.Option(None, "--ids", help="Comma-separated store ids, e.g. 3,17."),
     k: int = typer.Option(10, "-k", "--k", help="Neighbours per query."),
     device: str = DeviceOption,
+    memory_budget: Optional[str] = typer.Option(
+        None, "--memory-budget", help="Most memory the index may take, e.g. 4GB: a larger IVF index is memory-mapped."),
     as_json: bool = JsonOption,
     server: Optional[str] = typer.Option(None, "--server", help="Search on a running `sslsearch serve` at this URL."),
     index_name: Optional[str] = typer.Option(None, "--index", help="With --server: which of its indexes."),
@@ -73,7 +75,7 @@ def search_command(
     if index_dir is None:
         raise InvalidArgumentError("give the index directory IDX first (or --server URL to search a running server)")
     # A few CLI queries do not repay copying the index to a GPU: it goes there only with --device cuda.
-    index = load_index(index_dir, device="cpu" if device == "auto" else device)
+    index = load_index(index_dir, device="cpu" if device == "auto" else device, memory_budget=memory_budget)
     if ids:
         results = index.search_ids(_parse_ids(ids), k)
     elif vectors:

@@ -148,7 +148,8 @@ def _eval_count(kind: str, n: int, wanted: int) -> int:
 def build_index(store_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, kind: str = "auto",
                 memory_budget: str | int | None = DEFAULT_MEMORY_BUDGET, device: str = "auto", overwrite: bool = False,
                 progress: bool | None = None, target_recall: float = TARGET_RECALL,
-                eval_queries: int = EVAL_QUERIES, seed: int = 0) -> IndexCard:
+                eval_queries: int = EVAL_QUERIES, seed: int = 0, on_disk: bool = False,
+                workers: int | None = None) -> IndexCard:
     """Build a faiss index over an embedding store and write ``out/index.faiss`` + ``out/index.json``.
 
     Vectors stream from the store in chunks (memory: the index plus one chunk plus the training
@@ -171,6 +172,11 @@ def build_index(store_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
         target_recall: recall@10 the search parameters are tuned to reach.
         eval_queries: held-out queries for measuring and tuning.
         seed: sampling seed (training sample and held-out queries).
+        on_disk: for stores beyond memory: an IVF index (auto → IVF-SQ8) trained on a sample, filled
+            shard by shard in ``workers`` processes and merged into ``out/index.ivfdata``, which
+            search memory-maps; the budget then bounds the build's working memory, not the index
+            (``index.ondisk.build_ondisk_index``).
+        workers: processes filling an on-disk index (default 2, at most the cores).
 
     Returns:
         The IndexCard written to ``out/index.json``.
@@ -191,6 +197,12 @@ def build_index(store_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
     if not 0 < target_recall <= 1:
         raise InvalidArgumentError(f"target recall must be in (0, 1], got {target_recall}")
     budget = None if memory_budget is None else parse_memory(memory_budget)
+    if on_disk:
+        from .ondisk import build_ondisk_index
+
+        return build_ondisk_index(store_dir, out, kind=kind, memory_budget_bytes=budget, device=device,
+                                  overwrite=overwrite, progress=progress, workers=workers, target_recall=target_recall,
+                                  eval_queries=eval_queries, seed=seed)
     torch_device = resolve_device(device)
     store = EmbeddingStore.open(store_dir)
     n, dim = len(store), store.dim

@@ -1,10 +1,13 @@
 """The index directory (Contract 3): ``index.faiss`` + the ``index.json`` card, saved atomically, loaded with checks."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,11 +19,35 @@ from .spec import format_bytes
 FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
 CARD_FILE = "index.json"
+ONDISK_DATA = "index.ivfdata"  # the inverted lists of an on-disk IVF index (``build_index(on_disk=True)``)
 RECALL_HELD_OUT = ("mean over held-out queries of |ANN top-k ∩ exact top-k| / k; the queries are random store vectors "
                    "kept out of training and out of the index while it was measured and tuned (added afterwards)")
 RECALL_IN_INDEX = ("mean over random store vectors of |top-k ∩ exact top-k| / k, each query's own id removed from both "
                    "lists (flat index: exact by construction)")
 RECALL_DEFINITION = RECALL_HELD_OUT
+
+
+@contextlib.contextmanager
+def quiet_c_stdout() -> Iterator[None]:
+    """Drop what C code prints on file descriptor 1 in the block.
+
+    faiss's on-disk lists print notes there ("resizing ...", "IO_FLAG_ONDISK_SAME_DIR: updating
+    ondisk filename ..."), which would corrupt ``--json`` output; its errors are exceptions.
+    """
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:  # no stdout at all
+        yield
+        return
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _now() -> str:
@@ -140,7 +167,9 @@ class IndexCard:
             f"store      {self.store.get('path')} (manifest sha256 {str(self.store.get('manifest_sha256', '?'))[:12]}…)",
             f"search     {params}",
             f"recall     {recall}",
-            f"size       {format_bytes(self.size_bytes)} on disk",
+            f"size       {format_bytes(self.size_bytes)} on disk"
+            + (f" + {ONDISK_DATA} {format_bytes(self.build_params.get('ivfdata_bytes', 0))} (memory-mapped lists)"
+               if self.build_params.get("on_disk") else ""),
             f"build      {self.build_seconds:.1f} s, peak memory +{format_bytes(self.peak_memory_bytes)}",
             f"why        {self.reason}",
             f"made by    sslsearch {self.sslsearch_version}, faiss {self.faiss_version}, {self.created}",
@@ -158,7 +187,7 @@ def check_index_output(directory: str | os.PathLike[str], *, overwrite: bool) ->
         raise OutputExistsError(f"output {directory} is a file, expected a directory; choose another --out")
     if directory.exists():
         names = sorted(p.name for p in directory.iterdir() if p.name != LOCK_NAME)
-        ours = {INDEX_FILE, CARD_FILE}
+        ours = {INDEX_FILE, CARD_FILE, ONDISK_DATA}
         foreign = [n for n in names if n not in ours and not (n.startswith(".") and n.endswith(".tmp"))]
         if foreign:
             raise OutputExistsError(f"output directory {directory} already holds {len(foreign)} other file(s) (e.g. "
@@ -215,8 +244,12 @@ def read_card(directory: str | os.PathLike[str]) -> IndexCard:
     return card
 
 
-def read_index_files(directory: str | os.PathLike[str]) -> tuple[Any, IndexCard]:
+def read_index_files(directory: str | os.PathLike[str], *, mmap: bool = False) -> tuple[Any, IndexCard]:
     """Read ``index.faiss`` and its card, checking that they belong together.
+
+    An on-disk index's lists are found in ``index.ivfdata`` beside it (wherever the directory
+    moved) and memory-mapped. ``mmap`` also memory-maps the lists of an ordinary IVF index
+    (``faiss.IO_FLAG_MMAP``) instead of reading them into memory.
 
     Returns:
         ``(faiss_index, card)``.
@@ -236,8 +269,14 @@ def read_index_files(directory: str | os.PathLike[str]) -> tuple[Any, IndexCard]
     if size != card.size_bytes:
         raise IndexFileError(f"{path} does not match its card: {size:,} bytes, the card says {card.size_bytes:,}; the "
                              "file was replaced or damaged — rebuild the index with --overwrite")
+    flags = 0
+    if (directory / ONDISK_DATA).is_file():
+        flags |= faiss.IO_FLAG_ONDISK_SAME_DIR
+    if mmap and card.kind in ("ivf", "ivfpq"):
+        flags |= faiss.IO_FLAG_MMAP
     try:
-        faiss_index = faiss.read_index(str(path))
+        with quiet_c_stdout():
+            faiss_index = faiss.read_index(str(path), flags)
     except (RuntimeError, MemoryError, OSError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise IndexFileError(f"{path} is corrupted and cannot be read by faiss ({first_line[:160]}); rebuild the "

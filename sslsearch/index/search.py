@@ -380,13 +380,17 @@ def search_query_file(index: Index, path: str | os.PathLike[str], k: int = 10) -
     return index.search(array, k)
 
 
-def load_index(directory: str | os.PathLike[str], *, device: str = "cpu") -> Index:
+def load_index(directory: str | os.PathLike[str], *, device: str = "cpu",
+               memory_budget: str | int | None = None) -> Index:
     """Open an index directory written by ``build_index``.
 
     Args:
-        directory: holds ``index.faiss`` and ``index.json``.
+        directory: holds ``index.faiss`` and ``index.json`` (and ``index.ivfdata`` when built on disk).
         device: ``cpu``; ``auto``/``cuda`` move flat and IVF indexes to the GPU when faiss has GPU
             support, or run flat search as torch matmul on CUDA when only torch sees a GPU.
+        memory_budget: the most memory the loaded index may take ("4GB", bytes; None: no limit).
+            An IVF index larger than this is memory-mapped (``faiss.IO_FLAG_MMAP``) instead of read;
+            an on-disk index always is. A flat or HNSW index larger than this is refused.
 
     Raises:
         InputNotFoundError: no such directory.
@@ -399,12 +403,26 @@ def load_index(directory: str | os.PathLike[str], *, device: str = "cpu") -> Ind
     from .gpu import index_to_gpu, wants_faiss_gpu
     from .io import read_index_files
 
-    faiss_index, card = read_index_files(directory)
+    from .io import read_card
+    from .spec import format_bytes, parse_memory
+
+    budget = None if memory_budget is None else parse_memory(memory_budget)
+    mmap = False
+    if budget is not None:
+        card = read_card(directory)
+        if card.size_bytes > budget and card.kind in ("ivf", "ivfpq"):
+            mmap = True
+        elif card.size_bytes > budget:
+            raise InvalidArgumentError(
+                f"the {card.factory} index in {directory} takes {format_bytes(card.size_bytes)}, more than the memory "
+                f"budget {format_bytes(budget)}; raise --memory-budget, or rebuild it as IVF (`sslsearch index build "
+                "--kind ivfpq --on-disk`), which is memory-mapped")
+    faiss_index, card = read_index_files(directory, mmap=mmap)
     apply_search_params(faiss_index, card.search_params)
     exact_device = None
     if device != "cpu":
         torch_device = resolve_device(device)
-        if wants_faiss_gpu(device, card.kind):
+        if wants_faiss_gpu(device, card.kind) and not card.build_params.get("on_disk"):  # lists stay mapped
             faiss_index = index_to_gpu(faiss_index, device)
             apply_search_params(faiss_index, card.search_params)
         elif torch_device.type == "cuda" and card.kind == "flat":

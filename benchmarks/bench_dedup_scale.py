@@ -1,0 +1,89 @@
+"""Dedup at scale: near-duplicate pairs of a large store through its on-disk IVF index, vs exact search on a sample.
+
+    .venv/bin/python benchmarks/bench_scale.py --work-dir /tmp/scale2m        # writes the store + index first
+    .venv/bin/python benchmarks/bench_dedup_scale.py --work-dir /tmp/scale2m --floor 0.9
+
+Runs ``dedup.index_pairs.similar_pairs_from_index`` over the store and index that bench_scale.py
+left in --work-dir (``emb/``, ``idx/``): time, rows/s, pairs, the process's peak memory. Reference
+in the same run: for ``--sample`` random rows, exact search (``exact_search`` streaming the store)
+gives every neighbour above the floor among the ``--neighbors`` nearest; the pair recall is the
+share of those the index path found. Appends a JSON line to benchmarks/results/scale.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench_scale import RESULTS, git_commit, log, machine
+from sslsearch.dedup.index_pairs import similar_pairs_from_index
+from sslsearch.distributed.index_part import peak_rss_bytes
+from sslsearch.index import exact_search
+from sslsearch.store import EmbeddingStore
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work-dir", type=Path, required=True, help="where bench_scale.py kept emb/ and idx/")
+    parser.add_argument("--floor", type=float, default=0.9, help="minimum cosine similarity of a pair")
+    parser.add_argument("--neighbors", type=int, default=16)
+    parser.add_argument("--nprobe", type=int, default=None, help="default: the card's tuned value")
+    parser.add_argument("--sample", type=int, default=1000, help="rows whose pairs are checked against exact search")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-save", action="store_true")
+    args = parser.parse_args(argv)
+    import faiss
+
+    store_dir, index_dir = args.work_dir / "emb", args.work_dir / "idx"
+    store = EmbeddingStore.open(store_dir)
+    n = len(store)
+    threads = faiss.omp_get_max_threads()
+    record: dict[str, Any] = {"bench": "dedup_scale", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                              "commit": git_commit(), "machine": machine(threads),
+                              "argv": sys.argv[1:] if argv is None else argv, "n": n, "dim": store.dim,
+                              "floor": args.floor, "neighbors": args.neighbors, "nprobe": args.nprobe}
+    log(f"pairs ≥ {args.floor} among {args.neighbors} neighbours of {n:,} rows through {index_dir} ...")
+    rss_before = peak_rss_bytes()
+    pairs = similar_pairs_from_index(store_dir, index_dir, args.floor, neighbors=args.neighbors, nprobe=args.nprobe,
+                                     progress=False)
+    record["index_path"] = {"seconds": round(pairs.seconds, 1), "rows_per_second": round(n / pairs.seconds, 1),
+                            "pairs": len(pairs), "cells": pairs.cells, "peak_rss_bytes": peak_rss_bytes(),
+                            "rss_before_bytes": rss_before}
+
+    log(f"exact neighbours of {args.sample} sample rows (the reference) ...")
+    rng = np.random.default_rng(args.seed)
+    rows = np.sort(rng.choice(n, args.sample, replace=False))
+    queries = store.vectors_for(rows)
+    scores, ids = exact_search(queries, store, args.neighbors + 1, device="cpu", backend="faiss")
+    truth = {(int(r), int(i)) for r, row_ids, row_scores in zip(rows, ids, scores)
+             for i, s in zip(row_ids, row_scores) if i != r and s >= args.floor}
+    found_pairs = set(zip(pairs.first.tolist(), pairs.second.tolist()))
+    wanted = set(rows.tolist())
+    found = {(a, b) for a, b in found_pairs if a in wanted} | {(b, a) for a, b in found_pairs if b in wanted}
+    record["sample"] = {"rows": args.sample, "exact_pairs": len(truth),
+                        "pair_recall": round(len(found & truth) / len(truth), 4) if truth else None,
+                        "found_pairs_not_in_exact_top_k": len(found - truth)}
+    report(record)
+    if not args.no_save:
+        with RESULTS.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        print(f"appended to {RESULTS}")
+
+
+def report(record: dict[str, Any]) -> None:
+    path, sample = record["index_path"], record["sample"]
+    print(f"\ndedup through the index: {record['n']:,} × {record['dim']}, floor {record['floor']}, "
+          f"{record['neighbors']} neighbours")
+    print(f"  time         {path['seconds']:.0f} s ({path['rows_per_second']:,.0f} rows/s), {path['pairs']:,} pairs, "
+          f"peak RSS {path['peak_rss_bytes'] / 2**30:.2f} GiB")
+    recall = "n/a (no pair above the floor in the sample)" if sample["pair_recall"] is None else sample["pair_recall"]
+    print(f"  pair recall  {recall} on {sample['rows']} sample rows ({sample['exact_pairs']} exact pairs)")
+
+
+if __name__ == "__main__":
+    main()
