@@ -50,7 +50,15 @@ def _hide_flag_types(params: list[Any]) -> list[Any]:
     for param in params:
         if getattr(param, "is_flag", False) and param.metavar is None:
             param.metavar = ""  # the type column shows the metavar when there is one
+        elif isinstance(param, TyperArgument) and param.nargs != 1:  # Typer shows <list[Path]>: say <path>...
+            param.display_type_rich = lambda ctx, _param=param: f"<{_element_type(_param)}>..."
     return params
+
+
+def _element_type(argument: TyperArgument) -> str:
+    """``path`` for a ``list[Path]`` argument (Typer's ``bare_type`` names the list)."""
+    bare = argument.bare_type()
+    return (bare[5:-1] if bare.startswith("list[") and bare.endswith("]") else bare).lower()
 
 
 class HelpCommand(TyperCommand):
