@@ -48,7 +48,7 @@ def dedup_command(
                                   "id), file-size, oldest, newest or first."),
     score: str = typer.Option("auto", "--score",
                               help="What the threshold compares: auto (verified with a calibrated threshold, adjusted "
-                                   "above 200,000 images, cosine with --threshold or --against), cosine, adjusted "
+                                   "above 100,000 images, cosine with --threshold or --against), cosine, adjusted "
                                    "or verified."),
     edits: str = typer.Option("full", "--edits",
                               help="Edits of the calibration copies for the verified score: full (crop to 70 %, "

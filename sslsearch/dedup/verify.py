@@ -21,7 +21,8 @@ So each candidate pair is checked on pixels, the way the edits act on them:
 
 The score is in [-1, 1] and reads like a cosine: 1 is the same picture up to the edits tried.
 Cost: ``VARIANTS`` (46) small PIL operations per image taking part in a pair, on the CPU, whatever the encoder
-(about 5 ms of CPU an image).
+(about 5 ms of CPU an image); ``verify_pairs`` holds every taking-part image's canonical view (up to
+``WORK_SIZE`` px, ~27 KB) in memory while it runs.
 """
 from __future__ import annotations
 
