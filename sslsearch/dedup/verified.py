@@ -74,21 +74,25 @@ def _safe_load(path: Path) -> Image.Image | None:
         return None
 
 
-def thumbnails(paths: Sequence[Path], *, progress: bool | None = None) -> np.ndarray:
+def thumbnails(paths: Sequence[Path], *, progress: bool | None = None) -> tuple[np.ndarray, list[Image.Image | None]]:
     """(n, THUMB_SIZE²) float32 flip-symmetric, normalised greyscale thumbnails of the canonical views
-    (zero rows for unreadable images)."""
+    (zero rows for unreadable images), and the views themselves (``verify.working_view``; None where
+    unreadable), kept so that verification decodes no image twice."""
     out = np.zeros((len(paths), THUMB_SIZE * THUMB_SIZE), np.float32)
+    kept: list[Image.Image | None] = []
     with progress_bar(len(paths), "dedup thumbnails", unit="img", enabled=progress) as bar:
         for row, path in enumerate(paths):
             image = _safe_load(path)
-            if image is not None:
-                view = ImageOps.grayscale(working_view(image)).resize((THUMB_SIZE, THUMB_SIZE), Image.BILINEAR)
-                pixels = np.asarray(view, np.float32)
+            view = working_view(image) if image is not None else None
+            kept.append(view)
+            if view is not None:
+                pixels = np.asarray(ImageOps.grayscale(view).resize((THUMB_SIZE, THUMB_SIZE), Image.BILINEAR),
+                                    np.float32)
                 pixels = (pixels + pixels[:, ::-1]).ravel()
                 pixels -= pixels.mean()
                 out[row] = pixels / max(float(np.linalg.norm(pixels)), 1e-6)
             bar.update(1)
-    return out
+    return out, kept
 
 
 def verified_pairs(vectors: np.ndarray, paths: Sequence[Path], *, neighbors: int, method: str, device: str, seed: int,
@@ -97,7 +101,7 @@ def verified_pairs(vectors: np.ndarray, paths: Sequence[Path], *, neighbors: int
     started = time.perf_counter()
     by_embedding = similar_pairs(vectors, CANDIDATE_COSINE, neighbors=neighbors, method=method, device=device,
                                  seed=seed, progress=progress)
-    thumbs = thumbnails(paths, progress=progress)
+    thumbs, working_views = thumbnails(paths, progress=progress)
     by_pixels = similar_pairs(thumbs, CANDIDATE_COSINE, neighbors=max(neighbors, PIXEL_NEIGHBORS), method=method,
                               device=device, seed=seed, progress=progress)
     first = np.concatenate([by_embedding.first, by_pixels.first])
@@ -112,7 +116,7 @@ def verified_pairs(vectors: np.ndarray, paths: Sequence[Path], *, neighbors: int
             bar.update(count - done[0])
             done[0] = count
 
-        score = verify_pairs(first, second, lambda row: _safe_load(paths[row]), progress=advance)
+        score = verify_pairs(first, second, working_views.__getitem__, progress=advance, prepared=True)
     return VerifiedPairs(first, second, cosine, score, time.perf_counter() - started)
 
 

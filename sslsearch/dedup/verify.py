@@ -170,7 +170,7 @@ def match_scores(edited: Views, target: Views, target_index: np.ndarray) -> np.n
 
 
 def verify_pairs(first: np.ndarray, second: np.ndarray, load: Callable[[int], Image.Image | None], *,
-                 progress: Callable[[int], None] | None = None) -> np.ndarray:
+                 progress: Callable[[int], None] | None = None, prepared: bool = False) -> np.ndarray:
     """The verification score of each pair (``first[i]``, ``second[i]``) of image numbers.
 
     Each image taking part is loaded once (``load(number)``; None when unreadable, whose pairs score
@@ -181,6 +181,8 @@ def verify_pairs(first: np.ndarray, second: np.ndarray, load: Callable[[int], Im
         first, second: (p,) int64 image numbers of the pairs.
         load: the image of a number, or None.
         progress: called with the count of images done, as they are done.
+        prepared: ``load`` gives ``working_view``s already (made once by the caller, e.g. while
+            computing candidate thumbnails), not images to decode and trim again.
 
     Returns:
         (p,) float32 scores in [-1, 1].
@@ -203,7 +205,7 @@ def verify_pairs(first: np.ndarray, second: np.ndarray, load: Callable[[int], Im
     for number in numbers:
         image = load(number)
         if image is not None:
-            canonical_views[number] = working_view(image)
+            canonical_views[number] = image if prepared else working_view(image)
     readable = sorted(canonical_views)
     position = {number: i for i, number in enumerate(readable)}
     base = views([canonical_views[n] for n in readable])
