@@ -103,7 +103,7 @@ def working_view(image: Image.Image) -> Image.Image:
 
 def variants(view: Image.Image) -> list[Image.Image]:
     """The canonical ``view`` edited the ways a copy may differ: identity first, then mirrored, rotated, cut."""
-    if view.width > VARIANT_SIZE:  # twice the compared size is detail enough, and 4x less work than 96 px
+    if view.width > VARIANT_SIZE:  # twice the compared size is detail enough, and far less work than 96 px
         view = view.resize((VARIANT_SIZE, VARIANT_SIZE), Image.BILINEAR)
     out: list[Image.Image] = []
     for image in (view, ImageOps.mirror(view)):
