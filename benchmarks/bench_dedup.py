@@ -32,7 +32,6 @@ import multiprocessing
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,18 +45,15 @@ from sslsearch.embed import embed_images
 from sslsearch.sample_data import make_sample_dataset, read_near_duplicate_edits, read_near_duplicates
 from sslsearch.sources import list_images, load_image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import git_commit  # noqa: E402 - the benchmarks' shared commit record
+
 RESULTS = Path(__file__).resolve().parent / "results" / "dedup.jsonl"
 
 
 # --------------------------------------------------------------------------- shared
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def machine() -> dict[str, object]:

@@ -20,7 +20,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +30,9 @@ import torch
 
 from sslsearch import __version__, create_encoder, embed_images, list_images, load_image
 from sslsearch.embed import default_workers, usable_cores
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import git_commit  # noqa: E402 - the benchmarks' shared commit record
 
 RESULTS = Path(__file__).resolve().parent / "results" / "embed.jsonl"
 
@@ -89,12 +91,6 @@ def time_end_to_end(encoder, data: Path, out: Path, *, batch_size: int, workers:
     return result.embedded_now / (time.perf_counter() - started), (cpu_seconds() - cpu) / result.embedded_now
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def machine() -> dict[str, object]:

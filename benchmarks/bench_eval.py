@@ -25,11 +25,11 @@ JSON line to benchmarks/results/eval.jsonl.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import os
 import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -42,17 +42,14 @@ from sslsearch.evaluate import knn_evaluate, retrieval_evaluate
 from sslsearch.evaluate.labels import load_split
 from sslsearch.index.synthetic import iter_synthetic_embeddings
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import git_commit  # noqa: E402 - the benchmarks' shared commit record
+
 RESULTS = Path(__file__).resolve().parent / "results" / "eval.jsonl"
 SIZES = {"quick": (2_000, 20_000), "default": (10_000, 100_000), "full": (100_000, 1_000_000)}
 N_CLASSES = 10
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def machine() -> dict[str, object]:

@@ -17,11 +17,11 @@ Appends one JSON line to benchmarks/results/head.jsonl.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import os
 import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -34,16 +34,13 @@ from sslsearch.head import predict_head, train_head
 from sslsearch.head.metrics import balanced_accuracy, confusion_matrix, softmax_ece
 from sslsearch.store import StoreWriter
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import git_commit  # noqa: E402 - the benchmarks' shared commit record
+
 RESULTS = Path(__file__).resolve().parent / "results" / "head.jsonl"
 FEATURES = {"id": "digits-pixels", "spec": "pixels:sklearn-digits"}  # stands in for an encoder fingerprint
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def machine() -> dict[str, object]:

@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +40,9 @@ from sslsearch.index.build import EF_SEARCH_LADDER, NPROBE_LADDER
 from sslsearch.index.search import apply_search_params
 from sslsearch.index.synthetic import iter_synthetic_embeddings, synthetic_embeddings
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import git_commit  # noqa: E402 - the benchmarks' shared commit record
+
 RESULTS = Path(__file__).parent / "results" / "index.jsonl"
 M = 32
 EF_CONSTRUCTION = 200  # the peers' (hnswlib's default); sslsearch uses its own choice (spec.HNSW_EF_CONSTRUCTION)
@@ -48,12 +50,6 @@ TARGET = 0.95
 PEER_EF = EF_SEARCH_LADDER  # the same efSearch steps for every library
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def machine(threads: int) -> dict[str, object]:

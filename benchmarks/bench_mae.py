@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +44,9 @@ from sslsearch import (TrainConfig, __version__, class_retrieval, create_backbon
 from sslsearch.ssl import train
 from sslsearch.ssl.config import from_flat
 from sslsearch.ssl.rundir import read_metrics
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import git_commit  # noqa: E402 - the benchmarks' shared commit record
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mae.jsonl"
 
@@ -250,12 +252,6 @@ def quality(data: Path, queries: Path | None, variants: dict[str, TrainConfig], 
 # ----------------------------------------------------------------------------- running
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def machine() -> dict[str, object]:

@@ -41,6 +41,9 @@ from sslsearch.index.search import apply_search_params
 from sslsearch.index.synthetic import iter_synthetic_embeddings
 from sslsearch.store import EmbeddingStore, StoreWriter
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import git_commit  # noqa: E402 - the benchmarks' shared commit record
+
 RESULTS = Path(__file__).parent / "results" / "scale.jsonl"
 
 
@@ -48,12 +51,6 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def machine(threads: int) -> dict[str, Any]:

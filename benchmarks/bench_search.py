@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,15 +32,12 @@ import numpy as np
 from sslsearch import StoreWriter, __version__, build_index, load_index
 from sslsearch.index.synthetic import iter_synthetic_embeddings, synthetic_embeddings
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import git_commit  # noqa: E402 - the benchmarks' shared commit record
+
 RESULTS = Path(__file__).parent / "results" / "search.jsonl"
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def machine() -> dict[str, object]:

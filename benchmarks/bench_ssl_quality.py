@@ -31,11 +31,11 @@ Appends one JSON line per run to benchmarks/results/ssl_quality.jsonl.
 from __future__ import annotations
 
 import argparse
+import sys
 import csv
 import json
 import os
 import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -51,6 +51,9 @@ from sslsearch.sample_data import make_sample_dataset
 from sslsearch.sources import list_images, load_image
 from sslsearch.ssl import TrainConfig, train
 from sslsearch.ssl.config import from_flat, load_run_config, parse_assignments
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import git_commit  # noqa: E402 - the benchmarks' shared commit record
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ssl_quality.jsonl"
 REAL_SETS = ("icons", "glyphs")  # the SSL sets of benchmarks/real_sets.py
@@ -124,12 +127,6 @@ def score(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray | None,
     return scores
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=False).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,12 +22,12 @@ Appends one JSON line per run to benchmarks/results/train.jsonl.
 from __future__ import annotations
 
 import argparse
+import sys
 import copy
 import json
 import os
 import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +42,9 @@ from sslsearch.ssl import train
 from sslsearch.ssl.config import AugmentationConfig, from_flat
 from sslsearch.ssl.rundir import read_metrics
 from sslsearch.ssl.transforms import DINOTransform, SimCLRTransform, resolve_augmentation
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import git_commit  # noqa: E402 - the benchmarks' shared commit record
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train.jsonl"
 WARMUP_STEPS = 2
@@ -272,12 +275,6 @@ def time_sslsearch(method: str, args, data: Path, work: Path) -> list[float]:
     return [args.batch_size * 1.0 / rate for rate in rates[WARMUP_STEPS:]]
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=False).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> None:
