@@ -86,6 +86,27 @@ class ImageSource:
         return tuple(sorted({r.label for r in self.records if r.label is not None}))
 
 
+def query_image_files(paths: Iterable[str | os.PathLike[str]], *, alternatives: str = "") -> list[str]:
+    """Image files of the query paths given, in order: files as they are, folders expanded with ``list_images``.
+
+    Raises:
+        InputNotFoundError: a path that does not exist, a folder without images, or no images at all
+            (``alternatives`` names what else the caller accepts, e.g. ", or use --vectors / --ids").
+    """
+    files: list[str] = []
+    for path in paths:
+        if not Path(path).exists():
+            raise InputNotFoundError(f"query image {os.fspath(path)!r} does not exist; pass image files or folders")
+        if Path(path).is_dir():
+            source = list_images(path)
+            files += [str(source.abs_path(record)) for record in source.records]
+        else:
+            files.append(os.fspath(path))
+    if not files:
+        raise InputNotFoundError(f"no query images given; pass image files or folders{alternatives}")
+    return files
+
+
 def list_images(data: str | os.PathLike[str]) -> ImageSource:
     """List the images of a folder, a list file or a single image, with stable ids.
 

@@ -267,19 +267,9 @@ class Index:
             EncoderMismatchError: the index's encoder cannot be rebuilt identically here.
         """
         from ..encoders import encoder_from_fingerprint
-        from ..sources import list_images
+        from ..sources import query_image_files
 
-        files: list[str] = []
-        for path in paths:
-            if not Path(path).exists():
-                raise InputNotFoundError(f"query image {os.fspath(path)!r} does not exist; pass image files or folders")
-            if Path(path).is_dir():
-                source = list_images(path)
-                files += [str(source.abs_path(record)) for record in source.records]
-            else:
-                files.append(os.fspath(path))
-        if not files:
-            raise InputNotFoundError("no query images given; pass image files or folders, or use --vectors / --ids")
+        files = query_image_files(paths, alternatives=", or use --vectors / --ids")
         self._check_k(k, self._ntotal)
         encoder = encoder_from_fingerprint(self.card.encoder, device=device)
         try:

@@ -13,7 +13,7 @@ from urllib.parse import quote, urlsplit
 
 import numpy as np
 
-from ..errors import InputNotFoundError, InvalidArgumentError, ServerError
+from ..errors import InvalidArgumentError, ServerError
 from ..index.io import IndexCard
 from ..index.search import SearchResult
 
@@ -175,19 +175,9 @@ class Client:
         Raises:
             InputNotFoundError: a path that does not exist.
         """
-        from ..sources import list_images
+        from ..sources import query_image_files
 
-        files: list[str] = []
-        for path in paths:
-            if not Path(path).exists():
-                raise InputNotFoundError(f"query image {os.fspath(path)!r} does not exist; pass image files or folders")
-            if Path(path).is_dir():
-                source = list_images(path)
-                files += [str(source.abs_path(record)) for record in source.records]
-            else:
-                files.append(os.fspath(path))
-        if not files:
-            raise InputNotFoundError("no query images given; pass image files or folders")
+        files = query_image_files(paths)
         boundary = uuid.uuid4().hex
         parts = []
         for position, file in enumerate(files):
