@@ -109,6 +109,11 @@ _EXPORTS: dict[str, str] = {
     "SuiteOptions": ".evaluate",
     "BenchmarkReport": ".evaluate",
     "SingleLabelMetrics": ".head.metrics",
+    "Head": ".head",
+    "HeadConfig": ".head",
+    "HeadTrainResult": ".head",
+    "HeadPredictions": ".head",
+    "HeadEvaluation": ".head",
     # errors (all subclass SSLSearchError)
     "SSLSearchError": ".errors",
     "InputNotFoundError": ".errors",
@@ -158,6 +163,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names above loa
     from .evaluate import (BenchmarkReport, EvaluationSplit, IndexSweepResult, KNNResult, LinearProbeResult,
                            RetrievalResult, RevisitedResult, SuiteOptions, SweepSetting, class_retrieval, export_cifar,
                            knn_accuracy, linear_probe, run_benchmarks)
+    from .head import Head, HeadConfig, HeadEvaluation, HeadPredictions, HeadTrainResult
     from .head.metrics import SingleLabelMetrics, single_label_metrics
     from .index import (Index, IndexCard, IndexSpec, Neighbor, SearchResult, build_index, choose_index_spec,
                         exact_search, load_index, recall_at_k)

@@ -212,3 +212,9 @@ def test_index_search_params_and_their_ladder(tmp_path):
     assert flat.search_param_ladder() == [{}]
     with pytest.raises(InvalidArgumentError, match="searched exactly"):
         flat.set_search_params({"nprobe": 4})
+
+
+def test_python_dash_m_sslsearch_runs_the_command_line():
+    done = subprocess.run([sys.executable, "-m", "sslsearch", "index", "info", "no-such-index"], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
