@@ -49,6 +49,9 @@ _EXPORTS: dict[str, str] = {
     "load_head": ".head",
     "predict_head": ".head",                       # sslsearch head predict
     "evaluate_head": ".head",                      # sslsearch head evaluate
+    "export_onnx": ".head",                        # sslsearch head export --onnx
+    "create_app": ".serve",                        # sslsearch serve (the FastAPI app; needs the serve extra)
+    "run_server": ".serve.server",                 # sslsearch serve (uvicorn in the foreground)
     "Client": ".serve",                            # sslsearch search --server URL
     # building blocks on arrays and images
     "list_images": ".sources",
@@ -114,6 +117,7 @@ _EXPORTS: dict[str, str] = {
     "HeadTrainResult": ".head",
     "HeadPredictions": ".head",
     "HeadEvaluation": ".head",
+    "OnnxExport": ".head",
     # errors (all subclass SSLSearchError)
     "SSLSearchError": ".errors",
     "InputNotFoundError": ".errors",
@@ -163,13 +167,16 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names above loa
     from .evaluate import (BenchmarkReport, EvaluationSplit, IndexSweepResult, KNNResult, LinearProbeResult,
                            RetrievalResult, RevisitedResult, SuiteOptions, SweepSetting, class_retrieval, export_cifar,
                            knn_accuracy, linear_probe, run_benchmarks)
-    from .head import Head, HeadConfig, HeadEvaluation, HeadPredictions, HeadTrainResult
+    from .head import (Head, HeadConfig, HeadEvaluation, HeadPredictions, HeadTrainResult, OnnxExport, evaluate_head,
+                       export_onnx, load_head, predict_head, train_head)
     from .head.metrics import SingleLabelMetrics, single_label_metrics
     from .index import (Index, IndexCard, IndexSpec, Neighbor, SearchResult, build_index, choose_index_spec,
                         exact_search, load_index, recall_at_k)
     from .index.synthetic import iter_synthetic_embeddings, synthetic_embeddings
     from .pretrained import PretrainedCheckpoint, find_checkpoint
     from .sample_data import SampleDataset, make_sample_dataset
+    from .serve import Client, create_app
+    from .serve.server import run_server
     from .sources import DecodedImage, ImageSource, list_images, load_image
     from .ssl import TrainConfig, TrainingDivergedError, TrainResult
     from .ssl.rundir import read_metrics

@@ -218,3 +218,28 @@ def test_python_dash_m_sslsearch_runs_the_command_line():
     done = subprocess.run([sys.executable, "-m", "sslsearch", "index", "info", "no-such-index"], capture_output=True,
                           text=True, cwd=ROOT)
     assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+# every command of the CLI and the public function that does what it does
+CLI_TO_API = {
+    "sample-data": "make_sample_dataset", "train": "train", "embed": "embed_images", "index build": "build_index",
+    "index info": "index_info", "search": "search", "dedup": "deduplicate", "serve": "create_app",
+    "bench knn": "evaluate_knn", "bench linear": "evaluate_linear", "bench retrieval": "evaluate_retrieval",
+    "bench index": "evaluate_index", "bench all": "run_benchmarks", "bench dataset": "export_cifar",
+    "head train": "train_head", "head predict": "predict_head", "head evaluate": "evaluate_head",
+    "head export": "export_onnx",
+}
+
+
+def test_every_cli_command_has_a_public_function():
+    import typer.main
+
+    from sslsearch.cli.app import app
+
+    def commands(group, prefix=""):
+        for name, command in group.commands.items():
+            yield from commands(command, f"{prefix}{name} ") if hasattr(command, "commands") else [prefix + name]
+
+    assert sorted(commands(typer.main.get_command(app))) == sorted(CLI_TO_API), "map the new command to its function"
+    for command, name in CLI_TO_API.items():
+        assert name in sslsearch.__all__ and callable(getattr(sslsearch, name)), command
