@@ -151,7 +151,8 @@ def train_config(data: PathLike | None = None, out: PathLike | None = None, *, m
     """The config ``train`` runs with for these arguments, without training (``sslsearch train --print-config``).
 
     Built as the command builds it: defaults (or the run's own config with ``resume``), then
-    ``config``, then ``settings``, then the keyword arguments that are not None. Takes the
+    ``config``, then the keyword arguments that are not None, then ``settings`` (as ``--set`` wins
+    over the other flags). Takes the
     arguments of ``train``; the result can be changed (``dataclasses.replace``) and passed back as
     ``train(config=...)``.
 
@@ -213,8 +214,8 @@ def train(data: PathLike | None = None, out: PathLike | None = None, *, method: 
     """Self-supervised pretraining into a run directory, as ``sslsearch train`` does.
 
     The config is ``train_config`` of the same arguments: defaults (or the run's own config with
-    ``resume``), then ``config``, then ``settings`` (dotted keys, e.g. ``{"optimizer.lr": 0.5}``),
-    then the keyword arguments that are not None.
+    ``resume``), then ``config``, then the keyword arguments that are not None, then ``settings``
+    (dotted keys, e.g. ``{"optimizer.lr": 0.5}``).
 
     Args:
         data, out, method, ..., config, settings, resume: as ``train_config``.
