@@ -221,3 +221,28 @@ def test_lars_scales_updates_by_the_trust_ratio() -> None:
     optimizer.step()
     torch.testing.assert_close(weight.detach(), torch.full((2, 2), 2.0 - 0.4 * 0.5))
     torch.testing.assert_close(bias.detach(), torch.full((2,), 0.5))
+
+
+def test_replanning_moves_no_schedule_back_and_each_still_ends_at_its_final_value() -> None:
+    from sslsearch.ssl.plan import replan
+
+    config = from_flat({"method": "dino", "dino.prototypes": 32, "dino.hidden_dim": 32, "dino.bottleneck_dim": 16,
+                        "dino.teacher_temperature": 0.07, "moco.queue_size": 16}, TrainConfig())
+    dino = DINO(*tiny_backbone(), config)
+    moco = MoCo(*tiny_backbone(), from_flat({"method": "moco", "moco.queue_size": 16}, TrainConfig()))
+    schedules = {"teacher temperature": dino.teacher_temperature, "teacher momentum": dino.teacher_momentum,
+                 "moco momentum": moco.momentum,
+                 "lr": lambda ctx: warmup_cosine(ctx.schedule_step, ctx.plan.total_steps, 1.0, 0.0,
+                                                 ctx.plan.warmup_steps)}
+    first = plan(total=100)
+    for step, total in ((8, 400), (20, 60)):  # re-planned during the warm-ups, to more and to fewer steps
+        later = replan(first, step=step, total_steps=total, warmup_fraction=0.1)
+        for name, schedule in schedules.items():
+            values = [schedule(StepContext(s, first)) for s in range(step + 1)]
+            values += [schedule(StepContext(s, later)) for s in range(step + 1, total + 1)]
+            steps = [abs(b - a) for a, b in zip(values, values[1:])]
+            # no jump at the re-plan: its step is no bigger than the largest step of the schedule elsewhere
+            assert steps[step] <= max(steps[:step] + steps[step + 1:]) * 1.5 + 1e-12, name
+            assert values[-1] == pytest.approx(schedule(StepContext(100, first))), name  # the same final value
+    assert dino.freeze_last_layer_steps(StepContext(0, replan(first, step=5, total_steps=400,
+                                                              warmup_fraction=0.1))) == 10  # an epoch: real steps

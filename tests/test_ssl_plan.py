@@ -11,8 +11,9 @@ from sslsearch.errors import InvalidArgumentError, UnknownNameError
 from sslsearch.ssl import METHODS, TrainConfig, train
 from sslsearch.ssl.config import from_flat
 from sslsearch.ssl.methods import DINO, SimCLR
-from sslsearch.ssl.plan import (BUDGET_SAFETY, DEFAULT_EPOCHS, END_RESERVE_SECONDS, Budget, TrainingPlan, make_plan,
-                                planned_steps, requested_budget, steps_in_budget)
+from sslsearch.ssl.plan import (BUDGET_SAFETY, DEFAULT_EPOCHS, END_RESERVE_SECONDS, MAX_REPLANS, Budget, TrainingPlan,
+                                first_replan_step, make_plan, next_replan_step, planned_steps, rate_drifted, replan,
+                                replanned_steps, requested_budget, steps_in_budget)
 from sslsearch.ssl.schedules import TrainingPlan as ScheduleTrainingPlan
 from sslsearch.ssl.train import validate_config
 
@@ -133,3 +134,87 @@ def small_list_for_plan(sample_dir: Path, tmp_path: Path) -> Path:
     listing = tmp_path / "images.txt"
     listing.write_text("".join(f"{p}\n" for p in paths))
     return listing
+
+
+# -- re-planning a --max-minutes run ------------------------------------------------------------------
+
+def first_plan(total: int = 100, **overrides) -> TrainingPlan:
+    return dataclasses.replace(make_plan(budget(max_minutes=10.0), total, warmup_fraction=0.1, step_seconds=2.0),
+                               **overrides)
+
+
+def test_a_first_plan_schedules_by_the_step_itself() -> None:
+    plan = first_plan()
+    assert [plan.schedule_step(s) for s in (0, 7, 100)] == [0.0, 7.0, 100.0]
+    assert plan.progress(25) == 0.25 and plan.progress(150) == 1.0
+    assert plan.step_at(0.3) == 30 and plan.warmup_end_step == 10 and plan.horizon_steps == 100
+
+
+@pytest.mark.parametrize("step, total", [(5, 400), (30, 400), (60, 70), (8, 20)])
+def test_replan_keeps_the_progress_and_ends_the_schedules_at_the_new_total(step: int, total: int) -> None:
+    before = first_plan()
+    after = replan(before, step=step, total_steps=total, warmup_fraction=0.1, step_seconds=0.5)
+    assert after.progress(step) == pytest.approx(before.progress(step))  # no schedule jumps
+    assert after.progress(total) == 1.0 and after.schedule_step(total) == pytest.approx(total)
+    progress = [after.progress(s) for s in range(step, total + 1)]
+    assert all(b > a for a, b in zip(progress, progress[1:]))  # forward, evenly, to the end
+    assert after.warmup_steps == int(0.1 * total) and after.horizon_steps == 100 and after.replans == 1
+    assert after.step_seconds == 0.5 and after.anchor_step == step
+    for p in (0.1, 0.3, 0.9):  # step_at is the inverse of progress (the first step to reach it)
+        if p > after.anchor_progress:
+            s = after.step_at(p)
+            assert after.progress(s) <= p + 1e-9 < after.progress(s + 1) + 1e-9
+    again = replan(after, step=step + 1, total_steps=total + 10, warmup_fraction=0.1)
+    assert again.progress(step + 1) == pytest.approx(after.progress(step + 1)) and again.horizon_steps == 100
+    assert TrainingPlan.from_dict(again.to_dict()) == again
+
+
+def test_replan_must_leave_a_step() -> None:
+    with pytest.raises(ValueError, match="must end after it"):
+        replan(first_plan(), step=10, total_steps=10, warmup_fraction=0.1)
+
+
+def test_a_plan_saved_before_replanning_existed_still_loads() -> None:
+    old = {"total_steps": 30, "steps_per_epoch": 15, "warmup_steps": 3, "dataset_size": 1000,
+           "global_batch_size": 64, "budget_seconds": 60.0}
+    plan = TrainingPlan.from_dict(old)
+    assert plan.anchor_step == 0 and plan.replans == 0 and plan.horizon_steps == 30 and plan.schedule_step(4) == 4
+
+
+@pytest.mark.parametrize("total, start, expected", [
+    (400, 0, 33),    # 8 % of the plan (32 steps) is more than 20
+    (100, 0, 21),    # 20 steps is more than 8 %
+    (40, 0, 11),     # at most a quarter of the plan (10 steps)
+    (12, 0, 5),      # but at least 4 timed steps
+    (5, 0, None),    # the plan ends first: no re-plan
+    (400, 100, 133),  # a resumed session measures its own steps
+])
+def test_first_replan_step(total: int, start: int, expected: int | None) -> None:
+    assert first_replan_step(first_plan(total), start) == expected
+
+
+def test_no_replan_for_an_epochs_run_or_after_the_last_one() -> None:
+    epochs_plan = make_plan(budget(epochs=10.0), 150, warmup_fraction=0.1)
+    assert first_replan_step(epochs_plan, 0) is None and next_replan_step(epochs_plan, 30) is None
+    assert first_replan_step(first_plan(replans=MAX_REPLANS), 0) is None
+    assert next_replan_step(first_plan(), 33) == 53  # every fifth of the run
+    assert next_replan_step(first_plan(), 60) is None  # the next look would be past 75 % of the schedules
+
+
+@pytest.mark.parametrize("replans, planned, measured, expected", [
+    (0, 2.0, 2.0, True),     # the first look always re-plans from the loop's own rate
+    (1, 2.0, 2.2, False),    # within 15 %
+    (1, 2.0, 2.4, True),     # slower by 20 %
+    (1, 2.0, 1.6, True),     # faster by 20 %
+])
+def test_rate_drifted(replans: int, planned: float, measured: float, expected: bool) -> None:
+    assert rate_drifted(first_plan(replans=replans, step_seconds=planned), measured) is expected
+
+
+def test_replanned_steps_fill_the_budget_but_not_more_than_the_epochs() -> None:
+    minutes = budget(max_minutes=10.0)
+    total = replanned_steps(minutes, step=40, used_seconds=100.0, step_seconds=0.5)
+    assert total == 40 + steps_in_budget(600.0, used_seconds=100.0, step_seconds=0.5)
+    assert replanned_steps(budget(epochs=20.0, max_minutes=10.0), step=40, used_seconds=100.0,
+                           step_seconds=0.5) == 300  # 20 epochs of 15 steps
+    assert replanned_steps(minutes, step=40, used_seconds=700.0, step_seconds=0.5) == 41  # spent: one more

@@ -33,7 +33,8 @@ from .methods import Method, get_method
 from .monitor import CollapseMonitor, KNNMonitor
 from .optimizers import build_optimizer, resolve_optimizer_config, set_hyperparameters
 from .rundir import RunDirectory
-from .plan import (CALIBRATION_STEPS, DEFAULT_EPOCHS, TrainingPlan, make_plan, planned_steps, requested_budget,
+from .plan import (CALIBRATION_STEPS, DEFAULT_EPOCHS, Budget, TrainingPlan, first_replan_step, make_plan,
+                   next_replan_step, planned_steps, rate_drifted, replan, replanned_steps, requested_budget,
                    steps_in_budget)
 from .schedules import StepContext, cosine, warmup_cosine
 from .transforms import resolve_augmentation
@@ -59,6 +60,7 @@ class TrainResult:
         skipped_images: unreadable training files left out.
         encoder_exported: ``encoder.safetensors`` + ``encoder.json`` were written.
         finished: the run reached its planned steps (False when stopped early).
+        replans: times a ``--max-minutes`` run re-sized its plan from its measured rate (all sessions).
     """
 
     run_dir: Path
@@ -76,12 +78,19 @@ class TrainResult:
     skipped_images: int
     encoder_exported: bool
     finished: bool
+    replans: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["run_dir"] = str(self.run_dir)
         data["warnings"] = list(self.warnings)
         return data
+
+
+def collapse_grace(plan: TrainingPlan) -> int:
+    """Steps before the collapse monitor judges: early on a healthy run can look collapsed (DINO's loss
+    starts at ln K), so it waits for the warm-ups (lr, and 30 % of the run or two epochs)."""
+    return max(plan.warmup_end_step, min(plan.step_at(0.3), 2 * plan.steps_per_epoch))
 
 
 def validate_config(config: TrainConfig) -> type[Method]:
@@ -146,8 +155,10 @@ def train(config: TrainConfig, *, resume: bool = False, log: Callable[[str], Non
 class Trainer:
     """One training session (see ``train``)."""
 
+    clock: Callable[[], float] = staticmethod(time.perf_counter)  # wall clock of budgets and rates (tests fake it)
+
     def __init__(self, config: TrainConfig, *, resume: bool, log: Callable[[str], None] | None) -> None:
-        self.start_time = time.perf_counter()
+        self.start_time = self.clock()
         self.method_cls = validate_config(config)
         self.config = dataclasses.replace(config, data=str(Path(config.data).expanduser().resolve()),
                                           out=str(Path(config.out).expanduser()))
@@ -281,6 +292,7 @@ class Trainer:
         self.images_seen = 0
         self.elapsed_before = 0.0
         self.knn_accuracy: float | None = None
+        self.eval_seconds = self.save_seconds = 0.0  # last k-NN evaluation, last checkpoint (re-plans count them)
         if self.resume:
             self.restore()
         else:
@@ -298,12 +310,14 @@ class Trainer:
         config = self.config
         eval_seconds = self.initial_knn() if config.val else 0.0  # every process joins (barrier inside)
         eval_seconds = float(distributed.broadcast_object(eval_seconds))
-        budget = dataclasses.replace(self.budget, epochs=config.epochs)
+        self.eval_seconds = eval_seconds
+        budget = self.run_budget()
         total = planned_steps(budget, None) if budget.budget_seconds is None else None
+        step_seconds = None
         if budget.budget_seconds is not None:
             step_seconds = self.calibrate()
             val_every = self.val_every_steps()
-            fit = steps_in_budget(budget.budget_seconds, used_seconds=time.perf_counter() - self.start_time,
+            fit = steps_in_budget(budget.budget_seconds, used_seconds=self.clock() - self.start_time,
                                   step_seconds=step_seconds, eval_seconds=eval_seconds, val_every_steps=val_every)
             if fit < 1:
                 self.log(f"warning: --max-minutes {config.max_minutes} leaves time for no full step "
@@ -311,16 +325,54 @@ class Trainer:
             total = int(distributed.broadcast_object(planned_steps(budget, fit)))
             self.log(f"budget {config.max_minutes:g} min: ~{step_seconds:.2f} s/step → {total} steps "
                      f"({total / self.steps_per_epoch:.1f} epochs of {len(self.images)} images)")
-        return make_plan(budget, total, warmup_fraction=config.optimizer.warmup_fraction)
+        return make_plan(budget, total, warmup_fraction=config.optimizer.warmup_fraction, step_seconds=step_seconds)
+
+    def run_budget(self) -> Budget:
+        """The run's length as asked: the epochs (resolved) and the minutes, for planning and re-planning."""
+        return dataclasses.replace(self.budget, epochs=self.config.epochs)
+
+    def replan(self, measured_step_seconds: float) -> bool:
+        """At a rate check (``plan.first_replan_step`` / ``next_replan_step``): re-size the plan so the run ends at
+        its budget minus the reserve, from the loop's measured seconds per step (k-NN evaluations and
+        checkpoints counted apart); returns whether the plan changed.
+
+        Rank 0 decides and broadcasts, so every process changes plan at the same step. Everything
+        scheduled follows through the plan (``plan.replan``: schedules keep their progress).
+        """
+        plan = self.plan
+        decision = None
+        if self.process.is_main and rate_drifted(plan, measured_step_seconds):
+            save_overhead = self.save_seconds / self.config.checkpoint_every_steps
+            total = replanned_steps(self.run_budget(), step=self.step, used_seconds=self.elapsed(),
+                                    step_seconds=measured_step_seconds + save_overhead,
+                                    eval_seconds=self.eval_seconds if self.config.val else 0.0,
+                                    val_every_steps=self.val_every_steps())
+            if total != plan.total_steps:
+                decision = (total, measured_step_seconds)
+        decision = distributed.broadcast_object(decision)
+        if decision is None:
+            return False
+        total, measured = decision
+        self.plan = replan(plan, step=self.step, total_steps=int(total), step_seconds=float(measured),
+                           warmup_fraction=self.config.optimizer.warmup_fraction)
+        planned = f"{plan.step_seconds:.2f}" if plan.step_seconds else "?"
+        self.log(f"re-planned at step {self.step}: measured {measured:.2f} s/step (planned {planned}) → "
+                 f"{self.plan.total_steps} steps (was {plan.total_steps}; "
+                 f"{self.plan.epochs:.1f} epochs in {self.config.max_minutes:g} min)")
+        self.write_metrics({"step": self.step, "event": "replan", "measured_step_seconds": round(measured, 4),
+                            "planned_step_seconds": plan.step_seconds, "previous_total_steps": plan.total_steps,
+                            "total_steps": self.plan.total_steps, "replans": self.plan.replans,
+                            "elapsed_seconds": round(self.elapsed(), 2)})
+        return True
 
     def val_every_steps(self) -> int:
         return max(1, round(self.config.val_every_epochs * self.steps_per_epoch))
 
     def initial_knn(self) -> float:
         """k-NN accuracy of the random-init backbone (logged at step 0); returns the seconds it took."""
-        began = time.perf_counter()
+        began = self.clock()
         self.evaluate_knn()
-        return time.perf_counter() - began
+        return self.clock() - began
 
     def calibrate(self) -> float:
         """Median seconds of a whole training step (data, forward, backward, optimizer step, EMA update).
@@ -340,13 +392,13 @@ class Trainer:
         with torch.random.fork_rng(devices=devices):
             loader = make_loader(self.dataset, sampler, workers=self.workers, pin_memory=self.device.type == "cuda",
                              seed=self.config.seed)
-            began = time.perf_counter()
+            began = self.clock()
             for i, (views, _) in enumerate(loader):
                 ctx = StepContext(i, provisional)
                 self.optimize(self.forward(views, ctx), ctx)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
-                now = time.perf_counter()
+                now = self.clock()
                 if i > 0:
                     durations.append(now - began)
                 began = now
@@ -392,14 +444,16 @@ class Trainer:
             "config": to_dict(self.config), "images_seen": self.images_seen,
             "elapsed_seconds": self.elapsed(), "knn_accuracy": self.knn_accuracy,
         }
+        began = self.clock()
         try:
             save_checkpoint(self.run_dir.path, self.step, payload, keep=self.config.keep_checkpoints)
         finally:
             distributed.barrier()
+        self.save_seconds = self.clock() - began
         self.saved_step = self.step
 
     def elapsed(self) -> float:
-        return self.elapsed_before + time.perf_counter() - self.session_start
+        return self.elapsed_before + self.clock() - self.session_start
 
     # -- the loop ----------------------------------------------------------------------------------
 
@@ -411,9 +465,10 @@ class Trainer:
     def train_step(self, views: list[torch.Tensor]) -> Any:
         ctx = StepContext(self.step, self.plan)
         optimizer_config = self.config.optimizer
-        lr = warmup_cosine(self.step, self.plan.total_steps, self.base_lr, self.base_lr * optimizer_config.final_lr_ratio,
-                           self.plan.warmup_steps)
-        weight_decay = cosine(self.step, self.plan.total_steps, optimizer_config.weight_decay,
+        position = ctx.schedule_step  # the step itself, unless a --max-minutes run was re-planned
+        lr = warmup_cosine(position, self.plan.total_steps, self.base_lr,
+                           self.base_lr * optimizer_config.final_lr_ratio, self.plan.warmup_steps)
+        weight_decay = cosine(position, self.plan.total_steps, optimizer_config.weight_decay,
                               optimizer_config.weight_decay_final)
         set_hyperparameters(self.optimizer, lr=lr, weight_decay=weight_decay)
         output = self.optimize(self.forward(views, ctx), ctx)
@@ -432,30 +487,47 @@ class Trainer:
         self.method.on_step_end(ctx)
         return output
 
+    def stop_step(self) -> int:
+        """The step this session ends at: the plan's end, or ``stop_after_steps`` when sooner."""
+        total = self.plan.total_steps
+        return total if self.config.stop_after_steps is None else min(total, self.config.stop_after_steps)
+
+    def steps_bound(self) -> int:
+        """The most steps this session could run: the plan's end, or for a budget in minutes (which may be
+        re-planned longer) the asked epochs or ``stop_after_steps``. The batch of a step depends only on
+        the seed and the step, so the sampler's length never changes what a step trains on."""
+        if self.plan.budget_seconds is None:
+            return self.stop_step()
+        bounds = [b for b in (self.config.stop_after_steps, self.run_budget().epoch_steps) if b]
+        return min(bounds) if bounds else sys.maxsize
+
     def loop(self) -> TrainResult:
         config, plan = self.config, self.plan
-        self.session_start = time.perf_counter()
+        self.session_start = self.clock()
         self.base_lr = config.optimizer.lr * self.global_batch / 256
         self.saved_step = self.step
         self.current_lr = self.current_weight_decay = 0.0
-        stop_at = plan.total_steps if config.stop_after_steps is None else min(plan.total_steps, config.stop_after_steps)
+        stop_at = self.stop_step()
         hard_limit = plan.hard_stop_seconds
-        # early on a healthy run can look collapsed (DINO's loss starts at ln K): judge after the warm-ups
-        monitor = CollapseMonitor(grace_steps=max(plan.warmup_steps, min(int(0.3 * plan.total_steps),
-                                                                          2 * plan.steps_per_epoch)))
+        monitor = CollapseMonitor(grace_steps=collapse_grace(plan))
         val_every = self.val_every_steps()
         sampler = StepBatchSampler(len(self.images), config.batch_size, steps_per_epoch=plan.steps_per_epoch,
-                                   start_step=self.step, total_steps=stop_at, seed=config.seed,
+                                   start_step=self.step, total_steps=self.steps_bound(), seed=config.seed,
                                    rank=self.process.rank, world_size=self.process.world_size)
+        # the loop's own pace, for re-planning a --max-minutes run: seconds of the steps since the last
+        # look (k-NN evaluations and checkpoints apart), leaving out the session's first step
+        check_at = first_replan_step(plan, self.step)
+        first_step, paced_seconds, paced_steps = self.step + 1, 0.0, 0
         loader = make_loader(self.dataset, sampler, workers=self.workers, pin_memory=self.device.type == "cuda",
                              seed=self.config.seed)
         interval: dict[str, list[Any]] = {}
-        interval_start, interval_steps = time.perf_counter(), 0
+        interval_start, interval_steps = self.clock(), 0
         session_images, final_loss, stopped_by_budget = 0, float("nan"), False
         bad_seen: set[str] = set()
         show = progress_enabled(config.progress) and self.process.is_main
         bar = progress_bar(plan.total_steps, f"train {config.method} {config.backbone}", unit="step", enabled=show)
         bar.update(self.step)
+        tick = self.clock()
         try:
             for views, bad in loader:
                 for note in bad:
@@ -476,7 +548,7 @@ class Trainer:
                     interval.setdefault(name, []).append(value.detach() if torch.is_tensor(value) else value)
                 last = self.step >= stop_at
                 if self.step % config.log_every_steps == 0 or last:
-                    now = time.perf_counter()
+                    now = self.clock()
                     means = self.reduce_interval(interval)
                     images_per_second = interval_steps * self.global_batch / max(now - interval_start, 1e-9)
                     interval, interval_start, interval_steps = {}, now, 0
@@ -498,17 +570,31 @@ class Trainer:
                         self.warnings.append(warning["message"])
                         self.write_metrics(warning)
                         self.log(f"warning: {warning['message']}. Hint: {warning['hint']}")
+                if self.step > first_step:
+                    paced_seconds, paced_steps = paced_seconds + self.clock() - tick, paced_steps + 1
                 if config.val and self.step % val_every == 0 and not last:
                     self.evaluate_knn()
                 if self.step % config.checkpoint_every_steps == 0 and not last:
                     self.save()
+                if check_at is not None and self.step >= check_at and not last:
+                    if self.replan(paced_seconds / max(paced_steps, 1)):
+                        plan = self.plan
+                        stop_at = self.stop_step()
+                        monitor.grace_steps = collapse_grace(plan)
+                        bar.total = plan.total_steps
+                        bar.refresh()
+                    check_at = next_replan_step(self.plan, self.step)
+                    paced_seconds, paced_steps = 0.0, 0
                 if hard_limit is not None and not last and self.step % config.log_every_steps == 0:
                     # rank 0 decides, so every process stops at the same step
                     if distributed.broadcast_object(self.elapsed() > hard_limit):
                         stopped_by_budget = True
                         self.log(f"stopping at step {self.step}/{plan.total_steps}: the {config.max_minutes:g}-minute"
-                                 " budget is spent (the machine ran slower than measured at the start)")
+                                 " budget is spent (the machine ran slower than measured)")
                         break
+                if self.step >= stop_at:  # the sampler may hold more steps than the plan (re-planning)
+                    break
+                tick = self.clock()
         except KeyboardInterrupt:
             if self.step > self.saved_step:
                 bar.close()
@@ -525,8 +611,8 @@ class Trainer:
         exported = False
         if finished or stopped_by_budget:
             exported = self.export(finished=finished)
-        seconds = time.perf_counter() - self.start_time
-        session_seconds = time.perf_counter() - self.session_start
+        seconds = self.clock() - self.start_time
+        session_seconds = self.clock() - self.session_start
         result = TrainResult(run_dir=self.run_dir.path, method=config.method, backbone=config.backbone,
                              steps=self.step, planned_steps=plan.total_steps,
                              epochs=round(self.step / plan.steps_per_epoch, 3), images_seen=self.images_seen,
@@ -534,7 +620,7 @@ class Trainer:
                              images_per_second=round(session_images / max(session_seconds, 1e-9), 2),
                              knn_accuracy=self.knn_accuracy, warnings=tuple(self.warnings),
                              skipped_images=len(self.images.skipped) + len(bad_seen), encoder_exported=exported,
-                             finished=finished)
+                             finished=finished, replans=plan.replans)
         self.write_metrics({"step": self.step, "event": "end", **{k: v for k, v in result.to_dict().items()
                                                                   if k not in ("run_dir", "warnings")}})
         return result
@@ -554,6 +640,7 @@ class Trainer:
 
     def evaluate_knn(self) -> None:
         if self.knn is not None:
+            began = self.clock()
             backbone = self.method.export_backbone()
             self.knn_accuracy = self.knn.accuracy(backbone, self.device, channels_last=bool(self.config.channels_last),
                                                   autocast_dtype=self.autocast_dtype)
@@ -561,6 +648,7 @@ class Trainer:
                                 "knn_accuracy": self.knn_accuracy})
             self.log(f"step {self.step}: k-NN accuracy on --val {self.knn_accuracy:.4f} "
                      f"(leave-one-out, k={self.config.knn_k}, {len(self.knn)} images)")
+            self.eval_seconds = self.clock() - began
         distributed.barrier()
 
     def export(self, *, finished: bool) -> bool:

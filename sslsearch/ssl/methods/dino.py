@@ -174,15 +174,16 @@ class DINO(Method):
 
     def teacher_temperature(self, ctx: StepContext) -> float:
         ramp = int(self.section.teacher_temperature_warmup_fraction * ctx.plan.total_steps)
-        return linear_ramp(ctx.step, ramp, self.section.teacher_temperature_start, self.section.teacher_temperature)
+        return linear_ramp(ctx.schedule_step, ramp, self.section.teacher_temperature_start,
+                           self.section.teacher_temperature)
 
     def teacher_momentum(self, ctx: StepContext) -> float:
-        start = short_run_momentum(self.section.teacher_momentum, ctx.plan.total_steps)
-        return cosine(ctx.step, ctx.plan.total_steps, start, 1.0)
+        start = short_run_momentum(self.section.teacher_momentum, ctx.plan.horizon_steps)
+        return cosine(ctx.schedule_step, ctx.plan.total_steps, start, 1.0)
 
     def freeze_last_layer_steps(self, ctx: StepContext) -> int:
         steps = int(self.section.freeze_last_layer_epochs * ctx.plan.steps_per_epoch)
-        return min(steps, int(FREEZE_LAST_LAYER_MAX_FRACTION * ctx.plan.total_steps))
+        return min(steps, ctx.plan.step_at(FREEZE_LAST_LAYER_MAX_FRACTION))
 
     # -- the step ----------------------------------------------------------------------------------
 

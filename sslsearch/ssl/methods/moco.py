@@ -65,9 +65,9 @@ class MoCo(Method):
         return SimCLRTransform(image_size, augmentation, mean, std)
 
     def momentum(self, ctx: StepContext) -> float:
-        start = short_run_momentum(self.section.momentum, ctx.plan.total_steps)
+        start = short_run_momentum(self.section.momentum, ctx.plan.horizon_steps)
         final = self.section.momentum_final if self.section.momentum_final is not None else start
-        return cosine(ctx.step, ctx.plan.total_steps, start, max(final, start))
+        return cosine(ctx.schedule_step, ctx.plan.total_steps, start, max(final, start))
 
     def _splits(self, batch: int) -> int:
         return max(1, min(self.section.batch_norm_splits, batch // 2))
