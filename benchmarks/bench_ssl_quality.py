@@ -45,7 +45,7 @@ import torch
 from PIL import Image
 
 from sslsearch import (class_retrieval, create_encoder, exact_search, knn_accuracy, list_images, load_image,
-                       make_sample_dataset, train, train_config)
+                       make_sample_dataset, read_metrics, train, train_config)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import git_commit  # noqa: E402 - the benchmarks' shared commit record
@@ -94,6 +94,12 @@ def cross_source_recall(embeddings: np.ndarray, labels: np.ndarray, sources: np.
         by_label.setdefault(label, set()).add(source)
     has_positive = np.array([len(by_label[label] - {source}) > 0 for label, source in zip(labels, sources)])
     return float(hits.any(axis=1)[has_positive].mean())
+
+
+def first_planned_steps(run: Path, result) -> int:
+    """The steps the run planned before its first step (a --max-minutes run may re-plan from its measured rate)."""
+    replans = [r for r in read_metrics(run) if r.get("event") == "replan"]
+    return replans[0]["previous_total_steps"] if replans else result.planned_steps
 
 
 def load_labelled(folder: Path) -> tuple[list[Image.Image], np.ndarray]:
@@ -197,7 +203,8 @@ def main(argv: list[str] | None = None) -> None:
             recipe = {"recipe": train_config(config=run).dino.recipe} if method == "dino" else {}
             rows[f"{method} (vit_tiny/8)" if vit else method] = {**score(embed(encoder, bank_images), bank_labels,
                                     embed(encoder, query_images) if query_images else None, query_labels, sources),
-                            **recipe, "steps": result.steps, "epochs": result.epochs, "train_seconds": result.seconds,
+                            **recipe, "steps": result.steps, "first_planned_steps": first_planned_steps(run, result),
+                            "replans": result.replans, "epochs": result.epochs, "train_seconds": result.seconds,
                             "images_per_second": result.images_per_second, "final_loss": round(result.final_loss, 4),
                             "warnings": list(result.warnings)}
     protocol = "held-out queries" if args.queries else "leave-one-out"

@@ -7,6 +7,7 @@ the run decides never depends on how fast this machine is.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from pathlib import Path
 
 import pytest
@@ -51,13 +52,13 @@ class FakeClock:
         return self.now
 
 
-def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+def fake_clock(monkeypatch: pytest.MonkeyPatch, step_seconds: float = STEP_SECONDS) -> FakeClock:
     fake = FakeClock()
     monkeypatch.setattr(Trainer, "clock", staticmethod(fake))
     step = Trainer.train_step
 
     def timed_step(self: Trainer, views: list[torch.Tensor]):
-        fake.now += STEP_SECONDS
+        fake.now += step_seconds
         return step(self, views)
 
     monkeypatch.setattr(Trainer, "train_step", timed_step)
@@ -187,3 +188,18 @@ def test_resume_after_a_replan_continues_the_replanned_plan(small_list: Path, tm
     expected, actual = load_checkpoint(faster_run.out)["model"], load_checkpoint(tmp_path / "resumed")["model"]
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
+
+
+def test_the_hard_stop_catches_slow_steps_between_logging_lines(small_list: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # re-planning off: steps 4× slower than measured run into the hard stop (110 % of the budget + 10 s),
+    # checked every step when a step is planned to take more than 5 s (not only every 10 logging steps)
+    clock = fake_clock(monkeypatch, step_seconds=16.0)
+    calibrated(monkeypatch, 4.0)
+    trainer_module = importlib.import_module("sslsearch.ssl.train")  # the attribute is the train() function
+    monkeypatch.setattr(trainer_module, "first_replan_step", lambda plan, step: None)
+    started = clock.now
+    result, lines = run(tiny_config(small_list, tmp_path / "run", max_minutes=1, log_every_steps=10))
+    assert result.planned_steps == 13 and result.steps == 5  # 5 × 16 s > 60 × 1.1 + 10 s
+    assert not result.finished and result.encoder_exported and clock.now - started == 5 * 16.0
+    assert any(line.startswith("stopping at step 5/13") for line in lines)

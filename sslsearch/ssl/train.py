@@ -40,6 +40,7 @@ from .schedules import StepContext, cosine, warmup_cosine
 from .transforms import resolve_augmentation
 
 PRECISIONS = ("auto", "fp32", "bf16")
+HARD_STOP_CHECK_SECONDS = 5.0  # a --max-minutes run checks its hard stop at least this often (of planned steps)
 
 
 @dataclass(frozen=True)
@@ -343,7 +344,7 @@ class Trainer:
         decision = None
         if self.process.is_main and rate_drifted(plan, measured_step_seconds):
             save_overhead = self.save_seconds / self.config.checkpoint_every_steps
-            total = replanned_steps(self.run_budget(), step=self.step, used_seconds=self.elapsed(),
+            total = replanned_steps(self.run_budget(), step=self.step, used_seconds=self.budget_used(),
                                     step_seconds=measured_step_seconds + save_overhead,
                                     eval_seconds=self.eval_seconds if self.config.val else 0.0,
                                     val_every_steps=self.val_every_steps())
@@ -453,7 +454,22 @@ class Trainer:
         self.saved_step = self.step
 
     def elapsed(self) -> float:
+        """Training seconds of the run: this session's loop and the earlier sessions' (from the checkpoint)."""
         return self.elapsed_before + self.clock() - self.session_start
+
+    def budget_used(self) -> float:
+        """Seconds of the budget spent: ``elapsed`` plus this session's setup (loading, building, calibrating),
+        which the first plan also counted."""
+        return self.elapsed_before + self.clock() - self.start_time
+
+    def hard_stop_every(self) -> int:
+        """Steps between checks of the hard stop: every logging interval, but at least every
+        ``HARD_STOP_CHECK_SECONDS`` of planned steps (a few slow steps must not overshoot a short budget).
+        From the plan, so every process checks at the same steps."""
+        every = self.config.log_every_steps
+        if self.plan.step_seconds:
+            every = min(every, int(HARD_STOP_CHECK_SECONDS / self.plan.step_seconds))
+        return max(1, every)
 
     # -- the loop ----------------------------------------------------------------------------------
 
@@ -508,7 +524,7 @@ class Trainer:
         self.saved_step = self.step
         self.current_lr = self.current_weight_decay = 0.0
         stop_at = self.stop_step()
-        hard_limit = plan.hard_stop_seconds
+        hard_limit, hard_stop_every = plan.hard_stop_seconds, self.hard_stop_every()
         monitor = CollapseMonitor(grace_steps=collapse_grace(plan))
         val_every = self.val_every_steps()
         sampler = StepBatchSampler(len(self.images), config.batch_size, steps_per_epoch=plan.steps_per_epoch,
@@ -581,13 +597,14 @@ class Trainer:
                         plan = self.plan
                         stop_at = self.stop_step()
                         monitor.grace_steps = collapse_grace(plan)
+                        hard_stop_every = self.hard_stop_every()
                         bar.total = plan.total_steps
                         bar.refresh()
                     check_at = next_replan_step(self.plan, self.step)
                     paced_seconds, paced_steps = 0.0, 0
-                if hard_limit is not None and not last and self.step % config.log_every_steps == 0:
+                if hard_limit is not None and not last and self.step % hard_stop_every == 0:
                     # rank 0 decides, so every process stops at the same step
-                    if distributed.broadcast_object(self.elapsed() > hard_limit):
+                    if distributed.broadcast_object(self.budget_used() > hard_limit):
                         stopped_by_budget = True
                         self.log(f"stopping at step {self.step}/{plan.total_steps}: the {config.max_minutes:g}-minute"
                                  " budget is spent (the machine ran slower than measured)")
