@@ -15,7 +15,8 @@ end `encoder.safetensors` + `encoder.json`, so `sslsearch embed DATA --encoder R
 backbone.
 
 * **Length**: --epochs E, or --max-minutes M (a wall-clock budget: the schedules are sized to the
-  steps that fit), or both (whichever is shorter); 100 epochs when neither is given.
+  steps that fit, re-planned from the run's measured rate as it trains), or both (whichever is
+  shorter); 100 epochs when neither is given.
 * **Settings**: any config field can be set with --config FILE.yaml or --set KEY=VALUE, e.g.
   `--set optimizer.lr=0.5 --set dino.prototypes=1024`; --print-config shows them all with their
   defaults.
