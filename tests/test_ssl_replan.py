@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -52,13 +53,15 @@ class FakeClock:
         return self.now
 
 
-def fake_clock(monkeypatch: pytest.MonkeyPatch, step_seconds: float = STEP_SECONDS) -> FakeClock:
+def fake_clock(monkeypatch: pytest.MonkeyPatch, step_seconds: float | Callable[[int], float] = STEP_SECONDS
+               ) -> FakeClock:
+    """Each training step takes ``step_seconds`` (or ``step_seconds(step)``) of the trainer's clock."""
     fake = FakeClock()
     monkeypatch.setattr(Trainer, "clock", staticmethod(fake))
     step = Trainer.train_step
 
     def timed_step(self: Trainer, views: list[torch.Tensor]):
-        fake.now += step_seconds
+        fake.now += step_seconds(self.step) if callable(step_seconds) else step_seconds
         return step(self, views)
 
     monkeypatch.setattr(Trainer, "train_step", timed_step)
@@ -117,12 +120,12 @@ def learning_rates(run_dir: Path) -> list[float]:
     return [r["lr"] for r in read_metrics(run_dir) if "lr" in r and "event" not in r]
 
 
-def assert_warmup_then_cosine(rates: list[float], final: float) -> None:
+def assert_warmup_then_cosine(rates: list[float], final: float, tolerance: float = 0.01) -> None:
     """Up to one peak, then never up again (a re-plan must not move the schedule back), ending at ``final``."""
     peak = rates.index(max(rates))
     assert all(a <= b + 1e-12 for a, b in zip(rates[:peak], rates[1:peak + 1])), rates
     assert all(a >= b - 1e-12 for a, b in zip(rates[peak:], rates[peak + 1:])), rates
-    assert rates[-1] - final <= 0.01 * (max(rates) - final), rates
+    assert rates[-1] - final <= tolerance * (max(rates) - final), rates
 
 
 def test_a_run_faster_than_calibrated_replans_to_more_steps(faster_run: Finished) -> None:
@@ -198,8 +201,29 @@ def test_the_hard_stop_catches_slow_steps_between_logging_lines(small_list: Path
     calibrated(monkeypatch, 4.0)
     trainer_module = importlib.import_module("sslsearch.ssl.train")  # the attribute is the train() function
     monkeypatch.setattr(trainer_module, "first_replan_step", lambda plan, step: None)
+    monkeypatch.setattr(trainer_module, "OVERRUN_WINDOW_STEPS", 10**6)  # nor the late overrun checks
     started = clock.now
     result, lines = run(tiny_config(small_list, tmp_path / "run", max_minutes=1, log_every_steps=10))
     assert result.planned_steps == 13 and result.steps == 5  # 5 × 16 s > 60 × 1.1 + 10 s
     assert not result.finished and result.encoder_exported and clock.now - started == 5 * 16.0
     assert any(line.startswith("stopping at step 5/13") for line in lines)
+
+
+def test_a_slowdown_after_the_last_rate_check_shortens_the_run(small_list: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # an accurate calibration, then from step 45 (after the last rate check) each step takes 5× longer:
+    # the late checks re-plan to end the run (its schedules annealed) before the hard stop would cut it
+    clock = fake_clock(monkeypatch, step_seconds=lambda step: 5.0 if step >= 44 else 1.0)
+    calibrated(monkeypatch, 1.0)
+    started = clock.now
+    out = tmp_path / "run"
+    result, _ = run(tiny_config(small_list, out, max_minutes=1))
+    last = replans(out)[-1]
+    assert last["measured_step_seconds"] == pytest.approx(5.0) and last["step"] > 44
+    assert last["total_steps"] < last["previous_total_steps"]
+    assert result.finished and result.steps == last["total_steps"] < 50
+    assert clock.now - started < 60 * 1.1 + 10  # ended before the hard stop, which would have cut it unfinished
+    config = build_config({}, resume_run=out)
+    base_lr = config.optimizer.lr * config.batch_size / 256
+    # re-planned with few steps left: the last step's lr is one short step before the schedule's end
+    assert_warmup_then_cosine(learning_rates(out), base_lr * config.optimizer.final_lr_ratio, tolerance=0.05)

@@ -1,6 +1,7 @@
 """The method-agnostic trainer: step the method over its plan, monitor, checkpoint, resume, export the encoder."""
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import math
@@ -33,13 +34,14 @@ from .methods import Method, get_method
 from .monitor import CollapseMonitor, KNNMonitor
 from .optimizers import build_optimizer, resolve_optimizer_config, set_hyperparameters
 from .rundir import RunDirectory
-from .plan import (CALIBRATION_STEPS, DEFAULT_EPOCHS, Budget, TrainingPlan, first_replan_step, make_plan,
+from .plan import (CALIBRATION_STEPS, DEFAULT_EPOCHS, END_RESERVE_SECONDS, Budget, TrainingPlan, first_replan_step, make_plan,
                    next_replan_step, planned_steps, rate_drifted, replan, replanned_steps, requested_budget,
                    steps_in_budget)
 from .schedules import StepContext, cosine, warmup_cosine
 from .transforms import resolve_augmentation
 
 PRECISIONS = ("auto", "fp32", "bf16")
+OVERRUN_WINDOW_STEPS = 5  # late in a --max-minutes run, the median of this many last steps is its current pace
 HARD_STOP_CHECK_SECONDS = 5.0  # a --max-minutes run checks its hard stop at least this often (of planned steps)
 
 
@@ -332,24 +334,33 @@ class Trainer:
         """The run's length as asked: the epochs (resolved) and the minutes, for planning and re-planning."""
         return dataclasses.replace(self.budget, epochs=self.config.epochs)
 
-    def replan(self, measured_step_seconds: float) -> bool:
+    def replan(self, measured_step_seconds: float, *, overrun_only: bool = False) -> bool:
         """At a rate check (``plan.first_replan_step`` / ``next_replan_step``): re-size the plan so the run ends at
         its budget minus the reserve, from the loop's measured seconds per step (k-NN evaluations and
         checkpoints counted apart); returns whether the plan changed.
+
+        ``overrun_only`` (the late checks, after the last rate check): re-plan only when the plan's end at
+        this rate would be past the budget, so a slowdown near the end shortens the run (its schedules
+        still end) instead of running into the hard stop.
 
         Rank 0 decides and broadcasts, so every process changes plan at the same step. Everything
         scheduled follows through the plan (``plan.replan``: schedules keep their progress).
         """
         plan = self.plan
         decision = None
-        if self.process.is_main and rate_drifted(plan, measured_step_seconds):
+        if self.process.is_main and (overrun_only or rate_drifted(plan, measured_step_seconds)):
             save_overhead = self.save_seconds / self.config.checkpoint_every_steps
-            total = replanned_steps(self.run_budget(), step=self.step, used_seconds=self.budget_used(),
-                                    step_seconds=measured_step_seconds + save_overhead,
-                                    eval_seconds=self.eval_seconds if self.config.val else 0.0,
-                                    val_every_steps=self.val_every_steps())
-            if total != plan.total_steps:
-                decision = (total, measured_step_seconds)
+            eval_seconds = self.eval_seconds if self.config.val else 0.0
+            val_every = self.val_every_steps()
+            per_step = measured_step_seconds + save_overhead + eval_seconds / val_every
+            projected_end = (self.budget_used() + (plan.total_steps - self.step) * per_step + eval_seconds
+                             + END_RESERVE_SECONDS)
+            if not overrun_only or projected_end > (plan.budget_seconds or 0.0):
+                total = replanned_steps(self.run_budget(), step=self.step, used_seconds=self.budget_used(),
+                                        step_seconds=measured_step_seconds + save_overhead,
+                                        eval_seconds=eval_seconds, val_every_steps=val_every)
+                if total != plan.total_steps and (not overrun_only or total < plan.total_steps):
+                    decision = (total, measured_step_seconds)
         decision = distributed.broadcast_object(decision)
         if decision is None:
             return False
@@ -534,6 +545,7 @@ class Trainer:
         # look (k-NN evaluations and checkpoints apart), leaving out the session's first step
         check_at = first_replan_step(plan, self.step)
         first_step, paced_seconds, paced_steps = self.step + 1, 0.0, 0
+        recent: collections.deque[float] = collections.deque(maxlen=OVERRUN_WINDOW_STEPS)  # for the late checks
         loader = make_loader(self.dataset, sampler, workers=self.workers, pin_memory=self.device.type == "cuda",
                              seed=self.config.seed)
         interval: dict[str, list[Any]] = {}
@@ -587,21 +599,27 @@ class Trainer:
                         self.write_metrics(warning)
                         self.log(f"warning: {warning['message']}. Hint: {warning['hint']}")
                 if self.step > first_step:
-                    paced_seconds, paced_steps = paced_seconds + self.clock() - tick, paced_steps + 1
+                    recent.append(self.clock() - tick)
+                    paced_seconds, paced_steps = paced_seconds + recent[-1], paced_steps + 1
                 if config.val and self.step % val_every == 0 and not last:
                     self.evaluate_knn()
                 if self.step % config.checkpoint_every_steps == 0 and not last:
                     self.save()
+                replanned = False
                 if check_at is not None and self.step >= check_at and not last:
-                    if self.replan(paced_seconds / max(paced_steps, 1)):
-                        plan = self.plan
-                        stop_at = self.stop_step()
-                        monitor.grace_steps = collapse_grace(plan)
-                        hard_stop_every = self.hard_stop_every()
-                        bar.total = plan.total_steps
-                        bar.refresh()
+                    replanned = self.replan(paced_seconds / max(paced_steps, 1))
                     check_at = next_replan_step(self.plan, self.step)
                     paced_seconds, paced_steps = 0.0, 0
+                elif (check_at is None and hard_limit is not None and not last and self.step % hard_stop_every == 0
+                      and len(recent) == recent.maxlen):
+                    # past the last rate check: a lasting slowdown (the median of the last steps) that would
+                    # carry the run past its budget shortens it, so its schedules still end
+                    replanned = self.replan(statistics.median(recent), overrun_only=True)
+                if replanned:
+                    plan, stop_at, hard_stop_every = self.plan, self.stop_step(), self.hard_stop_every()
+                    monitor.grace_steps = collapse_grace(plan)
+                    bar.total = plan.total_steps
+                    bar.refresh()
                 if hard_limit is not None and not last and self.step % hard_stop_every == 0:
                     # rank 0 decides, so every process stops at the same step
                     if distributed.broadcast_object(self.budget_used() > hard_limit):
