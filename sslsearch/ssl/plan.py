@@ -18,7 +18,7 @@ REPLAN_MIN_STEPS = 4  # timed steps (the session's first one left out) a measure
 REPLAN_DRIFT = 0.15  # later, re-plan again only when the measured rate is off the plan's by more than this
 REPLAN_CHECK_FRACTION = 0.2  # look at the rate again every this fraction of the run...
 REPLAN_LAST_PROGRESS = 0.75  # ...until the schedules are this far along (later changes would gain little)
-MAX_REPLANS = 3  # re-plans in a whole run: the first one and at most two for drift
+MAX_REPLANS = 3  # rate-check re-plans in a run: the first and at most two for drift (late overruns aside)
 
 
 @dataclass(frozen=True)
