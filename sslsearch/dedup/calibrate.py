@@ -35,7 +35,7 @@ from ..errors import BadImageError, InputNotFoundError, InvalidArgumentError
 from ..progress import progress_bar
 from ..sources import load_image
 from .density import DensityAdjustment
-from .edits import edited_copy
+from ..edits import edited_copy
 
 DEFAULT_PRECISION = 0.99
 DEFAULT_SAMPLE_SIZE = 300  # edited copies made (fewer images, several copies each, for small stores)
