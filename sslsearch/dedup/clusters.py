@@ -228,7 +228,7 @@ def _store_cluster_members(rows: "StoreRows", group: np.ndarray, keep: str,
     facts = {int(row): _image_facts(rows, int(row)) for row in group}
     keeper_id = choose_keeper(list(facts.values()), keep)
     keeper_row = next(row for row, f in facts.items() if f.id == keeper_id)
-    similarities = rows.vectors[group] @ rows.vectors[keeper_row]
+    similarities = rows.vectors_of(group) @ rows.vectors_of(np.array([keeper_row]))[0]
     members = []
     for row, similarity in zip(group.tolist(), similarities.tolist()):
         f = facts[row]
@@ -259,7 +259,7 @@ def _index_cluster_members(rows: "StoreRows", store_rows: np.ndarray, index_node
                                      size_bytes=size_bytes, source="index"))
     for row in store_rows.tolist():
         if keeper_vector is not None:
-            similarity = float(min(rows.vectors[row] @ keeper_vector, 1.0))
+            similarity = float(min(rows.vectors_of(np.array([row]))[0] @ keeper_vector, 1.0))
         else:
             similarity = edges.get((row, keeper_node), float("nan"))
         f = _image_facts(rows, row)

@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 
 from ..edits import resolve_edits
 from ..errors import InvalidArgumentError
+from ..index.spec import parse_memory
 from .calibrate import DEFAULT_PRECISION, DEFAULT_SAMPLE_SIZE, check_precision
 from .clusters import DEFAULT_KEEP, check_keep_policy
 from .density import resolve_score
-from .graph import DEFAULT_NEIGHBORS, resolve_method
+from .graph import DEFAULT_NEIGHBORS
+from .graph_cache import check_graph_method
 
 DEFAULT_REPORT_CLUSTERS = 500  # clusters shown in report.html (largest first); all are in clusters.parquet
 
@@ -40,6 +42,7 @@ class DedupOptions:
         InvalidArgumentError: a threshold outside (0, 1], a precision outside (0, 1), neighbors or
             report_max_clusters below 1, ``score="adjusted"``/``"verified"`` with ``against``.
         UnknownNameError: an unknown keep policy, score, edit or graph method.
+        InvalidArgumentError: an unreadable memory budget.
 
     Example:
         >>> DedupOptions(threshold=0.95).score_for(images=1000)
@@ -50,7 +53,7 @@ class DedupOptions:
     precision: float = DEFAULT_PRECISION  # target precision of the calibrated threshold, in (0, 1)
     keep: str = DEFAULT_KEEP  # keep policy (clusters.KEEP_POLICIES)
     neighbors: int = DEFAULT_NEIGHBORS  # k of the k-NN graph
-    method: str = "auto"  # k-NN graph: auto, exact or partitioned (graph.GRAPH_METHODS)
+    method: str = "auto"  # k-NN graph: auto, exact, partitioned or ivf (graph_cache.DEDUP_GRAPH_METHODS)
     device: str = "auto"  # auto, cpu or cuda: the graph and the calibration encoder
     sample_size: int = DEFAULT_SAMPLE_SIZE  # edited copies made to calibrate
     seed: int = 0  # calibration sample, edits and the partitioned graph's k-means
@@ -61,7 +64,9 @@ class DedupOptions:
     report_max_clusters: int = DEFAULT_REPORT_CLUSTERS  # clusters shown in the report
     overwrite: bool = False  # replace earlier results in the output directory
     progress: bool | None = None  # progress bars on stderr (None: when stderr is a terminal)
+    memory_budget: str | int | None = None  # e.g. "4GB": auto picks the ivf graph when the in-memory one needs more
     edit_names: tuple[str, ...] = field(init=False)  # ``edits`` resolved to edit names
+    memory_budget_bytes: int | None = field(init=False)  # ``memory_budget`` in bytes
 
     def __post_init__(self) -> None:
         if self.threshold is not None:
@@ -71,9 +76,17 @@ class DedupOptions:
         check_keep_policy(self.keep)
         resolve_score(self.score, threshold_given=self.threshold is not None, against=self.against is not None)
         object.__setattr__(self, "edit_names", resolve_edits(self.edits))
-        resolve_method(self.method, 0, "cpu")
+        check_graph_method(self.method)
         _check_count("--neighbors", self.neighbors, DEFAULT_NEIGHBORS)
         _check_count("report_max_clusters", self.report_max_clusters, DEFAULT_REPORT_CLUSTERS)
+        object.__setattr__(self, "memory_budget_bytes",
+                           None if self.memory_budget is None else parse_memory(self.memory_budget))
+
+    @property
+    def needs_all_vectors(self) -> bool:
+        """True when the run reads every vector whatever the graph: calibration, ``against``, or a score other
+        than cosine (``score`` as asked; ``auto`` with a given threshold and no ``against`` is cosine)."""
+        return self.calibrating or self.against is not None or self.score not in ("auto", "cosine")
 
     @property
     def calibrating(self) -> bool:

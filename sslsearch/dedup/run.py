@@ -26,11 +26,11 @@ from .clusters import DEFAULT_KEEP, build_clusters, connected_groups, removed_ro
 from .density import DENSITY_RANK, DensityAdjustment
 from .exact import EXACT_CANDIDATE_SIMILARITY, ContentHasher, chain_pairs, hash_groups, identical_pairs
 from .graph import DEFAULT_NEIGHBORS, SimilarPairs, resolve_method
-from .graph_cache import GraphCache, PairScorer
+from .graph_cache import GraphCache, PairScorer, choose_graph_method
 from .options import DEFAULT_REPORT_CLUSTERS, DedupOptions, check_threshold
 from .outputs import prepare_dedup_dir, write_clusters, write_list
 from .result import DedupResult, DuplicateCluster, ThresholdChoice
-from .rows import StoreRows, read_store, store_encoder
+from .rows import StoreRows, open_store, read_store, store_encoder
 from .summary import DedupSummary
 from .verified import CANDIDATE_COSINE, VerifiedPairs, calibrate_verified, verified_pairs
 
@@ -52,7 +52,8 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
                 against: str | os.PathLike[str] | None = None, score: str = "auto", edits: str = "full",
                 report: bool = False,
                 report_max_clusters: int = DEFAULT_REPORT_CLUSTERS, overwrite: bool = False,
-                progress: bool | None = None, _allowed_in_out: Sequence[str] = ()) -> DedupResult:
+                progress: bool | None = None, memory_budget: str | int | None = None,
+                _allowed_in_out: Sequence[str] = ()) -> DedupResult:
     """Find exact and near-duplicate images in an embedding store and say which to keep.
 
     Near duplicates come from the k-NN graph of the store (never an N×N matrix; see
@@ -76,7 +77,8 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
         keep: keep policy, one of ``KEEP_POLICIES`` (default: largest resolution, then larger
             file, then smallest id).
         neighbors: k of the k-NN graph.
-        method: "auto", "exact" or "partitioned" k-NN graph.
+        method: "auto", "exact", "partitioned" or "ivf" k-NN graph; "ivf" searches an IVF index of the
+            store that the run builds (cosine score only; ``graph_cache.py``).
         device: "auto", "cpu" or "cuda" for the graph and the calibration encoder.
         sample_size: edited copies made for calibration.
         seed: seed of the calibration sample and the partitioned graph's k-means.
@@ -92,6 +94,9 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
         report_max_clusters: clusters shown in the report (largest first).
         overwrite: replace earlier results in ``out``.
         progress: progress bars on stderr (default: when stderr is a terminal).
+        memory_budget: e.g. "4GB": with a given cosine threshold and no ``against``, ``method="auto"``
+            takes the ivf graph (the store streamed, only cluster members' vectors read) when the
+            in-memory graph's estimate exceeds it; also bounds the ivf index build and re-scoring.
 
     Returns:
         A ``DedupResult``; ``result.describe()`` is a one-line report.
@@ -100,6 +105,7 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
         InvalidArgumentError: threshold outside (0, 1], precision outside (0, 1), bad neighbors,
             ``score="adjusted"`` with ``against``.
         UnknownNameError: an unknown keep policy, graph method or score.
+        InvalidArgumentError: ``method="ivf"`` with the adjusted or verified score; an unreadable memory budget.
         InputNotFoundError, StoreError: a missing or empty store.
         OutputExistsError: ``out`` holds files and ``overwrite`` is false.
         EncoderMismatchError: calibration cannot rebuild the store's encoder, or ``against`` was
@@ -114,7 +120,7 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
     options = DedupOptions(threshold=threshold, precision=precision, keep=keep, neighbors=neighbors, method=method,
                            device=device, sample_size=sample_size, seed=seed, against=against, score=score,
                            edits=edits, report=report, report_max_clusters=report_max_clusters, overwrite=overwrite,
-                           progress=progress)
+                           progress=progress, memory_budget=memory_budget)
     return run_dedup(embeddings, out, options, allowed_in_out=_allowed_in_out, started=started)
 
 
@@ -131,16 +137,31 @@ def run_dedup(embeddings: str | os.PathLike[str], out: str | os.PathLike[str], o
     """
     started = time.perf_counter() if started is None else started
     timings: dict[str, float] = {}
-    rows = read_store(embeddings)
-    score = options.score_for(len(rows))
+    store = open_store(embeddings)
+    score = options.score_for(len(store))
+    graph_method = choose_graph_method(options.method, images=len(store), dim=store.dim, neighbors=options.neighbors,
+                                       score=score, needs_all_vectors=options.needs_all_vectors,
+                                       memory_budget_bytes=options.memory_budget_bytes)
+    # the ivf graph streams the store: only cluster members' vectors are read, unless something needs them all
+    rows = read_store(store, vectors=graph_method != "ivf" or options.needs_all_vectors)
     directory = prepare_dedup_dir(out, overwrite=options.overwrite, allowed=allowed_in_out)
     with DirectoryLock(directory):
         timings["load"] = time.perf_counter() - started
-        step = threshold_step(rows, options, score, timings)
-        candidates = candidate_pairs(rows, options, step)
+        adjusted = score == "adjusted" and len(rows) >= 2
+        graph = GraphCache(rows.vectors, neighbors=options.neighbors, method=graph_method, device=options.device,
+                           seed=options.seed, record_neighbors=max(options.neighbors, DENSITY_RANK) if adjusted else 0,
+                           progress=options.progress, timings=timings, store_dir=store.directory,
+                           workdir=directory, memory_budget=options.memory_budget)
+        try:
+            step = threshold_step(rows, options, score, graph, timings)
+            candidates = candidate_pairs(rows, options, step)
+        finally:
+            graph.close()
 
         mark = time.perf_counter()
         joined = join_pairs(rows, options, candidates, step.cut, timings)
+        if rows.held is not None:  # read now the vectors the clusters need (their members')
+            rows = rows.holding(np.concatenate(joined.groups) if joined.groups else np.zeros(0, np.int64))
         clusters = build_clusters(rows, joined.groups, options.keep, joined.hasher, joined.matches)
         timings["clusters"] = time.perf_counter() - mark
 
@@ -173,7 +194,7 @@ class ThresholdStep:
     Attributes:
         choice: the threshold, its score and how it was chosen.
         score: what the threshold compares ("cosine", "adjusted" or "verified").
-        graph: the store's k-NN graph (built here for calibration, or later on demand).
+        graph: the store's k-NN graph (built for calibration, or later on demand).
         scorer: how graph pairs are scored (with the density adjustment for "adjusted").
         verified: the verified candidate pairs when ``score == "verified"`` (2 images or more).
     """
@@ -190,10 +211,13 @@ class ThresholdStep:
         return self.choice.value if self.choice.value is not None else 1.0
 
 
-def threshold_step(rows: StoreRows, options: DedupOptions, score: str, timings: dict[str, float]) -> ThresholdStep:
+def threshold_step(rows: StoreRows, options: DedupOptions, score: str, graph: GraphCache,
+                   timings: dict[str, float]) -> ThresholdStep:
     """The given threshold, or one calibrated for ``options.precision`` on edited copies of the store's images.
 
-    Adds ``timings["calibration"]`` (and ``timings["graph"]`` for a graph built meanwhile).
+    ``graph`` is the store's k-NN graph (record_neighbors set for the adjusted score); it is built here
+    when calibration or the density adjustment needs it. Adds ``timings["calibration"]`` (and
+    ``timings["graph"]`` for a graph built meanwhile).
 
     Raises:
         InvalidArgumentError: a 1-image store with ``against`` and no threshold.
@@ -202,9 +226,6 @@ def threshold_step(rows: StoreRows, options: DedupOptions, score: str, timings: 
     mark = time.perf_counter()
     n = len(rows)
     adjusted = score == "adjusted" and n >= 2
-    graph = GraphCache(rows.vectors, neighbors=options.neighbors, method=options.method, device=options.device,
-                       seed=options.seed, record_neighbors=max(options.neighbors, DENSITY_RANK) if adjusted else 0,
-                       progress=options.progress, timings=timings)
     calibrating = options.calibrating and n >= 2
     encoder = store_encoder(rows, options.device) if calibrating and score != "verified" else None
     density, copies = None, None
