@@ -107,3 +107,32 @@ def test_cli_method_ivf_and_memory_budget(planted, tmp_path: Path, capsys) -> No
     code, _, err = run_cli(["dedup", str(store), "--out", str(tmp_path / "b"), "--method", "ivf", "--score",
                             "adjusted"], capsys)
     assert code == 1 and "--score cosine" in err and len(err.strip().splitlines()) == 1
+
+
+def test_nprobe_is_capped_and_a_stale_index_is_cleared_by_overwrite(planted, tmp_path: Path, monkeypatch) -> None:
+    import sslsearch.dedup.index_pairs as index_pairs
+    from sslsearch.dedup.graph_cache import IVF_GRAPH_NPROBE
+    from sslsearch.errors import OutputExistsError
+
+    store, _ = planted
+    asked: list[int] = []
+    search = index_pairs.similar_pairs_from_index
+    monkeypatch.setattr(index_pairs, "similar_pairs_from_index",
+                        lambda *a, **kw: (asked.append(kw["nprobe"]), search(*a, **kw))[1])
+    out = tmp_path / "dups"
+    (out / ".graph-index-left").mkdir(parents=True)  # as an interrupted ivf run leaves it
+    (out / ".graph-index-left" / "index.faiss").write_bytes(b"stale")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        deduplicate(store, out, threshold=THRESHOLD, method="ivf")
+    deduplicate(store, out, threshold=THRESHOLD, method="ivf", overwrite=True)
+    assert not (out / ".graph-index-left").exists() and (out / "summary.json").is_file()
+    assert len(asked) == 1 and 1 <= asked[0] <= IVF_GRAPH_NPROBE
+
+
+def test_graph_cache_examples() -> None:
+    import doctest
+
+    import sslsearch.dedup.graph_cache as graph_cache
+
+    failed, attempted = doctest.testmod(graph_cache, raise_on_error=False, verbose=False)
+    assert attempted >= 4 and failed == 0
