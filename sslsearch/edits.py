@@ -12,8 +12,10 @@ gets. Three presets (``PRESETS``; their edit names in ``EDIT_PRESETS``):
   rotation, each with ranges a little wider than the sample preset; what the embedding scores
   (cosine, adjusted) are calibrated on.
 * ``full`` — the classic edits with a crop keeping down to 70 % of the area and rotations up to 15
-  degrees, plus a pad, a mirror flip and greyscale: the edits people mean by "the same picture"
-  in real collections, and what the verified score (``dedup/verify.py``) is calibrated on.
+  degrees, plus a pad, a mirror flip and greyscale, and brightness (a gain) for the colour shifts:
+  the edits people mean by "the same picture" in real collections, and what the verified score
+  (``dedup/verify.py``) is calibrated on. Its tone check (``dedup/align.py``) takes a change of
+  contrast or saturation for another picture (a recoloured icon is another icon), so the preset has none.
 
 A comma-separated list of edit names (``--edits pad,hflip,jpeg``) chooses exactly those.
 
@@ -34,8 +36,8 @@ from .errors import InvalidArgumentError, unknown_name
 Edit = Callable[[Image.Image, np.random.Generator], Image.Image]
 
 EDITS: tuple[str, ...] = ("jpeg", "resize", "crop", "color", "watermark", "rotate")  # the classic preset
-FULL_EDITS: tuple[str, ...] = ("jpeg", "resize", "wide_crop", "color", "watermark", "wide_rotate", "pad", "hflip",
-                               "grayscale")
+FULL_EDITS: tuple[str, ...] = ("jpeg", "resize", "wide_crop", "brightness", "watermark", "wide_rotate", "pad",
+                               "hflip", "grayscale")
 SAMPLE_EDITS: tuple[str, ...] = ("light_jpeg", "light_resize", "light_crop", "light_brightness", "light_rotate",
                                  "light_watermark")
 SAMPLE_EDIT_LABELS: tuple[str, ...] = ("jpeg", "resize", "crop", "brightness", "rotate", "watermark")
@@ -183,6 +185,11 @@ def color(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     return ImageEnhance.Color(out).enhance(float(rng.uniform(0.7, 1.3)))
 
 
+def brightness(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Brighten or darken by a gain of 0.7..1.3 (clipped at white)."""
+    return ImageEnhance.Brightness(image).enhance(float(rng.uniform(0.7, 1.3)))
+
+
 def watermark(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     """Draw a short text, about 1/8 of the image high, at a random place, opaque or half-transparent."""
     layer = Image.new("RGBA", image.size, (0, 0, 0, 0))
@@ -293,7 +300,8 @@ def light_watermark(image: Image.Image, rng: np.random.Generator) -> Image.Image
 
 
 _APPLY: dict[str, Edit] = {
-    "jpeg": jpeg, "resize": resize, "crop": crop, "color": color, "watermark": watermark, "rotate": rotate,
+    "jpeg": jpeg, "resize": resize, "crop": crop, "color": color, "brightness": brightness, "watermark": watermark,
+    "rotate": rotate,
     "wide_crop": wide_crop, "wide_rotate": wide_rotate, "pad": pad, "hflip": hflip, "grayscale": grayscale,
     "light_jpeg": light_jpeg, "light_resize": light_resize, "light_crop": light_crop,
     "light_brightness": light_brightness, "light_rotate": light_rotate, "light_watermark": light_watermark,

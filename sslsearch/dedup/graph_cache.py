@@ -4,9 +4,10 @@
 Graph methods: the in-memory ``exact`` and ``partitioned`` graphs of ``graph.py`` (every vector in
 memory), and ``ivf``: the graph through an IVF index of the store (``index_pairs.py``), built by
 dedup in a temporary folder inside DUPS and removed at the end — the store streams in chunks and
-only candidate pairs are held; each row visits at most ``IVF_GRAPH_NPROBE`` inverted lists. ``auto`` picks ``ivf`` when a ``memory_budget`` is given, the run
-needs no vector but those of cluster members (a given cosine threshold, no ``--against``), and the
-in-memory graph's estimated memory (``in_memory_graph_bytes``) exceeds the budget.
+only candidate pairs are held; each row visits at most ``IVF_GRAPH_NPROBE`` inverted lists.
+``auto`` picks ``ivf`` when a ``memory_budget`` is given, the run needs no vector but those of
+cluster members (a given cosine threshold, no ``--against``), and the in-memory graph's estimated
+memory (``in_memory_graph_bytes``) exceeds the budget.
 """
 from __future__ import annotations
 
