@@ -1,7 +1,9 @@
 """``deduplicate``: store → threshold → candidate pairs → joined groups → clusters → keep/remove lists, summary, report.
 
 Each step is a function with a typed result, run in order by ``run_dedup`` on checked
-``DedupOptions``: ``read_store`` (``rows.py``), ``threshold_step`` (calibration on edited copies,
+``DedupOptions``: ``choose_graph_method`` (``graph_cache.py``: the in-memory graph, or ivf through
+an index of the store), ``read_store`` (``rows.py``; without the vectors for a streaming ivf run),
+``threshold_step`` (calibration on edited copies,
 or the given value; the k-NN graph is a ``GraphCache`` shared with the next step),
 ``candidate_pairs`` (the graph or the verified candidates, with their scores), ``join_pairs``
 (near pairs at the threshold, identical files and pixels, ``--against`` matches → connected
