@@ -178,7 +178,7 @@ def quality(args: argparse.Namespace, work: Path) -> dict[str, object]:
         return ours, result
 
     ours, result = run("auto")  # the default with a calibrated threshold (verified since the real-image sets)
-    ours_cosine, _ = run(args.compare_score)
+    ours_cosine = run(args.compare_score)[0] if args.compare_score != "none" else None
 
     table = EmbeddingStore.open(work / "emb").read_all(("id", "embedding"))
     vectors = np.empty_like(table.embeddings)
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", default=None,
                         help="a real dedup set of benchmarks/real_sets.py (e.g. icons-dedup) instead of sample data")
     parser.add_argument("--data-root", type=Path, default=Path("data/real"), help="where real_sets.py built the sets")
-    parser.add_argument("--compare-score", default="adjusted", help="second score run beside the default")
+    parser.add_argument("--compare-score", default="adjusted", help="second score run beside the default ('none': skip it)")
     parser.add_argument("--full", action="store_true", help="2000 images; 100k and 1M vectors")
     parser.add_argument("--encoder", default="timm:resnet18",
                         help="timm:<name> (random init) or a `sslsearch train` run directory")
@@ -370,7 +370,8 @@ def main(argv: list[str] | None = None) -> None:
         if figures["ours_best_threshold"] is not None:
             rows.append(("sslsearch, best threshold (oracle)", f"{figures['ours_best_threshold']['threshold']:.4f}",
                          figures["ours_best_threshold"]))
-        rows += [(f"  {args.compare_score} score, auto", f"{cosine['threshold']:.4f}", cosine)]
+        if cosine is not None:
+            rows += [(f"  {args.compare_score} score, auto", f"{cosine['threshold']:.4f}", cosine)]
         if figures["ours_best_threshold_cosine"] is not None:
             rows.append(("  cosine score, best (oracle)", f"{figures['ours_best_threshold_cosine']['threshold']:.4f}",
                          figures["ours_best_threshold_cosine"]))
