@@ -109,8 +109,8 @@ def deduplicate(data: PathLike, out: PathLike, *, encoder: str | None = None, we
         encoder, weights, image_size, batch_size, pretrained, allow_download: how to embed images (as
             ``embed_images``).
         **options: those of ``sslsearch.dedup.deduplicate``: ``threshold``, ``precision``, ``keep``,
-            ``neighbors``, ``method``, ``sample_size``, ``seed``, ``against``, ``score``, ``report``,
-            ``report_max_clusters``, ``progress``.
+            ``neighbors``, ``method``, ``sample_size``, ``seed``, ``against``, ``score``, ``edits``, ``report``,
+            ``report_max_clusters``, ``progress``, ``memory_budget``.
 
     Returns:
         A ``DedupResult``: ``.clusters`` (``DuplicateCluster``: ``.keeper``, ``.removed``), ``.removed`` (a
