@@ -61,7 +61,7 @@ def machine(threads: int) -> dict[str, Any]:
     except OSError:
         load = None
     return {"host": platform.node(), "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "threads": threads, "load_1min_at_start": load, "python": platform.python_version(),
+            "threads": threads, "load_1min_at_start": load, "nice": os.nice(0), "python": platform.python_version(),
             "numpy": np.__version__, "faiss": faiss.__version__, "sslsearch": __version__,
             "faiss_gpus": int(faiss.get_num_gpus())}
 
@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--work-dir", type=Path, default=None, help="keep the store and index here (default: temp)")
+    parser.add_argument("--delete-after", action="store_true", help="delete --work-dir's store and index when done")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
@@ -195,7 +196,8 @@ def main(argv: list[str] | None = None) -> None:
                             "exact_qps_batch": round(len(queries) / exact_seconds, 2),
                             "speedup_vs_exact": round(tuned["qps"] * exact_seconds / len(queries), 1)}
     finally:
-        if args.work_dir is None:
+        record["machine"]["load_1min_at_end"] = os.getloadavg()[0]
+        if args.work_dir is None or args.delete_after:
             shutil.rmtree(work, ignore_errors=True)
     report(record)
     if not args.no_save:

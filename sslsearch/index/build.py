@@ -208,7 +208,7 @@ def build_index(store_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
     n, dim = len(store), store.dim
     spec = choose_index_spec(n, dim, kind=kind, memory_budget_bytes=budget)
     out_dir = check_index_output(out, overwrite=overwrite)
-    if Path(store_dir).resolve() == out_dir.resolve():
+    if store.location.is_local and Path(store.location.root).resolve() == out_dir.resolve():
         raise InvalidArgumentError(f"--out {out} is the embedding store itself; write the index to its own directory")
     chunk_rows = CHUNK_ROWS if budget is None else int(max(1024, min(CHUNK_ROWS, budget // (10 * 8 * dim))))
     timings: dict[str, float] = {}
@@ -294,7 +294,7 @@ def build_index(store_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
             return IndexCard(
                 factory=factory, kind=spec.kind, metric=spec.metric, dim=dim, ntotal=int(index.ntotal),
                 search_params=params, encoder=dict(store.encoder),
-                store={"path": str(Path(store_dir).resolve()), "manifest_sha256": manifest_hash(store_dir), "rows": n},
+                store={"path": store.uri, "manifest_sha256": manifest_hash(store.location), "rows": n},
                 build_seconds=round(time.perf_counter() - started, 3), peak_memory_bytes=memory.peak_growth,
                 recall_at_10=None if recall is None else round(float(recall), 4),
                 n_eval_queries=len(queries) if recall is not None else 0,

@@ -131,7 +131,7 @@ def build_ondisk_index(store_dir: str | os.PathLike[str], out: str | os.PathLike
     part_budget = (memory_budget_bytes or 2**62) // (PART_SHARE * workers)
     chunk_rows = int(max(1024, min(in_memory.CHUNK_ROWS, part_budget // (8 * dim))))
     out_dir = check_index_output(out, overwrite=overwrite)
-    if Path(store_dir).resolve() == out_dir.resolve():
+    if store.location.is_local and Path(store.location.root).resolve() == out_dir.resolve():
         raise InvalidArgumentError(f"--out {out} is the embedding store itself; write the index to its own directory")
     work = out_dir / BUILD_FOLDER
     timings: dict[str, float] = {}
@@ -224,7 +224,7 @@ def build_ondisk_index(store_dir: str | os.PathLike[str], out: str | os.PathLike
                 return IndexCard(
                     factory=spec.factory, kind=spec.kind, metric=spec.metric, dim=dim, ntotal=int(merged.ntotal),
                     search_params=params, encoder=dict(store.encoder),
-                    store={"path": str(Path(store_dir).resolve()), "manifest_sha256": manifest_hash(store_dir),
+                    store={"path": store.uri, "manifest_sha256": manifest_hash(store.location),
                            "rows": n},
                     build_seconds=round(time.perf_counter() - started, 3), peak_memory_bytes=memory.peak_growth,
                     recall_at_10=None if recall is None else round(float(recall), 4),
