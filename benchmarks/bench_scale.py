@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/bench_scale.py                   # 2M × 384, on-disk IVF-SQ8 (~15 min on 2 cores)
     .venv/bin/python benchmarks/bench_scale.py --quick           # 100k × 128, CI-sized
-    .venv/bin/python benchmarks/bench_scale.py --n 10000000      # 10M × 384 (hours on 2 cores; ~11 GiB of disk)
+    .venv/bin/python benchmarks/bench_scale.py --n 5000000 --work-dir /tmp/s5m --delete-after   # 5M × 384 (~50 min, 6 GiB)
+    .venv/bin/python benchmarks/bench_scale.py --n 10000000 --memory-budget 4GB   # 10M (IVF16384 needs ≥ 3.9 GB to train)
 
 Data: clustered, low-intrinsic-dimension synthetic embeddings (``sslsearch.index.synthetic``) written
 as a float16 store with ``StoreWriter`` (100k-row shards; n/20 for small n), as ``sslsearch embed`` writes them; 1,000
@@ -224,6 +225,9 @@ def report(record: dict[str, Any]) -> None:
     print(f"  QPS          {search['tuned_qps_batch']:,.0f} (batch of {record['queries']}) = "
           f"{search['speedup_vs_exact']}× exact search ({search['exact_qps_batch']:,.1f} QPS); single query "
           f"{search['single_query_ms']:.2f} ms")
+    box = record["machine"]
+    print(f"  machine      {box['cores']} cores, nice {box.get('nice')}, 1-min load {box['load_1min_at_start']:.1f} at the "
+          f"start, {box.get('load_1min_at_end', float('nan')):.1f} at the end (a shared box: times are upper bounds)")
 
 
 if __name__ == "__main__":

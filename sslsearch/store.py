@@ -175,8 +175,10 @@ def _join(where: object, name: str) -> str:
 
 
 def _where(location: StoreLocation, given: StorePath) -> Path | str:
-    """The store's name in messages and ``.directory``: the Path as given for a local store, else the URI."""
-    return Path(given) if location.is_local else location.uri
+    """The store's name in messages and ``.directory``: a Path for a local store (as given), else the URI."""
+    if not location.is_local:
+        return location.uri
+    return Path(location.root) if "://" in os.fspath(given) else Path(given)  # file:///abs/emb → /abs/emb
 
 
 def _embedding_matrix(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:

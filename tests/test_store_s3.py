@@ -197,3 +197,16 @@ def test_ray_engine_writes_to_s3_same_vectors_as_local_disk(ray_cluster, s3, ima
     remote = EmbeddingStore.open(uri)
     assert remote.manifest.skipped == local_store.manifest.skipped
     _same_rows(remote, local_store)
+
+
+def test_endpoint_in_the_uri_query_instead_of_the_environment(s3, monkeypatch):
+    """``?endpoint_override=host:port&scheme=http`` works without AWS_ENDPOINT_URL (the other documented way)."""
+    endpoint = os.environ["AWS_ENDPOINT_URL"].removeprefix("http://")
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    uri = f"{s3}/query/emb?endpoint_override={endpoint}&scheme=http"
+    vectors = np.eye(4, dtype=np.float32)
+    with StoreWriter(uri, dim=4, dtype="float32", encoder={"id": "e"}, source_root="/") as writer:
+        writer.write(np.arange(4), [f"{i}.png" for i in range(4)], vectors)
+    store = EmbeddingStore.open(uri)
+    assert store.directory == uri and len(store) == 4
+    np.testing.assert_array_equal(store.read_all().embeddings, vectors)
