@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_scale.py                   # 2M × 384, on-disk IVF-SQ8 (~15 min on 2 cores)
     .venv/bin/python benchmarks/bench_scale.py --quick           # 100k × 128, CI-sized
-    .venv/bin/python benchmarks/bench_scale.py --n 5000000 --work-dir /tmp/s5m --delete-after   # 5M × 384 (~50 min, 6 GiB)
+    .venv/bin/python benchmarks/bench_scale.py --n 5000000 --work-dir /tmp/s5m --delete-after   # 5M: ~1 h on 2 loaded cores, 5.3 GiB
     .venv/bin/python benchmarks/bench_scale.py --n 10000000 --memory-budget 4GB   # 10M (IVF16384 needs ≥ 3.9 GB to train)
 
 Data: clustered, low-intrinsic-dimension synthetic embeddings (``sslsearch.index.synthetic``) written
@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         card, driver_peak = build_in_process(store_dir, index_dir, args)
         record["build"] = {"seconds": round(time.perf_counter() - started, 1), "factory": card.factory,
-                           "card_recall_at_10": card.recall_at_10, "nprobe": card.search_params.get("nprobe"),
+                           "card_recall_at_10": card.recall_at_10, "card_qps": card.qps,
+                           "nprobe": card.search_params.get("nprobe"),
                            "timings": card.timings, "driver_peak_growth_bytes": card.peak_memory_bytes,
                            "driver_peak_rss_bytes": driver_peak,
                            "worker_peak_rss_bytes": card.build_params["worker_peak_memory_bytes"],

@@ -73,6 +73,8 @@ def test_card_records_recall_vs_exact_and_the_parts(ondisk_index, store):
     assert params["ivfdata_bytes"] == (ondisk_index / ONDISK_DATA).stat().st_size
     assert params["worker_peak_memory_bytes"] > 0
     assert card["recall_at_10"] >= 0.9 and card["n_eval_queries"] == 500
+    tuned = [p for p in card["tuning"] if p["search_params"] == card["search_params"]]
+    assert len(tuned) == 1 and tuned[0]["qps_batch"] > 0  # the card's QPS at the tuned nprobe
     assert sorted(p.name for p in ondisk_index.iterdir()) == ["index.faiss", "index.ivfdata", "index.json"]
     assert not (ondisk_index / BUILD_FOLDER).exists()
 

@@ -118,18 +118,25 @@ def _ladder(spec: IndexSpec, index: Any) -> list[dict[str, int]]:
 
 def _tune(spec: IndexSpec, index: Any, queries: np.ndarray, query_ids: np.ndarray, truth: np.ndarray, k: int,
           target: float, *, held_out: bool) -> tuple[dict[str, int], float | None, list[dict[str, Any]]]:
-    """The smallest search setting whose recall@k reaches ``target`` (else the smallest near the best)."""
+    """The smallest search setting whose recall@k reaches ``target`` (else the smallest near the best).
+
+    Each point also records the queries per second of that search (one batch of all the queries,
+    on this process's threads, while the build runs): the card's QPS.
+    """
     if len(queries) == 0:
         return dict(spec.search_params), None, []
     points: list[dict[str, Any]] = []
     for params in _ladder(spec, index):
         apply_search_params(index, params)
+        tick = time.perf_counter()
         if held_out:
             found = index.search(queries, k)[1]
         else:  # the queries are in the index: search one more and leave each query's own id out
             found = drop_self_matches(index.search(queries, k + 1)[1], query_ids, k)
+        seconds = time.perf_counter() - tick
         recall = recall_at_k(found, truth)
-        points.append({"search_params": params, "recall": round(recall, 4)})
+        points.append({"search_params": params, "recall": round(recall, 4),
+                       "qps_batch": round(len(queries) / seconds, 1) if seconds > 0 else None})
         if recall >= target:
             return params, recall, points
     best = max(p["recall"] for p in points)
