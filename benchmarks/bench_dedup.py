@@ -1,6 +1,6 @@
 """Dedup benchmark: quality on planted near-duplicates vs perceptual hashes, and k-NN graph scale.
 
-Quality: the sample data set (``sslsearch.sample_data``: shapes on varied backgrounds, 5% of the
+Quality: the sample data set (``sslsearch.make_sample_dataset``: shapes on varied backgrounds, 5% of the
 images are edited copies — JPEG, resize, crop, brightness, rotation, watermark — listed in
 ``near_duplicates.csv``) is embedded, ``deduplicate`` runs with the automatic threshold
 (``--precision``, self-calibrated), once with the default density-adjusted score and once with
@@ -10,7 +10,7 @@ Hamming threshold (chosen with the ground truth, so an upper bound for them), an
 own best threshold for each score (the ceiling the calibration could reach).
 
 Scale: the k-NN graph + union-find clusters of synthetic 384-d embeddings
-(``sslsearch.index.synthetic``, clustered, low intrinsic dimension) with 1% planted duplicate
+(``sslsearch.synthetic_embeddings``, clustered, low intrinsic dimension) with 1% planted duplicate
 pairs (cosine 0.92-0.99), each size in its own process so peak RSS is that run's alone. The
 reference is the exact graph's rows/s in the same run (on a slice of the rows when the full
 exact graph would take too long); partitioned recall is measured against exact search.
@@ -39,11 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sslsearch import __version__
-from sslsearch.dedup import connected_groups, deduplicate, similar_pairs
-from sslsearch.embed import embed_images
-from sslsearch.sample_data import make_sample_dataset, read_near_duplicate_edits, read_near_duplicates
-from sslsearch.sources import list_images, load_image
+from sslsearch import (EmbeddingStore, __version__, connected_groups, deduplicate, embed_images, exact_search,
+                       list_images, load_image, make_sample_dataset, similar_pairs, synthetic_embeddings)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import git_commit  # noqa: E402 - the benchmarks' shared commit record
@@ -138,12 +135,19 @@ def real_set(root: Path) -> tuple[Path, list[tuple[str, str]], dict[tuple[str, s
     return images, pairs, {pair: tuple(r["edits"].split("+")) for pair, r in zip(pairs, rows)}
 
 
+def sample_edits(root: Path) -> dict[tuple[str, str], tuple[str, ...]]:
+    """(original, copy) → the edits that made the copy, e.g. ("crop", "rotate"), from the sample's near_duplicates.csv."""
+    with open(root / "near_duplicates.csv", newline="", encoding="utf-8") as handle:
+        return {(row["original"], row["copy"]): tuple(e for e in (row.get("edits") or "").split("+") if e)
+                for row in csv.DictReader(handle)}
+
+
 def quality(args: argparse.Namespace, work: Path) -> dict[str, object]:
     if args.dataset:
         root, planted, edits = real_set(args.data_root / args.dataset)
     else:
         data = make_sample_dataset(work / "images", n_images=args.n_images, image_size=64, seed=args.seed)
-        root, planted, edits = data.root, read_near_duplicates(data.root), read_near_duplicate_edits(data.root)
+        root, planted, edits = data.root, data.near_duplicates, sample_edits(data.root)
     source = list_images(root)
     paths = [source.abs_path(r) for r in source.records]
     row = {r.path: r.id for r in source.records}
@@ -174,9 +178,7 @@ def quality(args: argparse.Namespace, work: Path) -> dict[str, object]:
         return ours, result
 
     ours, result = run("auto")  # the default with a calibrated threshold (verified since the real-image sets)
-    ours_cosine, _ = run(args.compare_score)
-
-    from sslsearch.store import EmbeddingStore
+    ours_cosine = run(args.compare_score)[0] if args.compare_score != "none" else None
 
     table = EmbeddingStore.open(work / "emb").read_all(("id", "embedding"))
     vectors = np.empty_like(table.embeddings)
@@ -218,8 +220,6 @@ def quality(args: argparse.Namespace, work: Path) -> dict[str, object]:
 
 def planted_vectors(n: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Synthetic embeddings with 1% of the rows replaced by near copies (cosine ~0.92-0.99) of other rows."""
-    from sslsearch.index.synthetic import synthetic_embeddings
-
     vectors = synthetic_embeddings(n, dim, seed=seed, noise=0.3)  # natural neighbours stay below ~0.9
     rng = np.random.default_rng([seed, 9])
     copies = max(1, n // 100)
@@ -268,8 +268,7 @@ def _scale_child(n: int, dim: int, method: str, query_rows: int, device: str, se
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
-    from sslsearch.index.exact import exact_search  # noqa: F401 - imported before the baseline is taken
-
+    # torch and faiss came in with the sslsearch imports at the top: the baseline below includes them
     baseline = _current_rss_mb()
     vectors, sources, targets = planted_vectors(n, dim, seed)
     after_data = _current_rss_mb()
@@ -291,8 +290,6 @@ def _scale_child(n: int, dim: int, method: str, query_rows: int, device: str, se
         if method == "partitioned":
             record["recall_vs_exact"] = _recall_vs_exact(vectors, found, targets, device, seed)
     else:  # exact reference on a slice of the query rows (the full graph would take too long)
-        from sslsearch.index.exact import exact_search
-
         exact_search(vectors[:query_rows], vectors, 17, device=device, backend="faiss" if device == "cpu" else "torch")
         graph_seconds = time.perf_counter() - started
         record.update(query_rows=query_rows, graph_seconds=round(graph_seconds, 2),
@@ -305,8 +302,6 @@ def _scale_child(n: int, dim: int, method: str, query_rows: int, device: str, se
 def _recall_vs_exact(vectors: np.ndarray, found: set, targets: np.ndarray, device: str, seed: int) -> float:
     """Of the exact graph's pairs (>= 0.9, k=16) touching sampled rows (1000 random and up to 2000 planted copies;
     250 and 250 above 200k rows), the fraction the partitioned graph found."""
-    from sslsearch.index.exact import exact_search
-
     rng = np.random.default_rng([seed, 5])
     random_rows, planted_rows = (1000, 2000) if len(vectors) <= 200_000 else (250, 250)  # exact costs rows × n
     rows = np.union1d(rng.choice(len(vectors), min(random_rows, len(vectors)), replace=False),
@@ -336,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", default=None,
                         help="a real dedup set of benchmarks/real_sets.py (e.g. icons-dedup) instead of sample data")
     parser.add_argument("--data-root", type=Path, default=Path("data/real"), help="where real_sets.py built the sets")
-    parser.add_argument("--compare-score", default="adjusted", help="second score run beside the default")
+    parser.add_argument("--compare-score", default="adjusted", help="second score run beside the default ('none': skip it)")
     parser.add_argument("--full", action="store_true", help="2000 images; 100k and 1M vectors")
     parser.add_argument("--encoder", default="timm:resnet18",
                         help="timm:<name> (random init) or a `sslsearch train` run directory")
@@ -375,7 +370,8 @@ def main(argv: list[str] | None = None) -> None:
         if figures["ours_best_threshold"] is not None:
             rows.append(("sslsearch, best threshold (oracle)", f"{figures['ours_best_threshold']['threshold']:.4f}",
                          figures["ours_best_threshold"]))
-        rows += [(f"  {args.compare_score} score, auto", f"{cosine['threshold']:.4f}", cosine)]
+        if cosine is not None:
+            rows += [(f"  {args.compare_score} score, auto", f"{cosine['threshold']:.4f}", cosine)]
         if figures["ours_best_threshold_cosine"] is not None:
             rows.append(("  cosine score, best (oracle)", f"{figures['ours_best_threshold_cosine']['threshold']:.4f}",
                          figures["ours_best_threshold_cosine"]))

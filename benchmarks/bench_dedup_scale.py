@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_scale.py --work-dir /tmp/scale2m        # writes the store + index first
     .venv/bin/python benchmarks/bench_dedup_scale.py --work-dir /tmp/scale2m --floor 0.9
 
-Runs ``dedup.index_pairs.similar_pairs_from_index`` over the store and index that bench_scale.py
+Runs ``sslsearch.similar_pairs_from_index`` over the store and index that bench_scale.py
 left in --work-dir (``emb/``, ``idx/``): time, rows/s, pairs, the process's peak memory. Reference
 in the same run: for ``--sample`` random rows, exact search (``exact_search`` streaming the store)
 gives every neighbour above the floor among the ``--neighbors`` nearest; the pair recall is the
@@ -22,10 +22,8 @@ from typing import Any
 import numpy as np
 
 from bench_scale import RESULTS, git_commit, log, machine
-from sslsearch.dedup.index_pairs import similar_pairs_from_index
-from sslsearch.distributed.index_part import peak_rss_bytes
-from sslsearch.index import exact_search
-from sslsearch.store import EmbeddingStore
+from memory import peak_rss_bytes
+from sslsearch import EmbeddingStore, exact_search, similar_pairs_from_index
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,8 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sslsearch import __version__, create_encoder, embed_images, list_images, load_image
-from sslsearch.embed import default_workers, usable_cores
+from sslsearch import __version__, create_encoder, default_workers, embed_images, list_images, load_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import git_commit  # noqa: E402 - the benchmarks' shared commit record
@@ -91,6 +90,14 @@ def time_end_to_end(encoder, data: Path, out: Path, *, batch_size: int, workers:
     return result.embedded_now / (time.perf_counter() - started), (cpu_seconds() - cpu) / result.embedded_now
 
 
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; all cores where that is not known)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def machine() -> dict[str, object]:

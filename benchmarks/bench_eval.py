@@ -17,7 +17,7 @@ search and the votes (k-NN, 4 ks × 2 votes) or the relevance, recall, precision
     python benchmarks/bench_eval.py --full      # 100,000 vs 1,000,000 (the issue's size: use a GPU)
     python benchmarks/bench_eval.py --full --commands-only   # the same, only the two commands (CPU: ~20 min)
 
-Vectors come from ``sslsearch.index.synthetic`` (clustered, low intrinsic dimension, dim 384),
+Vectors come from ``sslsearch.synthetic_embeddings`` (clustered, low intrinsic dimension, dim 384),
 stored as float16 like ``sslsearch embed`` does; labels (10 classes, the argmax of random
 projections) only give the votes and AP something to count: timing does not depend on them. Medians of repeats after a warm-up. Appends one
 JSON line to benchmarks/results/eval.jsonl.
@@ -37,10 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sslsearch import StoreWriter, __version__, exact_search, resolve_device
-from sslsearch.evaluate import knn_evaluate, retrieval_evaluate
-from sslsearch.evaluate.labels import load_split
-from sslsearch.index.synthetic import iter_synthetic_embeddings
+from sslsearch import (StoreWriter, __version__, evaluate_knn, evaluate_retrieval, exact_search, iter_synthetic_embeddings,
+                       load_split, resolve_device)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import git_commit  # noqa: E402 - the benchmarks' shared commit record
@@ -185,9 +183,9 @@ def main(argv: list[str] | None = None) -> None:
         record("read both stores (load_split)", median_seconds(read_stores, repeats, lambda: None))
         split = loaded["split"]
         record("bench knn after reading (search k=200, votes)",
-               median_seconds(lambda: knn_evaluate(split, device=str(device)), repeats, lambda: None))
+               median_seconds(lambda: evaluate_knn(split, device=str(device)), repeats, lambda: None))
         record("bench retrieval after reading (search k=100, mAP@100)",
-               median_seconds(lambda: retrieval_evaluate(split, device=str(device)), repeats, lambda: None))
+               median_seconds(lambda: evaluate_retrieval(split, device=str(device)), repeats, lambda: None))
         read = figures["read both stores (load_split)"]["seconds"]
         for name, key in (("bench knn end to end", "bench knn after reading (search k=200, votes)"),
                           ("bench retrieval end to end", "bench retrieval after reading (search k=100, mAP@100)")):

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_index.py --full      # 1M × 384 (long: three HNSW builds)
     .venv/bin/python benchmarks/bench_index.py --quick     # 30k × 128, CI-sized
 
-Data: clustered, low-intrinsic-dimension synthetic embeddings (``sslsearch.index.synthetic``),
+Data: clustered, low-intrinsic-dimension synthetic embeddings (``sslsearch.synthetic_embeddings``),
 written as a float16 store like ``sslsearch embed`` writes; every library indexes the same
 float16-rounded vectors, and 1,000 held-out vectors of the same distribution are the queries.
 
@@ -35,10 +35,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sslsearch import EmbeddingStore, StoreWriter, __version__, build_index, exact_search, load_index, recall_at_k
-from sslsearch.index.build import EF_SEARCH_LADDER, NPROBE_LADDER
-from sslsearch.index.search import apply_search_params
-from sslsearch.index.synthetic import iter_synthetic_embeddings, synthetic_embeddings
+from sslsearch import (EmbeddingStore, StoreWriter, __version__, build_index, exact_search, iter_synthetic_embeddings,
+                       load_index, recall_at_k, synthetic_embeddings)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import git_commit  # noqa: E402 - the benchmarks' shared commit record
@@ -47,7 +45,9 @@ RESULTS = Path(__file__).parent / "results" / "index.jsonl"
 M = 32
 EF_CONSTRUCTION = 200  # the peers' (hnswlib's default); sslsearch uses its own choice (spec.HNSW_EF_CONSTRUCTION)
 TARGET = 0.95
-PEER_EF = EF_SEARCH_LADDER  # the same efSearch steps for every library
+# efSearch steps of the peers: sslsearch's own HNSW ladder (Index.search_param_ladder) when it built HNSW, so every
+# library sweeps the same steps; these (that ladder when written) when it chose another kind
+PEER_EF = (10, 12, 16, 20, 24, 28, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 384, 512, 768, 1024)
 
 
 
@@ -134,7 +134,6 @@ def at_target(points: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def bench_ann(store_dir: Path, tmp: Path, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, *,
               threads: int, repeats: int, peers: bool) -> dict[str, Any]:
-    import faiss
     import hnswlib
     from usearch.index import Index as UsearchIndex
 
@@ -147,21 +146,16 @@ def bench_ann(store_dir: Path, tmp: Path, vectors: np.ndarray, queries: np.ndarr
     card = build_index(store_dir, tmp / "idx", kind="auto", memory_budget="4GB", progress=False)
     total = time.perf_counter() - started
     index = load_index(tmp / "idx")
-    if card.kind == "hnsw":
-        settings = [{"efSearch": ef} for ef in EF_SEARCH_LADDER]
-    elif card.kind in ("ivf", "ivfpq"):
-        nlist = faiss.extract_index_ivf(index.faiss_index).nlist
-        settings = [{"nprobe": p} for p in NPROBE_LADDER if p <= nlist]
-    else:
-        settings = [{}]
+    settings = index.search_param_ladder()  # efSearch (HNSW) or nprobe (IVF) steps, fastest first
+    peer_ef = [s["efSearch"] for s in settings] if card.kind == "hnsw" else list(PEER_EF)
 
     def ours(setting: dict[str, Any]) -> np.ndarray:
-        apply_search_params(index.faiss_index, setting)
+        index.set_search_params(setting)
         return index.search_arrays(queries, k)[1]
 
     log("sslsearch: sweep ...")
     points = sweep(ours, settings, queries, truth, repeats)
-    apply_search_params(index.faiss_index, card.search_params)
+    index.set_search_params(card.search_params)
     tuned_recall = recall_at_k(index.search_arrays(queries, k)[1], truth)
     results["sslsearch"] = {"factory": card.factory, "build_seconds": round(total, 2),
                             "build_phases": card.timings, "card_recall_at_10": card.recall_at_10,
@@ -184,7 +178,7 @@ def bench_ann(store_dir: Path, tmp: Path, vectors: np.ndarray, queries: np.ndarr
         return peer.knn_query(queries, k=k, num_threads=threads)[0].astype(np.int64)
 
     log("hnswlib: sweep ...")
-    points = sweep(hnswlib_search, list(PEER_EF), queries, truth, repeats)
+    points = sweep(hnswlib_search, peer_ef, queries, truth, repeats)
     results["hnswlib"] = {"build_seconds": round(build, 2), "sweep": points, "at_target": at_target(points)}
     del peer
 
@@ -200,7 +194,7 @@ def bench_ann(store_dir: Path, tmp: Path, vectors: np.ndarray, queries: np.ndarr
         return np.asarray(peer_u.search(queries, k, threads=threads).keys, dtype=np.int64)
 
     log("usearch: sweep ...")
-    points = sweep(usearch_search, list(PEER_EF), queries, truth, repeats)
+    points = sweep(usearch_search, peer_ef, queries, truth, repeats)
     results["usearch"] = {"build_seconds": round(build, 2), "sweep": points, "at_target": at_target(points)}
     return results
 

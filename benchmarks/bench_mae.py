@@ -1,6 +1,6 @@
 """MAE benchmark: training images/s vs a plain-PyTorch MAE loop, and feature quality after a fixed wall-clock budget.
 
-Throughput: ``sslsearch.ssl.train`` with ``--method mae`` against a hand-written MAE step in plain
+Throughput: ``sslsearch.train`` with ``--method mae`` against a hand-written MAE step in plain
 PyTorch (the same timm ViT encoder on the visible patches, a decoder of timm blocks of the same
 size, the same masking, loss and AdamW, fed by a plain DataLoader with the same crop + flip) on
 the same images, batch and worker count. Repeats are interleaved (plain, sslsearch, plain, ...)
@@ -39,11 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from sslsearch import (TrainConfig, __version__, class_retrieval, create_backbone, create_encoder, knn_accuracy,
-                       linear_probe, list_images, load_image)
-from sslsearch.ssl import train
-from sslsearch.ssl.config import from_flat
-from sslsearch.ssl.rundir import read_metrics
+from sslsearch import (TrainConfig, __version__, class_retrieval, create_backbone, create_encoder, default_preprocessing,
+                       knn_accuracy, linear_probe, list_images, load_image, make_sample_dataset, read_metrics,
+                       save_encoder, train, train_config)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import git_commit  # noqa: E402 - the benchmarks' shared commit record
@@ -115,9 +113,6 @@ def plain_loop_images_per_second(images: list, config: TrainConfig, steps: int) 
     """Median images/s of steps 3… of a plain loop: DataLoader → PlainMAE → backward → AdamW step."""
     from torchvision import transforms as T
 
-    from sslsearch import default_preprocessing
-    from sslsearch.devices import compute_threads
-
     kwargs = {**config.model_kwargs, "img_size": config.image_size}
     encoder, _ = create_backbone(config.backbone, **kwargs)
     patch = int(encoder.patch_embed.patch_size[0])
@@ -131,7 +126,8 @@ def plain_loop_images_per_second(images: list, config: TrainConfig, steps: int) 
                            T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(pre.mean, pre.std)])
     workers = config.workers or 0
     threads = torch.get_num_threads()
-    torch.set_num_threads(compute_threads(workers))  # what the trainer does: loader processes + threads = cores
+    # what the trainer does on the CPU: loader processes + torch threads = cores, so neither waits on the other
+    torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 2) - workers)))
     loader = torch.utils.data.DataLoader(CropFlip(images, transform), batch_size=config.batch_size, shuffle=True,
                                          drop_last=True, num_workers=workers, persistent_workers=workers > 0,
                                          prefetch_factor=4 if workers else None)
@@ -156,11 +152,11 @@ def plain_loop_images_per_second(images: list, config: TrainConfig, steps: int) 
 
 
 def trainer_images_per_second(data: Path, config: TrainConfig, steps: int, out: Path) -> float:
-    """Median images/s of steps 3… of ``sslsearch.ssl.train`` (from metrics.jsonl, logged every step)."""
+    """Median images/s of steps 3… of ``sslsearch.train`` (from metrics.jsonl, logged every step)."""
     epochs = steps * config.batch_size / len(list_images(data).records)
     run = dataclasses.replace(config, data=str(data), out=str(out), epochs=epochs, log_every_steps=1,
                               checkpoint_every_steps=10**9, progress=False)
-    train(run)
+    train(config=run)
     rates = [r["images_per_second"] for r in read_metrics(out) if "images_per_second" in r and "event" not in r]
     return statistics.median(rates[2:])
 
@@ -210,9 +206,6 @@ def score(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray | None,
 
 def random_init_encoder(config: TrainConfig, directory: Path):
     """The trained architecture at its seeded random init, pooled as MAE exports (mean of patch tokens)."""
-    from sslsearch import default_preprocessing
-    from sslsearch.encoders import save_encoder
-
     kwargs = {**config.model_kwargs, "img_size": config.image_size, "global_pool": "avg", "fc_norm": False}
     backbone, _ = create_backbone(config.backbone, **kwargs)
     save_encoder(directory, backbone, backbone=config.backbone, model_kwargs=kwargs,
@@ -236,8 +229,8 @@ def quality(data: Path, queries: Path | None, variants: dict[str, TrainConfig], 
                                                     query_labels)})
     for name, config in variants.items():
         out = work / f"run-{name}"
-        result = train(dataclasses.replace(config, data=str(data), out=str(out), max_minutes=minutes, epochs=None,
-                                           checkpoint_every_steps=10**9, progress=False))
+        result = train(config=dataclasses.replace(config, data=str(data), out=str(out), max_minutes=minutes,
+                                                  epochs=None, checkpoint_every_steps=10**9, progress=False))
         losses = [r["loss"] for r in read_metrics(out) if "loss" in r and "event" not in r]
         encoder = create_encoder(out, device="cpu")
         scores = score(embed(encoder, bank_images), bank_labels,
@@ -303,18 +296,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--no-save", action="store_true", help="do not append to benchmarks/results/mae.jsonl")
     args = parser.parse_args(argv)
-    from sslsearch.ssl.config import parse_assignments
-
     image_size = args.image_size or (32 if args.quick else 64)
     minutes = args.minutes or (1 / 3 if args.quick else 10.0)
     steps = args.steps or (5 if args.quick else 8)
     repeats = args.repeats or (1 if args.quick else 3)
     n_images = args.n_images or (200 if args.quick else 1000)
     chosen = args.variants.split(",") if args.variants else (["paper"] if args.quick else list(VARIANTS))
-    base = {"method": "mae", "backbone": args.backbone, "model_kwargs": {"patch_size": args.patch_size},
-            "image_size": image_size, "batch_size": args.batch_size, "workers": args.workers,
-            **parse_assignments(args.assignments)}
-    variants = {name: from_flat({**base, **parse_assignments(VARIANTS[name])}, TrainConfig()) for name in chosen}
+    base = train_config(method="mae", backbone=args.backbone, image_size=image_size, batch_size=args.batch_size,
+                        workers=args.workers, settings={"model_kwargs": {"patch_size": args.patch_size}})
+    variants = {name: train_config(config=base, settings=[*args.assignments, *VARIANTS[name]]) for name in chosen}
     config = variants[chosen[0]]
     info, commit = machine(), git_commit()  # the code measured, even if HEAD moves during a long run
     rows: list[dict[str, object]] = []
@@ -326,8 +316,6 @@ def main(argv: list[str] | None = None) -> None:
         dataset_name = str(data) if data else \
             f"sample data ({n_images} images, seed 0; queries: {n_images // 2}, seed 1)"
         if data is None:
-            from sslsearch.sample_data import make_sample_dataset
-
             data = make_sample_dataset(work / "sample", n_images=n_images, image_size=image_size, seed=0).root
             queries = make_sample_dataset(work / "sample-queries", n_images=n_images // 2, image_size=image_size,
                                           seed=1).root

@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/bench_scale.py --n 5000000 --work-dir /tmp/s5m --delete-after   # 5M: ~1 h on 2 loaded cores, 5.3 GiB
     .venv/bin/python benchmarks/bench_scale.py --n 10000000 --memory-budget 4GB   # 10M (IVF16384 needs ≥ 3.9 GB to train)
 
-Data: clustered, low-intrinsic-dimension synthetic embeddings (``sslsearch.index.synthetic``) written
+Data: clustered, low-intrinsic-dimension synthetic embeddings (``sslsearch.synthetic_embeddings``) written
 as a float16 store with ``StoreWriter`` (100k-row shards; n/20 for small n), as ``sslsearch embed`` writes them; 1,000
 held-out vectors of the same distribution are the queries.
 
@@ -36,13 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from sslsearch import __version__
-from sslsearch.index import IndexCard, exact_search, load_index, recall_at_k
-from sslsearch.index.search import apply_search_params
-from sslsearch.index.synthetic import iter_synthetic_embeddings
-from sslsearch.store import EmbeddingStore, StoreWriter
+from sslsearch import (EmbeddingStore, IndexCard, StoreWriter, __version__, exact_search, iter_synthetic_embeddings,
+                       load_index, recall_at_k)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+BENCHMARKS = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCHMARKS))
 from provenance import git_commit  # noqa: E402 - the benchmarks' shared commit record
 
 RESULTS = Path(__file__).parent / "results" / "scale.jsonl"
@@ -92,9 +90,9 @@ def held_out_queries(n: int, count: int, dim: int, seed: int) -> np.ndarray:
 
 def build_in_process(store_dir: Path, index_dir: Path, args: argparse.Namespace) -> tuple[IndexCard, int]:
     """Build in a fresh interpreter, so that its peak RSS (VmHWM) is the build's alone; (card, driver peak bytes)."""
-    code = ("import json, sys; from sslsearch.index import build_index; "
-            "from sslsearch.distributed.index_part import peak_rss_bytes; "
-            f"card = build_index({str(store_dir)!r}, {str(index_dir)!r}, kind={args.kind!r}, on_disk=True, "
+    code = (f"import json, sys; sys.path.insert(0, {str(BENCHMARKS)!r}); import sslsearch; "
+            "from memory import peak_rss_bytes; "
+            f"card = sslsearch.build_index({str(store_dir)!r}, {str(index_dir)!r}, kind={args.kind!r}, on_disk=True, "
             f"memory_budget={args.memory_budget!r}, workers={args.workers}, overwrite=True, progress=False); "
             "print(json.dumps({'card': card.to_dict(), 'peak': peak_rss_bytes()}))")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
@@ -182,13 +180,13 @@ def main(argv: list[str] | None = None) -> None:
         raw = index.faiss_index
         sweep = []
         for nprobe in sorted({4, 8, 16, 32, 64, 128, int(card.search_params["nprobe"])}):
-            apply_search_params(raw, {"nprobe": nprobe})
+            index.set_search_params({"nprobe": nprobe})
             found = raw.search(queries, 10)[1]
             seconds = median_seconds(lambda: raw.search(queries, 10), args.repeats)
             sweep.append({"nprobe": nprobe, "recall_at_10": round(recall_at_k(found, truth), 4),
                           "qps": round(len(queries) / seconds, 1)})
             log(f"  nprobe {nprobe}: recall@10 {sweep[-1]['recall_at_10']:.4f}, {sweep[-1]['qps']:.0f} QPS")
-        apply_search_params(raw, card.search_params)
+        index.set_search_params(card.search_params)
         tuned = next(p for p in sweep if p["nprobe"] == card.search_params["nprobe"])
         single = [queries[i:i + 1] for i in range(100)]
         latency = median_seconds(lambda: [raw.search(q, 10) for q in single], args.repeats) / len(single)

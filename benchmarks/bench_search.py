@@ -29,8 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sslsearch import StoreWriter, __version__, build_index, load_index
-from sslsearch.index.synthetic import iter_synthetic_embeddings, synthetic_embeddings
+from sslsearch import StoreWriter, __version__, build_index, iter_synthetic_embeddings, load_index, synthetic_embeddings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import git_commit  # noqa: E402 - the benchmarks' shared commit record

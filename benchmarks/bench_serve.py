@@ -7,7 +7,7 @@
     .venv/bin/python benchmarks/bench_serve.py --kind flat    # a slower search: HTTP costs less in proportion
 
 The server is the real CLI (`sslsearch serve IDX --port P`) in its own process; each client is a
-process of its own with one keep-alive connection (``sslsearch.serve.Client.search_vectors``: JSON
+process of its own with one keep-alive connection (``sslsearch.Client.search_vectors``: JSON
 request, typed ``SearchResult``s back). The reference is ``Index.search`` (typed results) called by as
 many threads of this process as there are clients. Each repeat runs both for ``--seconds`` (in
 alternating order) with every client on held-out queries; the table gives medians over repeats of
@@ -34,8 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_search import git_commit, machine, write_store  # noqa: E402 - same store, machine and commit records
 
-from sslsearch.index import build_index, load_index  # noqa: E402
-from sslsearch.index.synthetic import synthetic_embeddings  # noqa: E402
+from sslsearch import Client, ServerError, build_index, load_index, synthetic_embeddings  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "serve.jsonl"
 
@@ -56,8 +55,6 @@ def summarize(latencies: list[float], queries: int, seconds: float) -> dict[str,
 def http_client(url: str, queries_file: str, k: int, start_at: float, seconds: float, offset: int,
                 batch: int) -> list[float]:
     """One client process: searches of ``batch`` queries on one keep-alive connection from ``start_at`` for ``seconds``."""
-    from sslsearch.serve import Client
-
     queries = np.load(queries_file)
     latencies: list[float] = []
     with Client(url) as client:
@@ -115,7 +112,7 @@ def run_in_process(index, queries: np.ndarray, k: int, clients: int, seconds: fl
 
 
 def start_server(index_dir: Path, port: int, log: Path, threads: int | None) -> subprocess.Popen:
-    command = [sys.executable, "-c", "from sslsearch.cli.app import main; main()", "serve", str(index_dir),
+    command = [sys.executable, "-m", "sslsearch", "serve", str(index_dir),
                "--port", str(port), "--device", "cpu"]
     root = str(Path(__file__).resolve().parent.parent)  # the sslsearch this benchmark imports, not another one
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
@@ -123,9 +120,6 @@ def start_server(index_dir: Path, port: int, log: Path, threads: int | None) -> 
         env["OMP_NUM_THREADS"] = str(threads)  # faiss's OpenMP threads in the server, as in this process
     handle = log.open("w")
     process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
-    from sslsearch.errors import ServerError
-    from sslsearch.serve import Client
-
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -1,8 +1,8 @@
 """SSL quality: k-NN accuracy and retrieval of each method's encoder after a fixed wall-clock budget.
 
 Each method (SimCLR, MoCo v2, DINO; MAE, on vit_tiny with 8-px patches when --backbone is a CNN)
-trains ``--backbone`` from random init on DATA for ``--minutes`` of wall clock (``sslsearch.ssl.train``
-with ``max_minutes``); its exported encoder (``sslsearch.encoders.create_encoder(run)``) embeds the
+trains ``--backbone`` from random init on DATA for ``--minutes`` of wall clock (``sslsearch.train``
+with ``max_minutes``); its exported encoder (``sslsearch.create_encoder(run)``) embeds the
 images, and beside it, on the same images:
 
 * raw pixels — the image resized to the training size, flattened, mean-centred;
@@ -44,13 +44,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sslsearch.encoders import create_encoder
-from sslsearch.evaluate import class_retrieval, knn_accuracy
-from sslsearch.evaluate.neighbors import exact_neighbors
-from sslsearch.sample_data import make_sample_dataset
-from sslsearch.sources import list_images, load_image
-from sslsearch.ssl import TrainConfig, train
-from sslsearch.ssl.config import from_flat, load_run_config, parse_assignments
+from sslsearch import (class_retrieval, create_encoder, exact_search, knn_accuracy, list_images, load_image,
+                       make_sample_dataset, train, train_config)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import git_commit  # noqa: E402 - the benchmarks' shared commit record
@@ -86,8 +81,13 @@ def cross_source_recall(embeddings: np.ndarray, labels: np.ndarray, sources: np.
     Images with no same-label image from another source are left out of the mean.
     """
     unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-    neighbors = exact_neighbors(unit.astype(np.float32), unit.astype(np.float32), k, device="cpu",
-                                exclude_self=True).positions  # (n, k)
+    unit = unit.astype(np.float32)
+    ids = exact_search(unit, unit, k + 1, device="cpu")[1]  # (n, k + 1) row positions, each row's own among them
+    own = ids == np.arange(len(ids))[:, None]
+    dropped = np.where(own.any(axis=1), own.argmax(axis=1), k)  # its own row (else the last, pushed out by ties)
+    keep = np.ones(ids.shape, dtype=bool)
+    keep[np.arange(len(ids)), dropped] = False
+    neighbors = ids[keep].reshape(len(ids), k)  # (n, k), leave-one-out
     hits = (labels[neighbors] == labels[:, None]) & (sources[neighbors] != sources[:, None])
     by_label: dict[str, set[str]] = {}
     for label, source in zip(labels, sources):
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--dataset replaces --data/--queries; give one or the other")
     if args.quick:
         args.backbone, args.image_size, args.minutes, args.batch_size = "test_resnet", 32, 1 / 3, 32
-    extra = parse_assignments(args.assignments)
+    train_config(settings=args.assignments)  # a bad --set fails here, before any data is made
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -186,16 +186,15 @@ def main(argv: list[str] | None = None) -> None:
         for method in args.methods.split(","):
             run = work / f"run-{method}-{time.strftime('%H%M%S')}"
             # MAE masks ViT patches: beside a CNN --backbone it trains vit_tiny with 8-px patches instead
-            vit = {"backbone": "vit_tiny_patch16_224", "model_kwargs": {"patch_size": 8}} \
-                if method == "mae" and not args.backbone.startswith(("vit", "deit")) else {}
-            config = from_flat({"data": str(args.data), "out": str(run), "method": method, "backbone": args.backbone,
-                                "image_size": args.image_size, "batch_size": args.batch_size,
-                                **({"epochs": args.epochs} if args.epochs else {"max_minutes": args.minutes}),
-                                "device": args.device, "progress": False, **extra,
-                                **vit}, TrainConfig())
-            result = train(config)
+            vit = ["backbone=vit_tiny_patch16_224", "model_kwargs={patch_size: 8}"] \
+                if method == "mae" and not args.backbone.startswith(("vit", "deit")) else []
+            config = train_config(args.data, run, method=method, backbone=args.backbone, image_size=args.image_size,
+                                  batch_size=args.batch_size, epochs=args.epochs,
+                                  max_minutes=None if args.epochs else args.minutes, device=args.device,
+                                  settings={"progress": False})
+            result = train(config=config, settings=[*args.assignments, *vit])
             encoder = create_encoder(run, device=args.device)
-            recipe = {"recipe": load_run_config(run).dino.recipe} if method == "dino" else {}
+            recipe = {"recipe": train_config(config=run).dino.recipe} if method == "dino" else {}
             rows[f"{method} (vit_tiny/8)" if vit else method] = {**score(embed(encoder, bank_images), bank_labels,
                                     embed(encoder, query_images) if query_images else None, query_labels, sources),
                             **recipe, "steps": result.steps, "epochs": result.epochs, "train_seconds": result.seconds,
@@ -229,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
                   "settings": {"data": dataset_name, "dataset": args.dataset or None, "protocol": protocol,
                                "backbone": args.backbone, "image_size": args.image_size,
                                "batch_size": args.batch_size, "minutes": None if args.epochs else args.minutes,
-                               "epochs": args.epochs, "extra": extra,
+                               "epochs": args.epochs, "extra": args.assignments,
                                "quick": args.quick},
                   "results": rows}
         with open(RESULTS, "a", encoding="utf-8") as handle:

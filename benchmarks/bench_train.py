@@ -1,10 +1,10 @@
-"""Training throughput: images/s of `sslsearch.ssl.train` per method vs a plain-PyTorch loop and vs lightly.
+"""Training throughput: images/s of `sslsearch.train` per method vs a plain-PyTorch loop and vs lightly.
 
 For each method (SimCLR, MoCo v2, DINO) three implementations train the same timm backbone at
 the same batch size and resolution on the same images, fed the same augmented views (our
 public transforms, in-memory images, the same loader worker count), with SGD:
 
-* sslsearch — ``sslsearch.ssl.train`` end to end (its loader, schedules, monitors, metrics);
+* sslsearch — ``sslsearch.train`` end to end (its loader, schedules, monitors, metrics);
 * plain     — a hand-written loop: backbone + head + the loss written inline, ``torch.optim.SGD``;
 * lightly   — lightly's heads, losses and momentum update, used the way its examples do
   (one forward per view), when ``import lightly`` works (``pip install --no-deps lightly``).
@@ -36,12 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslsearch import (TrainConfig, create_backbone, default_preprocessing, list_images, load_image,
-                       make_sample_dataset, resolve_device)
-from sslsearch.ssl import train
-from sslsearch.ssl.config import AugmentationConfig, from_flat
-from sslsearch.ssl.rundir import read_metrics
-from sslsearch.ssl.transforms import DINOTransform, SimCLRTransform, resolve_augmentation
+from sslsearch import (create_backbone, default_preprocessing, list_images, load_image, make_sample_dataset,
+                       read_metrics, resolve_device, train, train_config, training_transform)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import git_commit  # noqa: E402 - the benchmarks' shared commit record
@@ -50,7 +46,13 @@ RESULTS = Path(__file__).resolve().parent / "results" / "train.jsonl"
 WARMUP_STEPS = 2
 PROTOTYPES, DINO_HIDDEN, DINO_BOTTLENECK, LOCAL_CROPS = 4096, 2048, 256, 6
 QUEUE = 512
-EXTRA: dict = {}  # extra config fields for the sslsearch runs (--set)
+EXTRA: list[str] = []  # extra config fields for the sslsearch runs, as --set KEY=VALUE gives them
+# what makes the sslsearch runs do the same work as the other two (and log every step)
+SSLSEARCH_SETTINGS = {"log_every_steps": 1, "progress": False, "checkpoint_every_steps": 10**9, "optimizer.name": "sgd",
+                      "moco.symmetric": False, "moco.batch_norm_splits": 1, "moco.queue_size": QUEUE,
+                      "moco.batch_negatives": False, "moco.head_batch_norm": False, "moco.temperature": 0.2,
+                      "dino.prototypes": PROTOTYPES, "dino.hidden_dim": DINO_HIDDEN,
+                      "dino.bottleneck_dim": DINO_BOTTLENECK, "augmentation.local_crop_count": LOCAL_CROPS}
 
 
 # ----------------------------------------------------------------------------- data
@@ -259,18 +261,13 @@ def time_loop(step_factory, method: str, args, images: list, transform, device: 
 
 
 def time_sslsearch(method: str, args, data: Path, work: Path) -> list[float]:
-    """Seconds of each step of ``sslsearch.ssl.train`` (from its per-step metrics), after warm-up."""
+    """Seconds of each step of ``sslsearch.train`` (from its per-step metrics), after warm-up."""
     run = work / f"run-{method}-{time.time_ns()}"
     epochs = args.steps / (args.n_images // args.batch_size)
-    config = from_flat({"data": str(data), "out": str(run), "method": method, "backbone": args.backbone,
-                        "image_size": args.image_size, "batch_size": args.batch_size, "epochs": epochs,
-                        "device": args.device, "workers": args.workers, "log_every_steps": 1, "progress": False,
-                        "checkpoint_every_steps": 10**9, "optimizer.name": "sgd", "moco.symmetric": False,
-                        "moco.batch_norm_splits": 1, "moco.queue_size": QUEUE, "moco.batch_negatives": False,
-                        "moco.head_batch_norm": False, "moco.temperature": 0.2, "dino.prototypes": PROTOTYPES,
-                        "dino.hidden_dim": DINO_HIDDEN, "dino.bottleneck_dim": DINO_BOTTLENECK,
-                        "augmentation.local_crop_count": LOCAL_CROPS, **EXTRA}, TrainConfig())
-    train(config)
+    config = train_config(data, run, method=method, backbone=args.backbone, image_size=args.image_size,
+                          batch_size=args.batch_size, epochs=epochs, device=args.device, workers=args.workers,
+                          settings=SSLSEARCH_SETTINGS)
+    train(config=config, settings=EXTRA)
     rates = [r["images_per_second"] for r in read_metrics(run) if "images_per_second" in r and "event" not in r]
     return [args.batch_size * 1.0 / rate for rate in rates[WARMUP_STEPS:]]
 
@@ -293,9 +290,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="extra config field for the sslsearch runs, KEY=VALUE (repeatable)")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
-    from sslsearch.ssl.config import parse_assignments
-
-    EXTRA.update(parse_assignments(args.assignments))
+    EXTRA.extend(args.assignments)
     if args.quick:
         args.backbone, args.image_size, args.batch_size = "test_resnet", 32, 16
         args.steps, args.repeats = min(args.steps, 6), min(args.repeats, 1)
@@ -310,10 +305,10 @@ def main(argv: list[str] | None = None) -> None:
         images = [load_image(source.abs_path(r)).image for r in source.records]
         preprocessing = default_preprocessing(create_backbone(args.backbone)[0], args.image_size)
         for method in args.methods.split(","):
-            augmentation = resolve_augmentation(AugmentationConfig(local_crop_count=LOCAL_CROPS), method,
-                                                args.image_size)
-            transform_cls = DINOTransform if method == "dino" else SimCLRTransform
-            transform = transform_cls(args.image_size, augmentation, preprocessing.mean, preprocessing.std)
+            # the views sslsearch trains on (SimCLR's two views for MoCo too; DINO's multi-crop), fed to all three
+            views = train_config(method=method, image_size=args.image_size,
+                                 settings={"augmentation.local_crop_count": LOCAL_CROPS})
+            transform = training_transform(views, mean=preprocessing.mean, std=preprocessing.std)
             times: dict[str, list[float]] = {"sslsearch": [], "plain": [], "lightly": []}
             for _ in range(args.repeats):
                 times["plain"] += time_loop(plain_step_factory, method, args, images, transform, device)

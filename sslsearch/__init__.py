@@ -12,8 +12,8 @@ Names are loaded lazily (PEP 562), so ``import sslsearch`` does not import torch
 
 Modules: api (the functions that mirror the CLI), errors (exceptions), files (atomic writes, locks),
 sources (list/decode images), sample_data (offline sample set), encoders (timm / trained encoders),
-store (Parquet embedding store), embed (extraction), index/ (FAISS choice, build, search), dedup,
-evaluate, ssl/ (training).
+store (Parquet embedding store), embed (extraction), index/ (FAISS choice, build, search, synthetic
+test vectors), dedup, evaluate, head/ (task heads), ssl/ (training), serve (HTTP server and client).
 """
 from __future__ import annotations
 
@@ -35,6 +35,9 @@ _EXPORTS: dict[str, str] = {
     "search": ".api",                              # sslsearch search
     "deduplicate": ".api",                         # sslsearch dedup
     "train": ".api",                               # sslsearch train
+    "train_config": ".api",                        # sslsearch train --print-config
+    "read_metrics": ".ssl.rundir",                 # RUN/metrics.jsonl
+    "load_split": ".api",                          # what each bench command reads first
     "evaluate_knn": ".api",                        # sslsearch bench knn
     "evaluate_linear": ".api",                     # sslsearch bench linear
     "evaluate_retrieval": ".api",                  # sslsearch bench retrieval
@@ -46,6 +49,9 @@ _EXPORTS: dict[str, str] = {
     "load_head": ".head",
     "predict_head": ".head",                       # sslsearch head predict
     "evaluate_head": ".head",                      # sslsearch head evaluate
+    "export_onnx": ".head",                        # sslsearch head export --onnx
+    "create_app": ".serve",                        # sslsearch serve (the FastAPI app; needs the serve extra)
+    "run_server": ".serve.server",                 # sslsearch serve (uvicorn in the foreground)
     "Client": ".serve",                            # sslsearch search --server URL
     # building blocks on arrays and images
     "list_images": ".sources",
@@ -53,14 +59,23 @@ _EXPORTS: dict[str, str] = {
     "list_backbones": ".encoders",
     "create_backbone": ".encoders",
     "default_preprocessing": ".encoders",
+    "save_encoder": ".encoders",
     "find_checkpoint": ".pretrained",
     "embed_paths": ".embed",
+    "default_workers": ".embed",
+    "training_transform": ".api",
+    "synthetic_embeddings": ".index.synthetic",
+    "iter_synthetic_embeddings": ".index.synthetic",
     "choose_index_spec": ".index",
     "exact_search": ".index",
     "recall_at_k": ".index",
+    "similar_pairs": ".dedup",
+    "similar_pairs_from_index": ".dedup.index_pairs",
+    "connected_groups": ".dedup",
     "knn_accuracy": ".evaluate",
     "linear_probe": ".evaluate",
     "class_retrieval": ".evaluate",
+    "single_label_metrics": ".head.metrics",
     "resolve_device": ".devices",
     # typed results and options
     "SampleDataset": ".sample_data",
@@ -84,8 +99,10 @@ _EXPORTS: dict[str, str] = {
     "DuplicateCluster": ".dedup",
     "ClusterMember": ".dedup",
     "ThresholdChoice": ".dedup",
+    "SimilarPairs": ".dedup",
     "TrainConfig": ".ssl",
     "TrainResult": ".ssl",
+    "EvaluationSplit": ".evaluate",
     "KNNResult": ".evaluate",
     "LinearProbeResult": ".evaluate",
     "RetrievalResult": ".evaluate",
@@ -94,6 +111,13 @@ _EXPORTS: dict[str, str] = {
     "SweepSetting": ".evaluate",
     "SuiteOptions": ".evaluate",
     "BenchmarkReport": ".evaluate",
+    "SingleLabelMetrics": ".head.metrics",
+    "Head": ".head",
+    "HeadConfig": ".head",
+    "HeadTrainResult": ".head",
+    "HeadPredictions": ".head",
+    "HeadEvaluation": ".head",
+    "OnnxExport": ".head",
     # errors (all subclass SSLSearchError)
     "SSLSearchError": ".errors",
     "InputNotFoundError": ".errors",
@@ -106,6 +130,7 @@ _EXPORTS: dict[str, str] = {
     "OutputExistsError": ".errors",
     "LockedError": ".errors",
     "CheckpointError": ".errors",
+    "ServerError": ".errors",
     "TrainingDivergedError": ".ssl",
 }
 
@@ -127,22 +152,32 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names above load on first use
     from .api import (deduplicate, evaluate_index, evaluate_knn, evaluate_linear, evaluate_retrieval,
-                      evaluate_revisited, index_info, open_store, search, train)
-    from .dedup import ClusterMember, DedupResult, DuplicateCluster, ThresholdChoice
+                      evaluate_revisited, index_info, load_split, open_store, search, train, train_config,
+                      training_transform)
+    from .dedup import (ClusterMember, DedupResult, DuplicateCluster, SimilarPairs, ThresholdChoice, connected_groups,
+                        similar_pairs)
+    from .dedup.index_pairs import similar_pairs_from_index
     from .devices import resolve_device
-    from .embed import EmbedResult, embed_images, embed_paths
+    from .embed import EmbedResult, default_workers, embed_images, embed_paths
     from .encoders import (Encoder, EncoderFingerprint, Preprocessing, create_backbone, create_encoder,
-                           default_preprocessing, list_backbones)
+                           default_preprocessing, list_backbones, save_encoder)
     from .errors import (BadImageError, CheckpointError, EncoderMismatchError, IndexFileError, InputNotFoundError,
-                         InvalidArgumentError, LockedError, OutputExistsError, SSLSearchError, StoreError,
+                         InvalidArgumentError, LockedError, OutputExistsError, ServerError, SSLSearchError, StoreError,
                          UnknownNameError)
-    from .evaluate import (BenchmarkReport, IndexSweepResult, KNNResult, LinearProbeResult, RetrievalResult,
-                           RevisitedResult, SuiteOptions, SweepSetting, class_retrieval, export_cifar, knn_accuracy,
-                           linear_probe, run_benchmarks)
+    from .evaluate import (BenchmarkReport, EvaluationSplit, IndexSweepResult, KNNResult, LinearProbeResult,
+                           RetrievalResult, RevisitedResult, SuiteOptions, SweepSetting, class_retrieval, export_cifar,
+                           knn_accuracy, linear_probe, run_benchmarks)
+    from .head import (Head, HeadConfig, HeadEvaluation, HeadPredictions, HeadTrainResult, OnnxExport, evaluate_head,
+                       export_onnx, load_head, predict_head, train_head)
+    from .head.metrics import SingleLabelMetrics, single_label_metrics
     from .index import (Index, IndexCard, IndexSpec, Neighbor, SearchResult, build_index, choose_index_spec,
                         exact_search, load_index, recall_at_k)
+    from .index.synthetic import iter_synthetic_embeddings, synthetic_embeddings
     from .pretrained import PretrainedCheckpoint, find_checkpoint
     from .sample_data import SampleDataset, make_sample_dataset
+    from .serve import Client, create_app
+    from .serve.server import run_server
     from .sources import DecodedImage, ImageSource, list_images, load_image
     from .ssl import TrainConfig, TrainingDivergedError, TrainResult
+    from .ssl.rundir import read_metrics
     from .store import EmbeddingStore, StoreBatch, StoreManifest, StoreWriter

@@ -1,13 +1,14 @@
 """The public functions that mirror the CLI commands one for one (``sslsearch.search``, ``sslsearch.train``, ...).
 
 Each is a thin layer over the library call its command makes: it takes what the command takes,
-as Python values, and returns the typed result the command prints. Re-exported, lazily, by
-``sslsearch/__init__.py``.
+as Python values, and returns the typed result the command prints. ``train_config`` is
+``train --print-config``; ``training_transform`` is the view generator a run trains on.
+Re-exported, lazily, by ``sslsearch/__init__.py``.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,8 @@ if TYPE_CHECKING:  # the heavy modules are imported by the calls, so `import ssl
     import numpy as np
 
     from .dedup import DedupResult
-    from .evaluate import IndexSweepResult, KNNResult, LinearProbeResult, RetrievalResult, RevisitedResult
+    from .evaluate import (EvaluationSplit, IndexSweepResult, KNNResult, LinearProbeResult, RetrievalResult,
+                           RevisitedResult)
     from .index import Index, IndexCard, SearchResult
     from .ssl import TrainConfig, TrainResult
     from .store import EmbeddingStore
@@ -142,18 +144,20 @@ def deduplicate(data: PathLike, out: PathLike, *, encoder: str | None = None, we
                                "images first, or give a store made by embed_images")
 
 
-def train(data: PathLike | None = None, out: PathLike | None = None, *, method: str | None = None,
-          backbone: str | None = None, image_size: int | None = None, epochs: float | None = None,
-          max_minutes: float | None = None, batch_size: int | None = None, device: str | None = None,
-          workers: int | None = None, val: PathLike | None = None, strict: bool | None = None,
-          init: str | PathLike | None = None, pretrained: bool = False, allow_download: bool = False,
-          config: "TrainConfig | PathLike | None" = None, settings: dict[str, Any] | None = None,
-          resume: bool = False) -> "TrainResult":
-    """Self-supervised pretraining into a run directory, as ``sslsearch train`` does.
+def train_config(data: PathLike | None = None, out: PathLike | None = None, *, method: str | None = None,
+                 backbone: str | None = None, image_size: int | None = None, epochs: float | None = None,
+                 max_minutes: float | None = None, batch_size: int | None = None, device: str | None = None,
+                 workers: int | None = None, val: PathLike | None = None, strict: bool | None = None,
+                 init: str | PathLike | None = None, pretrained: bool = False, allow_download: bool = False,
+                 config: "TrainConfig | PathLike | None" = None,
+                 settings: Mapping[str, Any] | Sequence[str] | None = None, resume: bool = False) -> "TrainConfig":
+    """The config ``train`` runs with for these arguments, without training (``sslsearch train --print-config``).
 
-    The config is built as the command builds it: defaults (or the run's own config with
-    ``resume``), then ``config`` (a ``TrainConfig`` or a YAML file), then ``settings`` (dotted
-    keys, e.g. ``{"optimizer.lr": 0.5}``), then the keyword arguments that are not None.
+    Built as the command builds it: defaults (or the run's own config with ``resume``), then
+    ``config``, then the keyword arguments that are not None, then ``settings`` (as ``--set`` wins
+    over the other flags). Takes the
+    arguments of ``train``; the result can be changed (``dataclasses.replace``) and passed back as
+    ``train(config=...)``.
 
     Args:
         data: training images (a folder or a list file). out: the run directory.
@@ -161,21 +165,34 @@ def train(data: PathLike | None = None, out: PathLike | None = None, *, method: 
         image_size, epochs, max_minutes, batch_size, device, workers, val, strict: as the CLI options.
         init, pretrained, allow_download: continued pretraining from ``timm:NAME`` (published weights,
             with ``pretrained``), a run directory, a checkpoint folder or a weights file.
-        resume: continue the run in ``out`` from its last checkpoint.
+        config: a ``TrainConfig``, a YAML file of config fields, or a training run directory (the
+            ``config.yaml`` it was started with).
+        settings: config fields by dotted key, as a dict (``{"optimizer.lr": 0.5}``) or as the
+            ``KEY=VALUE`` strings ``--set`` takes (``["optimizer.lr=0.5"]``, values parsed as YAML).
+        resume: continue the run in ``out`` from its last checkpoint (its own config is the base).
 
     Returns:
-        A ``TrainResult`` (``.run_dir`` is an encoder for ``create_encoder``/``embed_images`` once
-        ``.encoder_exported``).
+        The resolved ``TrainConfig`` (``sslsearch.ssl.to_yaml(config)`` prints it as the command does).
 
     Raises:
-        The errors of ``sslsearch.ssl.train`` (UnknownNameError, InvalidArgumentError, ...).
+        InvalidArgumentError: an unknown config key (with the nearest names), a value of the wrong
+        type, a setting that is not ``KEY=VALUE``, ``resume`` without ``out`` or with a ``TrainConfig``.
+        InputNotFoundError: ``resume`` or ``config`` names a directory that is not a training run.
 
     Example:
-        >>> result = train("sample-data", "runs/quick", backbone="resnet18", max_minutes=3)  # doctest: +SKIP
+        >>> train_config(method="dino", settings=["optimizer.lr=0.5"]).optimizer.lr
+        0.5
     """
-    from .ssl.config import TrainConfig, build_config, from_flat
-    from .ssl.train import train as run_training
+    from .ssl.config import TrainConfig, build_config, from_flat, load_run_config, parse_assignments
 
+    if isinstance(settings, str):
+        settings = [settings]
+    if settings is not None and not isinstance(settings, Mapping):
+        settings = parse_assignments(list(settings))
+    if resume and out is None:
+        raise InvalidArgumentError("resume=True continues the run in out=RUN; pass out")
+    if isinstance(config, (str, os.PathLike)) and Path(config).is_dir():
+        config = load_run_config(config)
     overrides = {"data": os.fspath(data) if data is not None else None,
                  "out": os.fspath(out) if out is not None else None, "method": method, "backbone": backbone,
                  "image_size": image_size, "epochs": epochs, "max_minutes": max_minutes, "batch_size": batch_size,
@@ -186,29 +203,137 @@ def train(data: PathLike | None = None, out: PathLike | None = None, *, method: 
         if resume:
             raise InvalidArgumentError("resume=True takes the run's own config; pass settings=... for changes, "
                                        "not a TrainConfig")
-        resolved = from_flat({key: value for key, value in overrides.items() if value is not None}, config)
-    else:
-        resolved = build_config(overrides, config_file=config, resume_run=out if resume else None)
+        return from_flat({key: value for key, value in overrides.items() if value is not None}, config)
+    return build_config(overrides, config_file=config, resume_run=out if resume else None)
+
+
+def train(data: PathLike | None = None, out: PathLike | None = None, *, method: str | None = None,
+          backbone: str | None = None, image_size: int | None = None, epochs: float | None = None,
+          max_minutes: float | None = None, batch_size: int | None = None, device: str | None = None,
+          workers: int | None = None, val: PathLike | None = None, strict: bool | None = None,
+          init: str | PathLike | None = None, pretrained: bool = False, allow_download: bool = False,
+          config: "TrainConfig | PathLike | None" = None, settings: Mapping[str, Any] | Sequence[str] | None = None,
+          resume: bool = False) -> "TrainResult":
+    """Self-supervised pretraining into a run directory, as ``sslsearch train`` does.
+
+    The config is ``train_config`` of the same arguments: defaults (or the run's own config with
+    ``resume``), then ``config``, then the keyword arguments that are not None, then ``settings``
+    (dotted keys, e.g. ``{"optimizer.lr": 0.5}``).
+
+    Args:
+        data, out, method, ..., config, settings, resume: as ``train_config``.
+
+    Returns:
+        A ``TrainResult`` (``.run_dir`` is an encoder for ``create_encoder``/``embed_images`` once
+        ``.encoder_exported``); ``read_metrics(run_dir)`` gives the logged losses and rates.
+
+    Raises:
+        The errors of ``train_config`` and of ``sslsearch.ssl.train`` (UnknownNameError, CheckpointError, ...).
+
+    Example:
+        >>> result = train("sample-data", "runs/quick", backbone="resnet18", max_minutes=3)  # doctest: +SKIP
+    """
+    from .ssl.train import train as run_training
+
+    resolved = train_config(data, out, method=method, backbone=backbone, image_size=image_size, epochs=epochs,
+                            max_minutes=max_minutes, batch_size=batch_size, device=device, workers=workers, val=val,
+                            strict=strict, init=init, pretrained=pretrained, allow_download=allow_download,
+                            config=config, settings=settings, resume=resume)
     return run_training(resolved, resume=resume)
 
 
-def _split(store: PathLike, *, queries: PathLike | None, labels: PathLike | None, drop_unlabelled: bool,
-           holdout: float | None, leave_one_out: bool | None, seed: int, require_labels: bool = True) -> Any:
-    from .evaluate.labels import load_split
+def training_transform(config: "TrainConfig", *, mean: Sequence[float] | None = None,
+                       std: Sequence[float] | None = None) -> Callable[[Any], list[Any]]:
+    """The view generator a run of ``config`` trains on: a PIL RGB image → its list of view tensors.
 
-    return load_split(store, queries=queries, labels_file=labels, drop_unlabelled=drop_unlabelled, holdout=holdout,
+    Two views for SimCLR/MoCo, 2 global + ``augmentation.local_crop_count`` local crops for DINO,
+    one crop for MAE; the augmentation knobs left ``None`` take the method's defaults at
+    ``config.image_size``, as ``train`` resolves them.
+
+    Args:
+        config: a ``TrainConfig`` (e.g. from ``train_config``).
+        mean, std: the normalisation; default: the backbone's (timm's data config of
+            ``config.backbone``). A run started from ``init`` weights uses the checkpoint's instead.
+
+    Returns:
+        A callable; each call draws new random views: (3, S, S) float32 tensors, S the view's size.
+
+    Raises:
+        UnknownNameError: an unknown method or backbone.
+
+    Example:
+        >>> views = training_transform(train_config(method="simclr", image_size=32))(image)  # doctest: +SKIP
+        >>> [v.shape for v in views]  # doctest: +SKIP
+        [torch.Size([3, 32, 32]), torch.Size([3, 32, 32])]
+    """
+    from .ssl.methods import get_method
+    from .ssl.transforms import resolve_augmentation
+
+    method_cls = get_method(config.method)
+    augmentation = resolve_augmentation(config.augmentation, config.method, config.image_size)
+    if mean is None or std is None:
+        from .encoders import create_backbone, default_preprocessing
+
+        preprocessing = default_preprocessing(create_backbone(config.backbone)[0], config.image_size)
+        mean = preprocessing.mean if mean is None else mean
+        std = preprocessing.std if std is None else std
+    return method_cls.build_transform(config.image_size, augmentation, tuple(mean), tuple(std))
+
+
+def load_split(store: PathLike, *, queries: PathLike | None = None, labels: PathLike | None = None,
+               drop_unlabelled: bool = False, holdout: float | None = None, leave_one_out: bool | None = None,
+               seed: int = 0, require_labels: bool = True) -> "EvaluationSplit":
+    """Read a store's embeddings and labels once and split them into database and query rows.
+
+    What each ``evaluate_*`` call does first; pass the result as their ``store`` to evaluate one
+    split several ways without reading the Parquet again. Labels come from the store (ImageFolder
+    classes) or ``labels`` (CSV/Parquet of path,label). Queries: ``queries`` (another store, e.g. the
+    test split), a seeded ``holdout`` fraction of each class, or leave-one-out (the default without
+    either; ``leave_one_out=False`` holds out 20 % instead).
+
+    Returns:
+        An ``EvaluationSplit``: ``.train`` and ``.queries`` (``.embeddings`` (n, dim) float32,
+        ``.labels``, ``.ids``), ``.kind`` ("queries", "holdout" or "leave-one-out").
+
+    Raises:
+        InvalidArgumentError: no labels (unless ``require_labels=False``), an empty split.
+        EncoderMismatchError: the two stores come from different encoders.
+
+    Example:
+        >>> split = load_split("emb-train/", queries="emb-test/")  # doctest: +SKIP
+        >>> evaluate_knn(split).weighted[20], evaluate_retrieval(split).recall[10]  # doctest: +SKIP
+    """
+    from .evaluate.labels import load_split as read_split
+
+    return read_split(store, queries=queries, labels_file=labels, drop_unlabelled=drop_unlabelled, holdout=holdout,
                       leave_one_out=leave_one_out, seed=seed, require_labels=require_labels)
 
 
-def evaluate_knn(store: PathLike, *, queries: PathLike | None = None, labels: PathLike | None = None,
-                 drop_unlabelled: bool = False, holdout: float | None = None, leave_one_out: bool | None = None,
-                 ks: Sequence[int] | None = None, temperature: float = 0.07, seed: int = 0,
-                 device: str = "auto") -> "KNNResult":
+def _split(store: "PathLike | EvaluationSplit", *, queries: PathLike | None, labels: PathLike | None,
+           drop_unlabelled: bool, holdout: float | None, leave_one_out: bool | None, seed: int,
+           require_labels: bool = True) -> Any:
+    from .evaluate.labels import EvaluationSplit
+
+    if isinstance(store, EvaluationSplit):
+        given = [name for name, value in (("queries", queries), ("labels", labels), ("holdout", holdout))
+                 if value is not None] + (["drop_unlabelled"] if drop_unlabelled else [])
+        if given:
+            raise InvalidArgumentError(f"{' and '.join(given)} describe how to split a store; the EvaluationSplit "
+                                       "given is already split — pass them to load_split instead")
+        return store
+    return load_split(store, queries=queries, labels=labels, drop_unlabelled=drop_unlabelled, holdout=holdout,
+                      leave_one_out=leave_one_out, seed=seed, require_labels=require_labels)
+
+
+def evaluate_knn(store: "PathLike | EvaluationSplit", *, queries: PathLike | None = None,
+                 labels: PathLike | None = None, drop_unlabelled: bool = False, holdout: float | None = None,
+                 leave_one_out: bool | None = None, ks: Sequence[int] | None = None, temperature: float = 0.07,
+                 seed: int = 0, device: str = "auto") -> "KNNResult":
     """k-NN classification accuracy of a store's embeddings (DINO protocol), as ``sslsearch bench knn``.
 
     Labels come from the store (ImageFolder classes) or ``labels`` (CSV/Parquet of path,label).
     Queries: ``queries`` (another store, e.g. the test split), a ``holdout`` fraction of each class,
-    or leave-one-out (the default).
+    or leave-one-out (the default). ``store`` may also be an ``EvaluationSplit`` from ``load_split``.
 
     Returns:
         A ``KNNResult``: ``.ks``, ``.weighted[k]`` and ``.majority[k]`` accuracies in [0, 1], ``.best``.
@@ -226,12 +351,14 @@ def evaluate_knn(store: PathLike, *, queries: PathLike | None = None, labels: Pa
     return knn_evaluate(split, ks=ks, temperature=temperature, device=device)
 
 
-def evaluate_linear(store: PathLike, *, queries: PathLike | None = None, labels: PathLike | None = None,
-                    drop_unlabelled: bool = False, holdout: float | None = None, epochs: int = 50,
-                    batch_size: int = 256, seed: int = 0, device: str = "auto") -> "LinearProbeResult":
+def evaluate_linear(store: "PathLike | EvaluationSplit", *, queries: PathLike | None = None,
+                    labels: PathLike | None = None, drop_unlabelled: bool = False, holdout: float | None = None,
+                    epochs: int = 50, batch_size: int = 256, seed: int = 0,
+                    device: str = "auto") -> "LinearProbeResult":
     """Linear-probe accuracy on frozen embeddings, as ``sslsearch bench linear``.
 
-    Test rows are ``queries`` (another store) or a ``holdout`` fraction of each class (default 0.2).
+    Test rows are ``queries`` (another store) or a ``holdout`` fraction of each class (default 0.2);
+    ``store`` may also be an ``EvaluationSplit`` from ``load_split`` (not leave-one-out).
 
     Returns:
         A ``LinearProbeResult``: ``.test_accuracy``, ``.train_accuracy``, the chosen ``.learning_rate``
@@ -244,15 +371,16 @@ def evaluate_linear(store: PathLike, *, queries: PathLike | None = None, labels:
     return linear_evaluate(split, epochs=epochs, batch_size=batch_size, seed=seed, device=device)
 
 
-def evaluate_retrieval(store: PathLike, *, queries: PathLike | None = None, labels: PathLike | None = None,
-                       pairs: PathLike | Sequence[tuple[str, str]] | None = None, drop_unlabelled: bool = False,
-                       holdout: float | None = None, leave_one_out: bool | None = None,
+def evaluate_retrieval(store: "PathLike | EvaluationSplit", *, queries: PathLike | None = None,
+                       labels: PathLike | None = None, pairs: PathLike | Sequence[tuple[str, str]] | None = None,
+                       drop_unlabelled: bool = False, holdout: float | None = None, leave_one_out: bool | None = None,
                        ks: Sequence[int] = (1, 5, 10), map_depth: int | None = None, seed: int = 0,
                        device: str = "auto") -> "RetrievalResult":
     """Retrieval recall@k, precision@k and mAP of a store, as ``sslsearch bench retrieval``.
 
     Ground truth: classes (the store's labels or ``labels``), or positive ``pairs`` of paths (a CSV
     of two path columns such as the sample data's ``near_duplicates.csv``, or a list of tuples).
+    ``store`` may also be an ``EvaluationSplit`` from ``load_split``.
 
     Returns:
         A ``RetrievalResult``: ``.recall[k]``, ``.precision[k]``, ``.mean_average_precision``.

@@ -141,3 +141,105 @@ def test_train_builds_the_config_as_the_cli_does(monkeypatch, tmp_path):
     base = sslsearch.TrainConfig(image_size=48, epochs=2)
     sslsearch.train("images", tmp_path / "run", config=base)
     assert seen["config"].image_size == 48 and seen["config"].epochs == 2 and seen["config"].data == "images"
+
+
+def test_train_config_takes_set_strings_a_run_directory_and_refuses_resume_without_out(tmp_path):
+    from sslsearch.ssl import to_yaml
+
+    config = sslsearch.train_config(method="dino", settings=["optimizer.lr=0.5", "dino.prototypes=256"])
+    assert (config.method, config.optimizer.lr, config.dino.prototypes) == ("dino", 0.5, 256)
+    assert sslsearch.train_config(settings="seed=7").seed == 7
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(to_yaml(sslsearch.train_config(method="mae", image_size=48)))
+    saved = sslsearch.train_config(config=run, batch_size=8)  # the run's config, then the options
+    assert (saved.method, saved.image_size, saved.batch_size) == ("mae", 48, 8)
+    with pytest.raises(InvalidArgumentError, match="not KEY=VALUE"):
+        sslsearch.train_config(settings=["optimizer.lr"])
+    with pytest.raises(InvalidArgumentError, match="pass out"):
+        sslsearch.train_config(resume=True)
+
+
+@pytest.mark.parametrize(("method", "settings", "views"), [
+    ("simclr", {}, [(3, 32, 32)] * 2),
+    ("dino", {"augmentation.local_crop_count": 3, "augmentation.local_crop_size": 16},
+     [(3, 32, 32)] * 2 + [(3, 16, 16)] * 3),
+])
+def test_training_transform_gives_the_views_of_the_method(method, settings, views):
+    from PIL import Image
+
+    config = sslsearch.train_config(method=method, backbone="test_resnet", image_size=32, settings=settings)
+    transform = sslsearch.training_transform(config)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    assert [tuple(view.shape) for view in transform(image)] == views
+    half = sslsearch.training_transform(config, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert all(view.min() >= -1.0 and view.max() <= 1.0 for view in half(image))
+
+
+def test_load_split_once_then_evaluate_it_several_ways(embedded):
+    split = sslsearch.load_split(embedded / "emb", holdout=0.3, seed=1)
+    assert isinstance(split, sslsearch.EvaluationSplit) and split.kind == "holdout"
+    from_split = sslsearch.evaluate_knn(split, ks=[5], device="cpu")
+    from_store = sslsearch.evaluate_knn(embedded / "emb", holdout=0.3, seed=1, ks=[5], device="cpu")
+    assert from_split.weighted == from_store.weighted
+    assert sslsearch.evaluate_retrieval(split, ks=[1], device="cpu").recall[1] == sslsearch.evaluate_retrieval(
+        embedded / "emb", holdout=0.3, seed=1, ks=[1], device="cpu").recall[1]
+    with pytest.raises(InvalidArgumentError, match="already split"):
+        sslsearch.evaluate_knn(split, holdout=0.5)
+
+
+def test_index_search_params_and_their_ladder(tmp_path):
+    vectors = sslsearch.synthetic_embeddings(3000, 32, seed=3)
+    with sslsearch.StoreWriter(tmp_path / "emb", dim=32, dtype="float32", source_root="/synthetic",
+                               encoder={"id": "enc-synthetic", "spec": "synthetic:32", "dim": 32}) as writer:
+        writer.write(np.arange(len(vectors)), [f"v/{i}.png" for i in range(len(vectors))], vectors)
+    sslsearch.build_index(tmp_path / "emb", tmp_path / "ivf", kind="ivf", device="cpu", eval_queries=50, progress=False)
+    index = sslsearch.load_index(tmp_path / "ivf")
+    ladder = index.search_param_ladder()
+    nlist = ladder[-1]["nprobe"]
+    assert ladder[0] == {"nprobe": 1} and nlist > 1 and [s["nprobe"] for s in ladder] == sorted(
+        s["nprobe"] for s in ladder)
+    queries = sslsearch.synthetic_embeddings(3100, 32, seed=3)[3000:]
+    _, truth = sslsearch.exact_search(queries, vectors, 10, device="cpu")
+    index.set_search_params({"nprobe": 1})
+    low = sslsearch.recall_at_k(index.search_arrays(queries, 10)[1], truth)
+    index.set_search_params(ladder[-1])  # every list: exact
+    assert sslsearch.recall_at_k(index.search_arrays(queries, 10)[1], truth) == 1.0 > low
+    with pytest.raises(InvalidArgumentError, match="no search parameter efSearch"):
+        index.set_search_params({"efSearch": 64})
+    sslsearch.build_index(tmp_path / "emb", tmp_path / "flat", kind="flat", device="cpu", progress=False)
+    flat = sslsearch.load_index(tmp_path / "flat")
+    assert flat.search_param_ladder() == [{}]
+    with pytest.raises(InvalidArgumentError, match="searched exactly"):
+        flat.set_search_params({"nprobe": 4})
+
+
+def test_python_dash_m_sslsearch_runs_the_command_line():
+    done = subprocess.run([sys.executable, "-m", "sslsearch", "index", "info", "no-such-index"], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+# every command of the CLI and the public function that does what it does
+CLI_TO_API = {
+    "sample-data": "make_sample_dataset", "train": "train", "embed": "embed_images", "index build": "build_index",
+    "index info": "index_info", "search": "search", "dedup": "deduplicate", "serve": "create_app",
+    "bench knn": "evaluate_knn", "bench linear": "evaluate_linear", "bench retrieval": "evaluate_retrieval",
+    "bench index": "evaluate_index", "bench all": "run_benchmarks", "bench dataset": "export_cifar",
+    "head train": "train_head", "head predict": "predict_head", "head evaluate": "evaluate_head",
+    "head export": "export_onnx",
+}
+
+
+def test_every_cli_command_has_a_public_function():
+    import typer.main
+
+    from sslsearch.cli.app import app
+
+    def commands(group, prefix=""):
+        for name, command in group.commands.items():
+            yield from commands(command, f"{prefix}{name} ") if hasattr(command, "commands") else [prefix + name]
+
+    assert sorted(commands(typer.main.get_command(app))) == sorted(CLI_TO_API), "map the new command to its function"
+    for command, name in CLI_TO_API.items():
+        assert name in sslsearch.__all__ and callable(getattr(sslsearch, name)), command

@@ -152,3 +152,54 @@ def test_calibration_with_clean_store_reaches_the_target(tmp_path: Path) -> None
     assert calibration.reached
     assert calibration.estimated_recall > 0.8
     assert calibration.threshold > pairs.score.max()  # distinct pictures stay below it
+
+
+# --- fine alignment and tone (dedup/align.py) -------------------------------------------------------------------
+
+
+def test_variant_transforms_start_the_alignment_where_the_variant_is() -> None:
+    """Each coarse variant, warped back through its transform, lines up with the view it was made from."""
+    import torch
+
+    from sslsearch.dedup.align import REFINE_SIZE, _warp, image_tensor, variant_transform
+    from sslsearch.dedup.verify import VARIANT_SPECS, variants
+
+    view = canonical(icon(3, size=64))
+    made = variants(view)
+    for spec, variant in zip(VARIANT_SPECS, made):
+        if spec.degrees and spec.expand:
+            continue  # the re-trim after an expanding rotation moves the frame; the alignment finds the rest
+        warped = _warp(image_tensor([view], 64).float() / 255, torch.from_numpy(variant_transform(spec))[None])
+        target = image_tensor([variant], REFINE_SIZE).float() / 255
+        error = float((warped - target).abs().mean())
+        assert error < 0.08, (spec, error)
+
+
+def test_alignment_lifts_a_rotated_crop_and_tone_tells_inks_apart() -> None:
+    original = icon(7)
+    rotated_crop = original.rotate(13, resample=Image.BICUBIC, expand=False, fillcolor=(255, 255, 255)).crop((6, 2, 60, 58))
+    darker = ImageOps.grayscale(original).convert("RGB").point(lambda v: int(v * 0.8))  # grey and 20 % darker
+    grey_ink = icon(11, colour=(60, 60, 60))
+    light_ink = icon(11, colour=(150, 150, 150))  # the same drawing, a lighter ink on the same white
+    red_ink = icon(11, colour=(200, 40, 40))  # luminance 0.37, near the light grey's 0.59 / 1.55 gain
+    scores = verify_images([rotated_crop, darker, grey_ink, grey_ink, red_ink],
+                           [original, original, grey_ink.copy(), light_ink, light_ink])
+    assert scores[0] > 0.95
+    assert scores[1] > 0.95  # a gain on a greyscale copy is a brightness edit
+    assert scores[2] > 0.99
+    assert scores[3] < 0.9  # an offset, not a gain: another ink
+    assert scores[4] < 0.9  # grey against colour: greyscale keeps luminance
+
+
+def test_tone_scores_accept_a_clipped_gain_and_refuse_an_offset() -> None:
+    import torch
+
+    from sslsearch.dedup.align import tone_scores
+
+    a = torch.tensor([[0.2, 0.4, 0.9, 1.0, 0.5, 0.3]]).repeat(3, 1)
+    brighter = torch.clamp(a[0] * 1.3, max=1.0)  # clipped at white, as a brightness edit is
+    darker = a[1] * 0.7
+    lifted = a[2] * 0.6 + 0.4  # the same shape, lighter, on the same white: not a gain
+    scores = tone_scores(a, torch.stack([brighter, darker, lifted]))
+    assert scores[0] > 0.999 and scores[1] > 0.999
+    assert scores[2] < 0.9

@@ -6,8 +6,10 @@ Two presets (``EDIT_PRESETS``):
   rotation, each with ranges a little wider than the planted copies of ``sslsearch.sample_data``;
   what the embedding scores (cosine, adjusted) are calibrated on.
 * ``full`` — the classic edits with a crop keeping down to 70 % of the area and rotations up to 15
-  degrees, plus a pad, a mirror flip and greyscale: the edits people mean by "the same picture"
-  in real collections, and what the verified score (``verify.py``) is calibrated on.
+  degrees, plus a pad, a mirror flip and greyscale, and brightness (a gain) for the colour shifts:
+  the edits people mean by "the same picture" in real collections, and what the verified score
+  (``verify.py``) is calibrated on. Its tone check (``align.py``) takes a change of contrast or
+  saturation for another picture (a recoloured icon is another icon), so the preset has none.
 
 A comma-separated list of edit names (``--edits pad,hflip,jpeg``) chooses exactly those.
 """
@@ -22,7 +24,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 from ..errors import unknown_name
 
 EDITS: tuple[str, ...] = ("jpeg", "resize", "crop", "color", "watermark", "rotate")  # the classic preset
-FULL_EDITS: tuple[str, ...] = ("jpeg", "resize", "wide_crop", "color", "watermark", "wide_rotate", "pad", "hflip",
+FULL_EDITS: tuple[str, ...] = ("jpeg", "resize", "wide_crop", "brightness", "watermark", "wide_rotate", "pad", "hflip",
                                "grayscale")
 EDIT_PRESETS: dict[str, tuple[str, ...]] = {"classic": EDITS, "full": FULL_EDITS}
 _EDIT_COUNT_WEIGHTS = (0.45, 0.4, 0.15)  # probability of 1, 2 or 3 edits per copy (classic)
@@ -104,6 +106,11 @@ def color(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     return ImageEnhance.Color(out).enhance(float(rng.uniform(0.7, 1.3)))
 
 
+def brightness(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Brighten or darken by a gain of 0.7..1.3 (clipped at white)."""
+    return ImageEnhance.Brightness(image).enhance(float(rng.uniform(0.7, 1.3)))
+
+
 def watermark(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     """Draw a short text, about 1/8 of the image high, at a random place, opaque or half-transparent."""
     layer = Image.new("RGBA", image.size, (0, 0, 0, 0))
@@ -163,5 +170,5 @@ def grayscale(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     return ImageOps.grayscale(image).convert("RGB")
 
 
-_APPLY = {"jpeg": jpeg, "resize": resize, "crop": crop, "color": color, "watermark": watermark, "rotate": rotate,
+_APPLY = {"jpeg": jpeg, "resize": resize, "crop": crop, "color": color, "brightness": brightness, "watermark": watermark, "rotate": rotate,
           "wide_crop": wide_crop, "wide_rotate": wide_rotate, "pad": pad, "hflip": hflip, "grayscale": grayscale}

@@ -24,16 +24,21 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import BadImageError, InputNotFoundError
+from ..index.exact import exact_search
 from ..progress import progress_bar
 from ..sources import load_image
 from .calibrate import (AMBIGUOUS_RANK, SURE_COPY_QUANTILE, Calibration, StoreFalsePairRate, choose_store_threshold,
                         precision_recall, store_precision)
 from .edits import edited_copy
 from .graph import similar_pairs
-from .verify import verify_images, verify_pairs, working_view
+from .verify import CROP_SCALES, VARIANT_SPECS, variants, verify_images, verify_pairs, working_view
 
 THUMB_SIZE = 16  # px of the greyscale thumbnails that propose pixel candidates
 PIXEL_NEIGHBORS = 48  # pixel candidates per image: verifying costs per image, not per pair, so cast wide
+# probes: the coarse variants cut to a window of 71 % of the area (5 places) or rotated 10 degrees either way
+PROBE_SPECS = tuple(spec for spec in VARIANT_SPECS if not spec.mirror and (
+    (spec.crop is not None and spec.crop[0] == min(CROP_SCALES)) or (abs(spec.degrees) == 10 and not spec.expand)))
+PROBE_NEIGHBORS = 8  # nearest thumbnails of each probe taken as candidates
 CANDIDATE_COSINE = 0.0  # embedding neighbours at or above this cosine are candidates (all k nearest, in effect)
 TYPICAL_COPY_QUANTILE = 0.5  # the threshold never exceeds this quantile of the copies' scores
 # A sampled image's 2 best candidates scoring at least its own copy, or this quantile of all copies when its copy is
@@ -74,11 +79,27 @@ def _safe_load(path: Path) -> Image.Image | None:
         return None
 
 
-def thumbnails(paths: Sequence[Path], *, progress: bool | None = None) -> tuple[np.ndarray, list[Image.Image | None]]:
+def _thumbnail(view: Image.Image) -> np.ndarray:
+    pixels = np.asarray(ImageOps.grayscale(view).resize((THUMB_SIZE, THUMB_SIZE), Image.BILINEAR), np.float32)
+    pixels = (pixels + pixels[:, ::-1]).ravel()
+    pixels -= pixels.mean()
+    return pixels / max(float(np.linalg.norm(pixels)), 1e-6)
+
+
+def probe_views(view: Image.Image) -> list[Image.Image]:
+    """What a copy of ``view`` may look like once canonical when its own thumbnail does not: cut to a window
+    (a crop, or a watermark in the margin seen from the other side) or rotated (``PROBE_SPECS``)."""
+    return variants(view, PROBE_SPECS)
+
+
+def thumbnails(paths: Sequence[Path], *, probes: bool = False, progress: bool | None = None
+               ) -> tuple[np.ndarray, list[Image.Image | None], np.ndarray]:
     """(n, THUMB_SIZE²) float32 flip-symmetric, normalised greyscale thumbnails of the canonical views
-    (zero rows for unreadable images), and the views themselves (``verify.working_view``; None where
-    unreadable), kept so that verification decodes no image twice."""
+    (zero rows for unreadable images), the views themselves (``verify.working_view``; None where
+    unreadable), kept so that verification decodes no image twice, and with ``probes`` the
+    (n, len(PROBE_SPECS), THUMB_SIZE²) thumbnails of each view's ``probe_views`` (else (n, 0, ...))."""
     out = np.zeros((len(paths), THUMB_SIZE * THUMB_SIZE), np.float32)
+    probe_out = np.zeros((len(paths), len(PROBE_SPECS) if probes else 0, THUMB_SIZE * THUMB_SIZE), np.float32)
     kept: list[Image.Image | None] = []
     with progress_bar(len(paths), "dedup thumbnails", unit="img", enabled=progress) as bar:
         for row, path in enumerate(paths):
@@ -86,13 +107,24 @@ def thumbnails(paths: Sequence[Path], *, progress: bool | None = None) -> tuple[
             view = working_view(image) if image is not None else None
             kept.append(view)
             if view is not None:
-                pixels = np.asarray(ImageOps.grayscale(view).resize((THUMB_SIZE, THUMB_SIZE), Image.BILINEAR),
-                                    np.float32)
-                pixels = (pixels + pixels[:, ::-1]).ravel()
-                pixels -= pixels.mean()
-                out[row] = pixels / max(float(np.linalg.norm(pixels)), 1e-6)
+                out[row] = _thumbnail(view)
+                if probes:
+                    probe_out[row] = np.stack([_thumbnail(v) for v in probe_views(view)])
             bar.update(1)
-    return out, kept
+    return out, kept, probe_out
+
+
+def probe_pairs(thumbs: np.ndarray, probe_thumbs: np.ndarray, *, neighbors: int = PROBE_NEIGHBORS,
+                device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs (first < second) of each image's probe thumbnails' ``neighbors`` nearest thumbnails."""
+    n, probes = probe_thumbs.shape[:2]
+    if n < 2 or probes == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    _, ids = exact_search(probe_thumbs.reshape(n * probes, -1), thumbs, min(neighbors + 1, n), device=device)
+    rows = np.repeat(np.arange(n, dtype=np.int64), probes)[:, None].repeat(ids.shape[1], axis=1)
+    keep = (ids >= 0) & (ids != rows)
+    first, second = np.minimum(rows[keep], ids[keep]), np.maximum(rows[keep], ids[keep])
+    return first, second
 
 
 def verified_pairs(vectors: np.ndarray, paths: Sequence[Path], *, neighbors: int, method: str, device: str, seed: int,
@@ -101,11 +133,12 @@ def verified_pairs(vectors: np.ndarray, paths: Sequence[Path], *, neighbors: int
     started = time.perf_counter()
     by_embedding = similar_pairs(vectors, CANDIDATE_COSINE, neighbors=neighbors, method=method, device=device,
                                  seed=seed, progress=progress)
-    thumbs, working_views = thumbnails(paths, progress=progress)
+    thumbs, working_views, probe_thumbs = thumbnails(paths, probes=True, progress=progress)
     by_pixels = similar_pairs(thumbs, CANDIDATE_COSINE, neighbors=max(neighbors, PIXEL_NEIGHBORS), method=method,
                               device=device, seed=seed, progress=progress)
-    first = np.concatenate([by_embedding.first, by_pixels.first])
-    second = np.concatenate([by_embedding.second, by_pixels.second])
+    by_probes = probe_pairs(thumbs, probe_thumbs, device=device)
+    first = np.concatenate([by_embedding.first, by_pixels.first, by_probes[0]])
+    second = np.concatenate([by_embedding.second, by_pixels.second, by_probes[1]])
     keys = np.unique(first.astype(np.int64) * len(paths) + second)
     first, second = keys // len(paths), keys % len(paths)
     cosine = np.einsum("pd,pd->p", vectors[first], vectors[second]).astype(np.float32)

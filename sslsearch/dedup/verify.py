@@ -31,7 +31,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageChops, ImageOps
+from PIL import Image, ImageChops, ImageFilter, ImageOps
+
+from .align import REFINE_FLOOR, REFINE_SIZE, SOURCE_SIZE, VariantSpec, image_tensor, refined_scores, variant_transform
 
 SIZE = 16  # px of the compared views: coarse enough for JPEG, rescaling and a photo's texture, fine enough for
 # clip-art (measured on the real dedup sets: 24 px lost photo copies to misalignment, 12 px lost detail)
@@ -69,6 +71,8 @@ def trim_border(image: Image.Image, tolerance: int = BORDER_TOLERANCE, rounds: i
         # what differs from the border colour by more than the tolerance in any channel, found in C (PIL)
         difference = ImageChops.difference(image, Image.new("RGB", image.size, colour)).split()
         largest = ImageChops.lighter(ImageChops.lighter(difference[0], difference[1]), difference[2])
+        if min(image.size) >= 16:  # a 3x3 median drops lone pixels a re-encode scattered over the border
+            largest = largest.filter(ImageFilter.MedianFilter(3))
         box = ImageChops.subtract(largest, Image.new("L", image.size, tolerance)).getbbox()  # nonzero: above it
         if box is None or box == (0, 0, image.width, image.height):
             break
@@ -101,27 +105,34 @@ def working_view(image: Image.Image) -> Image.Image:
     return view
 
 
-def variants(view: Image.Image) -> list[Image.Image]:
-    """The canonical ``view`` edited the ways a copy may differ: identity first, then mirrored, rotated, cut."""
+VARIANT_SPECS: tuple[VariantSpec, ...] = tuple(
+    spec for mirror in (False, True) for spec in (
+        VariantSpec(mirror, 0.0, False, None),
+        *(VariantSpec(mirror, float(degrees), expand, None) for degrees in ROTATIONS for expand in (True, False)),
+        *(VariantSpec(mirror, 0.0, False, (scale, fx, fy)) for scale in CROP_SCALES for fx, fy in _PLACES)))
+VARIANTS = len(VARIANT_SPECS)
+
+
+def variants(view: Image.Image, specs: Sequence[VariantSpec] = VARIANT_SPECS) -> list[Image.Image]:
+    """The canonical ``view`` edited the ways a copy may differ (``VARIANT_SPECS``: identity first, then rotated
+    (a copy's canvas may have grown to hold the corners, or not) and cut, all of it mirrored too), or as ``specs``."""
     if view.width > VARIANT_SIZE:  # twice the compared size is detail enough, and far less work than 96 px
         view = view.resize((VARIANT_SIZE, VARIANT_SIZE), Image.BILINEAR)
+    mirrored = ImageOps.mirror(view)
     out: list[Image.Image] = []
-    for image in (view, ImageOps.mirror(view)):
-        out.append(image)
-        for degrees in ROTATIONS:  # a copy's canvas may have grown to hold the corners, or not
-            for expand in (True, False):
-                out.append(canonical(image.rotate(degrees, resample=Image.BILINEAR, expand=expand,
-                                                  fillcolor=(255, 255, 255)), rounds=1))
-        side = image.width
-        for scale in CROP_SCALES:
+    for spec in specs:
+        image = mirrored if spec.mirror else view
+        if spec.degrees:
+            image = canonical(image.rotate(spec.degrees, resample=Image.BILINEAR, expand=spec.expand,
+                                           fillcolor=(255, 255, 255)), rounds=1)
+        elif spec.crop is not None:
+            scale, fx, fy = spec.crop
+            side = image.width
             cut = max(1, round(side * scale))
-            for fx, fy in _PLACES:
-                x, y = round((side - cut) * fx), round((side - cut) * fy)
-                out.append(canonical(image.crop((x, y, x + cut, y + cut)), rounds=1))
+            x, y = round((side - cut) * fx), round((side - cut) * fy)
+            image = canonical(image.crop((x, y, x + cut, y + cut)), rounds=1)
+        out.append(image)
     return out
-
-
-VARIANTS = 2 * (1 + 2 * len(ROTATIONS) + len(CROP_SCALES) * len(_PLACES))
 
 
 @dataclass(frozen=True)
@@ -209,17 +220,44 @@ def verify_pairs(first: np.ndarray, second: np.ndarray, load: Callable[[int], Im
     readable = sorted(canonical_views)
     position = {number: i for i, number in enumerate(readable)}
     base = views([canonical_views[n] for n in readable])
+    source = np.full(len(first), -1, np.int64)  # which image's variant matched best (a position in readable) ...
+    variant = np.zeros(len(first), np.int64)  # ... and which variant
     for done, number in enumerate(readable, 1):
         pairs = [(index, other) for index, other in partners[number] if other in position]
         if pairs:
             edited = views(variants(canonical_views[number]))
             others = np.array([position[other] for _, other in pairs], np.int64)
-            best = match_scores(edited, base, others).max(axis=0)
+            matches = match_scores(edited, base, others)
+            best, which = matches.max(axis=0).astype(np.float32), matches.argmax(axis=0)
             indices = np.array([index for index, _ in pairs], np.int64)
-            np.maximum.at(scores, indices, best.astype(np.float32))
+            better = best > scores[indices]
+            scores[indices[better]] = best[better]
+            source[indices[better]] = position[number]
+            variant[indices[better]] = which[better]
         if progress is not None:
             progress(done)
+    fine = np.flatnonzero((scores >= REFINE_FLOOR) & (source >= 0))
+    if len(fine):
+        scores[fine] = _refine(fine, first, second, source, variant, readable, canonical_views, base.gray)
     return np.clip(scores, -1.0, 1.0)
+
+
+def _refine(fine: np.ndarray, first: np.ndarray, second: np.ndarray, source: np.ndarray, variant: np.ndarray,
+            readable: list[int], canonical_views: dict[int, Image.Image], gray: np.ndarray) -> np.ndarray:
+    """The aligned scores (``align.py``) of the pairs at positions ``fine``, from their best coarse variant."""
+    numbers = np.asarray(readable, np.int64)
+    source_position = source[fine]
+    source_number = numbers[source_position]
+    target_number = np.where(first[fine] == source_number, second[fine], first[fine])
+    target_position = np.searchsorted(numbers, target_number)
+    taking_part = np.unique(np.r_[source_position, target_position])
+    local = {int(p): i for i, p in enumerate(taking_part.tolist())}
+    pictures = [canonical_views[int(numbers[p])] for p in taking_part.tolist()]
+    starts = np.stack([variant_transform(VARIANT_SPECS[v]) for v in variant[fine].tolist()])
+    grey = np.stack([gray[source_position], gray[target_position]], axis=1)
+    return refined_scores(image_tensor(pictures, SOURCE_SIZE), image_tensor(pictures, REFINE_SIZE),
+                          np.array([local[p] for p in source_position.tolist()], np.int64),
+                          np.array([local[p] for p in target_position.tolist()], np.int64), starts, grey)
 
 
 def verify_images(images_a: Sequence[Image.Image], images_b: Sequence[Image.Image]) -> np.ndarray:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -142,6 +143,51 @@ class Index:
             except (SSLSearchError, OSError, TypeError):
                 self.store_note = f"the store {path} the index was built from is not readable; paths are not shown"
         return self._store
+
+    # --- search parameters ------------------------------------------------------------------
+    def set_search_params(self, params: Mapping[str, int]) -> None:
+        """Trade recall for speed: ``{"nprobe": 16}`` (IVF) or ``{"efSearch": 64}`` (HNSW) for later searches.
+
+        ``load_index`` sets the card's tuned ``search_params``; this changes them for this loaded
+        index only (the card on disk is left as it is). ``{}`` changes nothing.
+
+        Raises:
+            InvalidArgumentError: a parameter this kind of index does not have.
+
+        Example:
+            >>> for setting in index.search_param_ladder():  # doctest: +SKIP
+            ...     index.set_search_params(setting)
+        """
+        if not params:
+            return
+        allowed = {"ivf": "nprobe", "ivfpq": "nprobe", "hnsw": "efSearch"}.get(self.card.kind)
+        unknown = sorted(set(params) - {allowed})
+        if unknown:
+            raise InvalidArgumentError(f"a {self.card.kind} index ({self.card.factory}) has no search parameter "
+                                       f"{', '.join(unknown)}; " + (f"it takes {allowed}" if allowed else
+                                                                    "it is searched exactly, with no parameter"))
+        apply_search_params(self.faiss_index, {name: int(value) for name, value in params.items()})
+
+    def search_param_ladder(self) -> list[dict[str, int]]:
+        """The search settings ``index build`` tunes over, fastest first (pass each to ``set_search_params``).
+
+        Returns:
+            ``[{"nprobe": 1}, ..., {"nprobe": nlist}]`` for IVF, ``[{"efSearch": 10}, ..., {"efSearch":
+            1024}]`` for HNSW, ``[{}]`` for an exact (flat) index.
+        """
+        from .build import EF_SEARCH_LADDER, NPROBE_LADDER
+
+        if self.card.kind == "hnsw":
+            return [{"efSearch": ef} for ef in EF_SEARCH_LADDER]
+        if self.card.kind in ("ivf", "ivfpq"):
+            import faiss
+
+            ivf = faiss.try_extract_index_ivf(self.faiss_index)
+            nlist = int(ivf.nlist) if ivf is not None else int(getattr(self.faiss_index, "nlist", 0))
+            if nlist <= 0:  # a GPU copy faiss cannot unwrap: the list count from the factory string
+                nlist = int(re.search(r"IVF(\d+)", self.card.factory).group(1))  # type: ignore[union-attr]
+            return [{"nprobe": p} for p in NPROBE_LADDER if p < nlist] + [{"nprobe": nlist}]
+        return [{}]
 
     # --- raw search -------------------------------------------------------------------------
     def _check_k(self, k: int, available: int, what: str = "vectors in the index") -> None:

@@ -1,0 +1,170 @@
+"""Fine alignment of a verified pair, and the score it ends with.
+
+The coarse check (``verify.py``) tries a fixed grid of edits at ``verify.SIZE`` px: the best of 46
+variants lands within a few degrees, a few per cent of scale and a pixel or two of the copy, which
+is enough to find it but not to tell it from a look-alike drawn in the same style. So the pairs
+whose coarse score reaches ``REFINE_FLOOR`` are aligned further and scored again:
+
+1. *alignment* — the best variant's transform (mirror, rotation, crop window) is the starting
+   point of a similarity transform (scale, rotation, shift) fitted by gradient descent on the
+   luminance correlation at ``REFINE_SIZE`` px, blurred for the first half of the steps; all the
+   pairs at once, in batches, with torch;
+2. *shape* — the normalised cross-correlation of the aligned views, in colour when both are in
+   colour, else on luminance;
+3. *tone* — how well the aligned views agree under the one tonal change copies make, a gain
+   (brightness, with clipping at white) between ``GAINS[0]`` and ``GAINS[-1]``; greyscale
+   conversion keeps luminance, so a grey copy still agrees with its colour original, but the same
+   shape in another colour or a lighter ink does not: measured on the real icon set, that is most
+   of the look-alikes (status icons in red, green and grey) that pass the shape check.
+
+The score is the lower of shape and tone, in [-1, 1], read like the coarse one. Measured on the
+real dedup sets (``benchmarks/bench_dedup.py --dataset NAME``): see docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+REFINE_FLOOR = 0.9  # pairs scoring less at the coarse check keep their coarse score (below any threshold chosen
+# on the real sets; measured there, 0.85 lifted as many look-alikes as copies above 0.985, at twice the cost)
+REFINE_SIZE = 32  # px of the compared views
+SOURCE_SIZE = 2 * REFINE_SIZE  # px of the view the aligned one is sampled from
+STEPS = 40  # gradient steps of the alignment
+LEARNING_RATE = 0.01
+BATCH = 1024  # pairs aligned at once (about 60 MB of tensors)
+GAINS = np.linspace(0.65, 1.55, 19, dtype=np.float32)  # brightness gains tried (a ±30 % edit, either way)
+# between a greyscale view and a colour one: greyscale conversion keeps luminance, so only a small gain (else a red
+# status icon would pass for a grey copy of the grey one, 0.42 against 0.5 luminance)
+GREY_GAINS = GAINS[(GAINS >= 0.9) & (GAINS <= 1.1)]
+_LUMA = torch.tensor([0.299, 0.587, 0.114])
+
+
+class VariantSpec(NamedTuple):
+    """How a coarse variant was made from a canonical view (``verify.variants``).
+
+    Attributes:
+        mirror: mirrored left to right first.
+        degrees: rotation, counter-clockwise (PIL's ``rotate``), 0 for none.
+        expand: the rotated canvas grew to hold the corners.
+        crop: (scale, fx, fy) window of ``scale`` times the side at fraction (fx, fy) of the slack, or None.
+    """
+
+    mirror: bool
+    degrees: float
+    expand: bool
+    crop: tuple[float, float, float] | None
+
+
+def variant_transform(spec: VariantSpec) -> np.ndarray:
+    """(2, 3) affine map, in ``torch.nn.functional.affine_grid``'s normalised coordinates, from the
+    variant's pixels to the canonical view's: the starting point of the alignment.
+
+    Example:
+        >>> variant_transform(VariantSpec(True, 0.0, False, None)).tolist()
+        [[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+    """
+    transform = np.eye(3)
+    if spec.degrees:
+        angle = np.deg2rad(spec.degrees)
+        grow = abs(np.cos(angle)) + abs(np.sin(angle)) if spec.expand else 1.0
+        transform = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0],
+                              [0.0, 0.0, 1.0]]) @ np.diag([grow, grow, 1.0])
+    if spec.crop is not None:
+        scale, fx, fy = spec.crop
+        slack = 1.0 - scale
+        transform = np.array([[scale, 0.0, (2 * fx - 1) * slack], [0.0, scale, (2 * fy - 1) * slack], [0.0, 0.0, 1.0]])
+    if spec.mirror:
+        transform = np.diag([-1.0, 1.0, 1.0]) @ transform
+    return transform[:2].astype(np.float32)
+
+
+def image_tensor(views: Sequence[Image.Image], size: int) -> torch.Tensor:
+    """(n, 3, size, size) uint8 of square RGB views (a quarter of the memory of floats; batches convert)."""
+    if not views:
+        return torch.zeros(0, 3, size, size, dtype=torch.uint8)
+    pixels = np.stack([np.asarray(view.resize((size, size), Image.BILINEAR), np.uint8) for view in views])
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
+
+
+def _ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = a.flatten(1), b.flatten(1)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + 1e-6)
+
+
+def _warp(source: torch.Tensor, transform: torch.Tensor) -> torch.Tensor:
+    """``source`` sampled through ``transform`` on a REFINE_SIZE grid; outside it is white (as canonical views' pads)."""
+    grid = F.affine_grid(transform, [len(source), source.shape[1], REFINE_SIZE, REFINE_SIZE], align_corners=False)
+    return F.grid_sample(source - 1.0, grid, mode="bilinear", align_corners=False) + 1.0
+
+
+def align(source: torch.Tensor, target: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """``source`` (p, 3, SOURCE_SIZE²) aligned to ``target`` (p, 3, REFINE_SIZE²) from the ``start`` transforms (p, 2, 3).
+
+    A similarity transform (log-scale, angle, shift) composed after ``start`` is fitted by Adam on
+    the luminance correlation; returns the aligned source, (p, 3, REFINE_SIZE, REFINE_SIZE).
+    """
+    count = len(source)
+    source_luma = torch.einsum("pchw,c->phw", source, _LUMA)[:, None]
+    target_luma = torch.einsum("pchw,c->phw", target, _LUMA)[:, None]
+    blurred_target = F.avg_pool2d(target_luma, 2)
+    params = torch.zeros(count, 4, requires_grad=True)
+    bottom = torch.tensor([0.0, 0.0, 1.0]).expand(count, 1, 3)
+
+    def transform() -> torch.Tensor:
+        scale = torch.exp(params[:, 0])
+        cos, sin = torch.cos(params[:, 1]) * scale, torch.sin(params[:, 1]) * scale
+        step = torch.stack([torch.stack([cos, -sin, params[:, 2]], 1), torch.stack([sin, cos, params[:, 3]], 1)], 1)
+        return start @ torch.cat([step, bottom], 1)
+
+    optimiser = torch.optim.Adam([params], lr=LEARNING_RATE)
+    with torch.enable_grad():
+        for step in range(STEPS):
+            warped = _warp(source_luma, transform())
+            if step < STEPS // 2:  # coarse first: a blurred view has a wider basin
+                loss = (1.0 - _ncc(F.avg_pool2d(warped, 2), blurred_target)).sum()
+            else:
+                loss = (1.0 - _ncc(warped, target_luma)).sum()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    with torch.no_grad():
+        return _warp(source, transform())
+
+
+def tone_scores(a: torch.Tensor, b: torch.Tensor, gains: np.ndarray = GAINS) -> torch.Tensor:
+    """(p,) how well ``b`` is ``a`` under a brightness gain: sqrt(1 - min_g |b - min(g a, 1)|² / |b - mean b|²),
+    rows flattened; 1 for a pure gain, lower for an offset (another ink on the same white)."""
+    a, b = a.flatten(1), b.flatten(1)
+    spread = ((b - b.mean(1, keepdim=True)) ** 2).sum(1).clamp_min(1e-6)
+    residual = torch.stack([((b - torch.clamp(gain * a, max=1.0)) ** 2).sum(1) for gain in gains.tolist()]).amin(0)
+    return torch.sqrt(torch.clamp(1.0 - residual / spread, 0.0, 1.0))
+
+
+def refined_scores(sources: torch.Tensor, targets: torch.Tensor, source_index: np.ndarray, target_index: np.ndarray,
+                   starts: np.ndarray, gray: np.ndarray) -> np.ndarray:
+    """(p,) final score of each pair: image ``source_index[i]`` (row of ``sources``, uint8, SOURCE_SIZE px) aligned to
+    ``target_index[i]`` (row of ``targets``, REFINE_SIZE px) from ``starts[i]`` (2, 3); luminance only where
+    either image is greyscale (``gray``: (p, 2) flags of source and target), with ``GREY_GAINS`` where just one
+    is. The lower of the shape and the tone scores (module docstring)."""
+    out = np.zeros(len(source_index), np.float32)
+    with torch.no_grad():
+        for low in range(0, len(source_index), BATCH):
+            part = slice(low, low + BATCH)
+            source = sources[source_index[part]].float() / 255.0
+            target = targets[target_index[part]].float() / 255.0
+            aligned = align(source, target, torch.from_numpy(starts[part]))
+            luma_a = torch.einsum("pchw,c->phw", aligned, _LUMA)
+            luma_b = torch.einsum("pchw,c->phw", target, _LUMA)
+            grey = torch.from_numpy(gray[part].any(axis=1))
+            mixed = torch.from_numpy(gray[part, 0] != gray[part, 1])
+            shape = torch.where(grey, _ncc(luma_a, luma_b), _ncc(aligned, target))
+            tone = torch.where(grey, torch.where(mixed, tone_scores(luma_a, luma_b, GREY_GAINS), tone_scores(luma_a, luma_b)),
+                               tone_scores(aligned, target))
+            out[part] = torch.minimum(shape, tone).numpy()
+    return out
