@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_scale.py                   # 2M × 384, on-disk IVF-SQ8 (~15 min on 2 cores)
     .venv/bin/python benchmarks/bench_scale.py --quick           # 100k × 128, CI-sized
     .venv/bin/python benchmarks/bench_scale.py --n 5000000 --work-dir /tmp/s5m --delete-after   # 5M: ~1 h on 2 loaded cores, 5.3 GiB
-    .venv/bin/python benchmarks/bench_scale.py --n 10000000 --memory-budget 4GB   # 10M (IVF16384 needs ≥ 3.9 GB to train)
+    .venv/bin/python benchmarks/bench_scale.py --n 10000000 --memory-budget 4GB   # 10M: IVF16384 trains on 500k vectors, ≥ 2.9 GiB
 
 Data: clustered, low-intrinsic-dimension synthetic embeddings (``sslsearch.synthetic_embeddings``) written
 as a float16 store with ``StoreWriter`` (100k-row shards; n/20 for small n), as ``sslsearch embed`` writes them; 1,000
