@@ -30,6 +30,9 @@ PathLike = str | os.PathLike[str]
 def open_store(directory: PathLike, *, allow_incomplete: bool = False) -> "EmbeddingStore":
     """Open an embedding store written by ``embed_images`` (``sslsearch embed``) for reading.
 
+    ``directory`` is a local directory or a URI that pyarrow.fs opens, such as ``s3://bucket/emb``
+    (credentials and endpoint from the standard AWS environment variables).
+
     Returns:
         An ``EmbeddingStore``: ``.dim``, ``.manifest``, ``.encoder``, ``.read_all()``,
         ``.iter_batches(n)`` (streaming ``StoreBatch``es of ids and (n, dim) embeddings), ``.paths(ids)``.
