@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     record["sample"] = {"rows": args.sample, "exact_pairs": len(truth),
                         "pair_recall": round(len(found & truth) / len(truth), 4) if truth else None,
                         "found_pairs_not_in_exact_top_k": len(found - truth)}
+    record["machine"]["load_1min_at_end"] = os.getloadavg()[0]
     report(record)
     if not args.no_save:
         with RESULTS.open("a") as handle:

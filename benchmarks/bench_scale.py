@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/bench_scale.py                   # 2M × 384, on-disk IVF-SQ8 (~15 min on 2 cores)
     .venv/bin/python benchmarks/bench_scale.py --quick           # 100k × 128, CI-sized
-    .venv/bin/python benchmarks/bench_scale.py --n 10000000      # 10M × 384 (hours on 2 cores; ~11 GiB of disk)
+    .venv/bin/python benchmarks/bench_scale.py --n 5000000 --work-dir /tmp/s5m --delete-after   # 5M: ~1 h on 2 loaded cores, 5.3 GiB
+    .venv/bin/python benchmarks/bench_scale.py --n 10000000 --memory-budget 4GB   # 10M: IVF16384 trains on 500k vectors, ≥ 2.9 GiB
 
 Data: clustered, low-intrinsic-dimension synthetic embeddings (``sslsearch.synthetic_embeddings``) written
 as a float16 store with ``StoreWriter`` (100k-row shards; n/20 for small n), as ``sslsearch embed`` writes them; 1,000
@@ -59,7 +60,7 @@ def machine(threads: int) -> dict[str, Any]:
     except OSError:
         load = None
     return {"host": platform.node(), "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "threads": threads, "load_1min_at_start": load, "python": platform.python_version(),
+            "threads": threads, "load_1min_at_start": load, "nice": os.nice(0), "python": platform.python_version(),
             "numpy": np.__version__, "faiss": faiss.__version__, "sslsearch": __version__,
             "faiss_gpus": int(faiss.get_num_gpus())}
 
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--work-dir", type=Path, default=None, help="keep the store and index here (default: temp)")
+    parser.add_argument("--delete-after", action="store_true", help="delete --work-dir's store and index when done")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
@@ -152,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         card, driver_peak = build_in_process(store_dir, index_dir, args)
         record["build"] = {"seconds": round(time.perf_counter() - started, 1), "factory": card.factory,
-                           "card_recall_at_10": card.recall_at_10, "nprobe": card.search_params.get("nprobe"),
+                           "card_recall_at_10": card.recall_at_10, "card_qps": card.qps,
+                           "nprobe": card.search_params.get("nprobe"),
                            "timings": card.timings, "driver_peak_growth_bytes": card.peak_memory_bytes,
                            "driver_peak_rss_bytes": driver_peak,
                            "worker_peak_rss_bytes": card.build_params["worker_peak_memory_bytes"],
@@ -193,7 +196,8 @@ def main(argv: list[str] | None = None) -> None:
                             "exact_qps_batch": round(len(queries) / exact_seconds, 2),
                             "speedup_vs_exact": round(tuned["qps"] * exact_seconds / len(queries), 1)}
     finally:
-        if args.work_dir is None:
+        record["machine"]["load_1min_at_end"] = os.getloadavg()[0]
+        if args.work_dir is None or args.delete_after:
             shutil.rmtree(work, ignore_errors=True)
     report(record)
     if not args.no_save:
@@ -220,6 +224,9 @@ def report(record: dict[str, Any]) -> None:
     print(f"  QPS          {search['tuned_qps_batch']:,.0f} (batch of {record['queries']}) = "
           f"{search['speedup_vs_exact']}× exact search ({search['exact_qps_batch']:,.1f} QPS); single query "
           f"{search['single_query_ms']:.2f} ms")
+    box = record["machine"]
+    print(f"  machine      {box['cores']} cores, nice {box.get('nice')}, 1-min load {box['load_1min_at_start']:.1f} at the "
+          f"start, {box.get('load_1min_at_end', float('nan')):.1f} at the end (a shared box: times are upper bounds)")
 
 
 if __name__ == "__main__":

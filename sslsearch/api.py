@@ -30,6 +30,9 @@ PathLike = str | os.PathLike[str]
 def open_store(directory: PathLike, *, allow_incomplete: bool = False) -> "EmbeddingStore":
     """Open an embedding store written by ``embed_images`` (``sslsearch embed``) for reading.
 
+    ``directory`` is a local directory or a URI that pyarrow.fs opens, such as ``s3://bucket/emb``
+    (credentials and endpoint from the standard AWS environment variables).
+
     Returns:
         An ``EmbeddingStore``: ``.dim``, ``.manifest``, ``.encoder``, ``.read_all()``,
         ``.iter_batches(n)`` (streaming ``StoreBatch``es of ids and (n, dim) embeddings), ``.paths(ids)``.
@@ -109,8 +112,8 @@ def deduplicate(data: PathLike, out: PathLike, *, encoder: str | None = None, we
         encoder, weights, image_size, batch_size, pretrained, allow_download: how to embed images (as
             ``embed_images``).
         **options: those of ``sslsearch.dedup.deduplicate``: ``threshold``, ``precision``, ``keep``,
-            ``neighbors``, ``method``, ``sample_size``, ``seed``, ``against``, ``score``, ``report``,
-            ``report_max_clusters``, ``progress``.
+            ``neighbors``, ``method``, ``sample_size``, ``seed``, ``against``, ``score``, ``edits``, ``report``,
+            ``report_max_clusters``, ``progress``, ``memory_budget``.
 
     Returns:
         A ``DedupResult``: ``.clusters`` (``DuplicateCluster``: ``.keeper``, ``.removed``), ``.removed`` (a

@@ -18,6 +18,7 @@ from .devices import default_workers, torch_threads, usable_cores  # the last tw
 from .encoders import Encoder, create_encoder
 from .errors import BadImageError, InputNotFoundError, InvalidArgumentError, StoreError
 from .loader import aligned_batches, iter_decoded
+from .location import StoreLocation
 from .progress import progress_bar
 from .sources import ImageSource, SkippedFile, count_reasons, list_images
 from .store import MANIFEST_NAME, SHARD_PATTERN, StoreWriter
@@ -31,7 +32,7 @@ class EmbedResult:
     """What ``embed_images`` did.
 
     Attributes:
-        directory: the embedding store written (Contract 2).
+        directory: the embedding store written (Contract 2): a Path, or the URI of an object store.
         rows: rows in the store now (from this run and, with resume, earlier ones).
         embedded_now: images embedded by this call.
         skipped: every file the store records as skipped, with its reason.
@@ -42,7 +43,7 @@ class EmbedResult:
         resumed: true when rows from an earlier interrupted run were kept.
     """
 
-    directory: Path
+    directory: Path | str
     rows: int
     embedded_now: int
     skipped: tuple[SkippedFile, ...]
@@ -193,16 +194,17 @@ class _BackgroundWriter:
 # --------------------------------------------------------------------------- the main job
 
 
-def _check_resumed_paths(directory: Path, source: ImageSource) -> None:
+def _check_resumed_paths(location: StoreLocation, source: ImageSource) -> None:
     """Refuse to resume when the rows already written belong to another list of images.
 
     Runs before the StoreWriter opens the store, so a refused resume leaves the store as it was.
     """
-    for shard in sorted(directory.glob("part-*.parquet")):
-        if not SHARD_PATTERN.match(shard.name):
+    directory = location.display
+    for name in location.list():
+        if not SHARD_PATTERN.match(name):
             continue
         try:
-            table = pq.read_table(shard, columns=["id", "path"])
+            table = pq.read_table(location.path(name), columns=["id", "path"], filesystem=location.filesystem)
         except Exception:  # noqa: BLE001 - a damaged shard is the StoreWriter's to report or drop
             continue
         for i, path in zip(table.column("id").to_pylist(), table.column("path").to_pylist()):
@@ -213,17 +215,17 @@ def _check_resumed_paths(directory: Path, source: ImageSource) -> None:
                                  "to start again")
 
 
-def _remove_store(directory: Path, created: bool, *, shards: bool = False) -> None:
+def _remove_store(location: StoreLocation, created: bool, *, shards: bool = False) -> None:
     """Leave nothing that looks like a store: only when it holds no shard, unless ``shards`` (ours to delete)."""
-    written = [p for p in directory.glob("part-*.parquet") if SHARD_PATTERN.match(p.name)]
+    written = [name for name in location.list() if SHARD_PATTERN.match(name)]
     if written and not shards:
         return
-    for path in written:
-        path.unlink()
-    (directory / MANIFEST_NAME).unlink(missing_ok=True)
-    if created:
+    for name in written:
+        location.delete(name)
+    location.delete(MANIFEST_NAME)
+    if created and location.is_local:
         try:
-            directory.rmdir()
+            os.rmdir(location.root)
         except OSError:
             pass
 
@@ -245,7 +247,8 @@ def embed_images(data: str | os.PathLike[str] | ImageSource, encoder: str | Enco
     Args:
         data: a folder, a .txt/.csv/.parquet list of paths, one image, or an ``ImageSource``.
         encoder: ``timm:<name>``, a training run directory, or a ready ``Encoder``.
-        out: the store directory (created; must be empty or new unless resume/overwrite).
+        out: the store directory (created; must be empty or new unless resume/overwrite), or a URI that
+            pyarrow.fs opens, such as ``s3://bucket/emb`` (credentials and endpoint from the AWS environment).
         weights: local state dict (or checkpoint folder) for a ``timm:`` encoder.
         image_size: overrides the encoder's eval crop size.
         batch_size: images per forward pass.
@@ -294,11 +297,11 @@ def embed_images(data: str | os.PathLike[str] | ImageSource, encoder: str | Enco
         raise InvalidArgumentError("weights/image_size/pretrained apply when the encoder is given by name; this Encoder "
                                    "is built")
     workers = _check_args(batch_size, workers, encoder.device)
-    directory = Path(out)
-    created = not directory.exists()
-    if resume and directory.is_dir():
-        _check_resumed_paths(directory, source)
-    writer = StoreWriter(directory, dim=encoder.dim, dtype=dtype, encoder=encoder.fingerprint.to_dict(),
+    location = StoreLocation.parse(out)
+    created = not location.is_dir()
+    if resume and not created:
+        _check_resumed_paths(location, source)
+    writer = StoreWriter(out, dim=encoder.dim, dtype=dtype, encoder=encoder.fingerprint.to_dict(),
                          source_root=str(source.root), resume=resume, overwrite=overwrite, shard_rows=shard_rows,
                          extra_columns=EXTRA_COLUMNS)
     kept_before = writer.manifest.rows
@@ -309,22 +312,22 @@ def embed_images(data: str | os.PathLike[str] | ImageSource, encoder: str | Enco
                                 progress=progress, dtype=dtype)
     except BadImageError:
         if kept_before == 0:  # --strict stopped a fresh run: its shards are of no use once the file is fixed
-            _remove_store(directory, created, shards=True)
+            _remove_store(location, created, shards=True)
         raise
     except BaseException:
-        _remove_store(directory, created)  # a run that wrote no shard leaves nothing to resume
+        _remove_store(location, created)  # a run that wrote no shard leaves nothing to resume
         raise
     if kept_before + embedded_now == 0:
         skipped = [SkippedFile(**s) for s in writer.manifest.skipped]
         writer.abort()
-        _remove_store(directory, created)
+        _remove_store(location, created)
         reasons = ", ".join(f"{n} {reason}" for reason, n in count_reasons(skipped).items())
         first = skipped[0].detail if skipped else "?"
         raise InputNotFoundError(f"none of the {len(source)} image(s) in {source.root} could be decoded ({reasons}; "
                                  f"first: {first}); no store was written — fix the files or point at another folder")
     manifest = writer.close(complete=True, source_root=str(source.root))
     seconds = time.perf_counter() - started
-    return EmbedResult(directory=directory, rows=manifest.rows, embedded_now=embedded_now,
+    return EmbedResult(directory=writer.directory, rows=manifest.rows, embedded_now=embedded_now,
                        skipped=tuple(SkippedFile(**s) for s in manifest.skipped), dim=manifest.dim,
                        encoder=manifest.encoder, seconds=seconds,
                        images_per_second=embedded_now / seconds if seconds > 0 else 0.0, resumed=kept_before > 0)

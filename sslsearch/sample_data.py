@@ -13,7 +13,6 @@ original, copy, edits: root-relative paths and the edits joined by "+", e.g. ``c
 from __future__ import annotations
 
 import csv
-import io
 import math
 import os
 import shutil
@@ -22,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance, ImageFont
+from PIL import Image, ImageDraw
 
+from .edits import PRESETS, SAMPLE_EDIT_LABELS
 from .errors import InvalidArgumentError, OutputExistsError
 from .files import prepare_output_dir
 from .progress import track
@@ -32,7 +32,7 @@ CLASSES: tuple[str, ...] = (
     "arrow", "checker", "circle", "crescent", "cross", "ring", "square", "star", "stripes", "triangle",
 )
 NEAR_DUPLICATES_FILE = "near_duplicates.csv"
-DUPLICATE_EDITS: tuple[str, ...] = ("jpeg", "resize", "crop", "brightness", "rotate", "watermark")
+DUPLICATE_EDITS: tuple[str, ...] = SAMPLE_EDIT_LABELS  # the labels near_duplicates.csv names the edits by
 _SUPERSAMPLE = 4  # shapes are drawn at 4x and box-filtered down, for anti-aliased edges
 _PNG_FRACTION = 0.65
 
@@ -392,58 +392,6 @@ def near_duplicate(image: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 
 def edited_copy(image: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, tuple[str, ...]]:
-    """``near_duplicate`` and the names of the edits it applied, in the order applied."""
-    n_edits = int(rng.integers(1, 3))
-    edits = [DUPLICATE_EDITS[index] for index in sorted(rng.choice(len(DUPLICATE_EDITS), size=n_edits,
-                                                                   replace=False).tolist())]
-    out = image
-    for name in edits:
-        out = _EDITS[name](out, rng)
-    return out, tuple(edits)
-
-
-def _edit_jpeg(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=int(rng.integers(55, 80)))
-    buffer.seek(0)
-    return Image.open(buffer).convert("RGB")
-
-
-def _edit_resize(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    factor = float(rng.uniform(0.88, 1.12))
-    side = max(8, int(round(image.width * factor)))
-    return image.resize((side, max(8, int(round(image.height * factor)))), Image.BICUBIC)
-
-
-def _edit_crop(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    w, h = image.size
-    left, top, right, bottom = (rng.uniform(0, 0.06, 4) * np.array([w, h, w, h])).round().astype(int)
-    return image.crop((left, top, w - right, h - bottom)).resize((w, h), Image.BICUBIC)
-
-
-def _edit_brightness(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    factor = float(rng.uniform(0.85, 0.94) if rng.random() < 0.5 else rng.uniform(1.06, 1.15))
-    return ImageEnhance.Brightness(image).enhance(factor)
-
-
-def _edit_rotate(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    degrees = float(rng.uniform(2, 5)) * (1 if rng.random() < 0.5 else -1)
-    return image.rotate(degrees, resample=Image.BICUBIC, expand=False, fillcolor=image.getpixel((0, 0)))
-
-
-def _edit_watermark(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    out = image.copy()
-    draw = ImageDraw.Draw(out)
-    font = ImageFont.load_default(size=max(6, image.width // 7))
-    text = ("(c)", "copy", "wm", "#1", "demo")[int(rng.integers(0, 5))]
-    x = int(rng.integers(0, max(1, image.width // 3)))
-    y = int(image.height - image.height // 5 - rng.integers(0, max(1, image.height // 8)))
-    shade = 255 if rng.random() < 0.5 else 0
-    draw.text((x, y), text, fill=(shade, shade, shade), font=font)
-    return out
-
-
-_EDITS = {
-    "jpeg": _edit_jpeg, "resize": _edit_resize, "crop": _edit_crop, "brightness": _edit_brightness,
-    "rotate": _edit_rotate, "watermark": _edit_watermark,
-}
+    """``near_duplicate`` and the names of the edits it applied, in the order applied (the ``sample`` preset of
+    ``sslsearch.edits``)."""
+    return PRESETS["sample"].edited_copy(image, rng)

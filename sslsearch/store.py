@@ -16,8 +16,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import EncoderMismatchError, InputNotFoundError, InvalidArgumentError, StoreError, StoreWriterExists
-from .files import DirectoryLock, atomic_path, atomic_write_json, prepare_output_dir
+from .errors import (
+    EncoderMismatchError,
+    InputNotFoundError,
+    InvalidArgumentError,
+    OutputExistsError,
+    StoreError,
+    StoreWriterExists,
+)
+from .files import LOCK_NAME, DirectoryLock, prepare_output_dir
+from .location import StoreLocation
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -131,27 +139,46 @@ def shard_table(schema: pa.Schema, ids: np.ndarray | Sequence[int], paths: Seque
     return pa.Table.from_arrays([columns[n] for n in schema.names], schema=schema)
 
 
-def manifest_hash(directory: str | os.PathLike[str]) -> str:
+StorePath = str | os.PathLike[str]  # a local directory, or a URI pyarrow.fs opens (s3://bucket/emb)
+
+
+def manifest_hash(directory: StorePath | StoreLocation) -> str:
     """sha256 of the store's manifest bytes: identifies the exact data an index was built from."""
-    return hashlib.sha256((Path(directory) / MANIFEST_NAME).read_bytes()).hexdigest()
+    location = directory if isinstance(directory, StoreLocation) else StoreLocation.parse(directory)
+    return hashlib.sha256(location.read_bytes(MANIFEST_NAME)).hexdigest()
 
 
-def _read_manifest(directory: Path) -> StoreManifest:
-    path = directory / MANIFEST_NAME
-    if not path.exists():
-        shards = sorted(p.name for p in directory.glob("*.parquet"))
+def _read_manifest(location: StoreLocation, where: object) -> StoreManifest:
+    if not location.exists(MANIFEST_NAME):
+        shards = [name for name in location.list() if name.endswith(".parquet")]
         hint = f" (it holds {len(shards)} Parquet file(s) but no manifest)" if shards else ""
-        raise StoreError(f"{directory} is not an sslsearch embedding store: no {MANIFEST_NAME}{hint}; "
+        raise StoreError(f"{where} is not an sslsearch embedding store: no {MANIFEST_NAME}{hint}; "
                          "create one with `sslsearch embed DATA --encoder ... --out DIR`")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(location.read_bytes(MANIFEST_NAME))
         manifest = StoreManifest.from_dict(data)
     except (ValueError, TypeError, KeyError) as error:
-        raise StoreError(f"{path} is not a valid store manifest ({error}); re-create the store with `sslsearch embed`") from None
+        raise StoreError(f"{_join(where, MANIFEST_NAME)} is not a valid store manifest ({error}); re-create the store "
+                         "with `sslsearch embed`") from None
     if manifest.format_version > FORMAT_VERSION:
-        raise StoreError(f"{directory} has store format {manifest.format_version}, newer than this sslsearch reads "
+        raise StoreError(f"{where} has store format {manifest.format_version}, newer than this sslsearch reads "
                          f"({FORMAT_VERSION}); upgrade sslsearch")
     return manifest
+
+
+def _join(where: object, name: str) -> str:
+    """``where/name`` for messages: a Path joins, a URI keeps its query after the name."""
+    if isinstance(where, Path):
+        return str(where / name)
+    base, question, query = str(where).partition("?")
+    return f"{base.rstrip('/')}/{name}{question}{query}"
+
+
+def _where(location: StoreLocation, given: StorePath) -> Path | str:
+    """The store's name in messages and ``.directory``: a Path for a local store (as given), else the URI."""
+    if not location.is_local:
+        return location.uri
+    return Path(location.root) if "://" in os.fspath(given) else Path(given)  # file:///abs/emb → /abs/emb
 
 
 def _embedding_matrix(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
@@ -173,27 +200,29 @@ class EmbeddingStore:
         ...     index.add_with_ids(batch.embeddings, batch.ids)
     """
 
-    def __init__(self, directory: Path, manifest: StoreManifest) -> None:
-        self.directory = directory
+    def __init__(self, directory: StorePath, manifest: StoreManifest) -> None:
+        self.location = StoreLocation.parse(directory)
+        self.directory: Path | str = _where(self.location, directory)  # a Path, or the URI of an object store
         self.manifest = manifest
         self._paths: dict[int, str] | None = None
 
     @classmethod
-    def open(cls, directory: str | os.PathLike[str], *, allow_incomplete: bool = False) -> "EmbeddingStore":
-        """Open and validate a store.
+    def open(cls, directory: StorePath, *, allow_incomplete: bool = False) -> "EmbeddingStore":
+        """Open and validate a store: a local directory or a URI such as ``s3://bucket/emb``.
 
         Raises:
             InputNotFoundError: the directory does not exist.
             StoreError: no manifest, an interrupted embed, a missing, truncated or foreign shard.
         """
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise InputNotFoundError(f"embedding store {directory} does not exist; create it with "
+        location = StoreLocation.parse(directory)
+        where = _where(location, directory)
+        if not location.is_dir():
+            raise InputNotFoundError(f"embedding store {where} does not exist; create it with "
                                      "`sslsearch embed DATA --encoder ... --out DIR`")
-        manifest = _read_manifest(directory)
+        manifest = _read_manifest(location, where)
         if not manifest.complete and not allow_incomplete:
             raise StoreError(f"embedding store {directory} is incomplete ({manifest.rows} rows written; embed was "
-                             "interrupted); finish it with `sslsearch embed ... --out {0} --resume`".format(directory))
+                             "interrupted); finish it with `sslsearch embed ... --out {0} --resume`".format(where))
         store = cls(directory, manifest)
         store._validate_shards()
         return store
@@ -201,13 +230,13 @@ class EmbeddingStore:
     def _validate_shards(self) -> None:
         expected = schema_for(self.dim, self.manifest.dtype)
         for shard in self.manifest.shards:
-            path = self.directory / shard.name
-            if not path.exists():
+            path = _join(self.directory, shard.name)
+            if not self.location.exists(shard.name):
                 raise StoreError(f"shard {path} listed in the manifest is missing; re-create the store with "
                                  "`sslsearch embed`")
             try:
-                meta = pq.ParquetFile(path)
-                schema, rows = meta.schema_arrow, meta.metadata.num_rows
+                with self._parquet_file(shard.name) as meta:
+                    schema, rows = meta.schema_arrow, meta.metadata.num_rows
             except (pa.ArrowException, OSError) as error:
                 raise StoreError(f"shard {path} is truncated or not Parquet ({error}); delete it and run "
                                  "`sslsearch embed ... --resume` to rewrite its rows") from None
@@ -220,7 +249,15 @@ class EmbeddingStore:
                 raise StoreError(f"shard {path} has {rows} rows but the manifest says {shard.rows}; "
                                  "the store was modified — re-create it with `sslsearch embed`")
 
+    def _parquet_file(self, name: str) -> pq.ParquetFile:
+        return pq.ParquetFile(self.location.path(name), filesystem=self.location.filesystem)
+
     # --- properties -------------------------------------------------------------------------
+    @property
+    def uri(self) -> str:
+        """The store's resolved absolute path, or its URI: what an index card records as its source."""
+        return str(Path(self.location.root).resolve()) if self.location.is_local else self.location.uri
+
     @property
     def dim(self) -> int:
         return self.manifest.dim
@@ -255,9 +292,9 @@ class EmbeddingStore:
         if unknown:
             raise StoreError(f"store {self.directory} has no column {unknown[0]!r}; it has {list(self.manifest.columns)}")
         for shard in self.manifest.shards:
-            parquet = pq.ParquetFile(self.directory / shard.name)
-            for record_batch in parquet.iter_batches(batch_size=batch_size, columns=wanted):
-                yield self._to_batch(record_batch, wanted)
+            with self._parquet_file(shard.name) as parquet:
+                for record_batch in parquet.iter_batches(batch_size=batch_size, columns=wanted):
+                    yield self._to_batch(record_batch, wanted)
 
     def _to_batch(self, record_batch: pa.RecordBatch, wanted: Sequence[str]) -> StoreBatch:
         ids = record_batch.column("id").to_numpy().astype(np.int64, copy=False)
@@ -330,15 +367,17 @@ class StoreWriter:
 
     The manifest is rewritten after every shard with ``complete: false`` until ``close``; a run
     killed at any point leaves only complete shards, and ``resume=True`` picks them up (also a
-    shard renamed just before the kill and not yet in the manifest). The directory is locked
-    against a second writer.
+    shard renamed just before the kill and not yet in the manifest). A local directory is locked
+    against a second writer; ``directory`` may also be a URI such as ``s3://bucket/emb`` (written
+    through pyarrow.fs, shards first and the complete manifest last; no lock there: one writer
+    per prefix is the caller's to ensure).
 
     Example:
         >>> with StoreWriter("emb/", dim=384, dtype="float16", encoder=fp, source_root="imgs") as w:  # doctest: +SKIP
         ...     w.write(ids, paths, vectors)
     """
 
-    def __init__(self, directory: str | os.PathLike[str], *, dim: int, dtype: str, encoder: dict[str, Any],
+    def __init__(self, directory: StorePath, *, dim: int, dtype: str, encoder: dict[str, Any],
                  source_root: str | os.PathLike[str], normalized: bool = True, resume: bool = False,
                  overwrite: bool = False, shard_rows: int = 50_000, extra_columns: Sequence[str] = ()) -> None:
         if dtype not in DTYPES:
@@ -348,43 +387,64 @@ class StoreWriter:
         unknown = [c for c in extra_columns if c not in OPTIONAL_COLUMNS]
         if unknown:
             raise InvalidArgumentError(f"unknown store column {unknown[0]!r}; optional columns are {sorted(OPTIONAL_COLUMNS)}")
-        self.directory = Path(directory)
+        self.location = StoreLocation.parse(directory)
+        self.directory: Path | str = _where(self.location, directory)
         self.extra_columns = tuple(extra_columns)
         self.schema = schema_for(dim, dtype, self.extra_columns)
         self.shard_rows = max(1, shard_rows)
-        self._lock = DirectoryLock(self.directory)
+        self._lock = DirectoryLock(self.location.root) if self.location.is_local else None
         self._buffer: list[dict[str, Any]] = []
         self._buffered = 0
-        existing = (self.directory / MANIFEST_NAME).exists() or any(self.directory.glob("part-*.parquet"))
+        names = self.location.list() if self.location.is_dir() else []
+        existing = MANIFEST_NAME in names or any(n.startswith("part-") and n.endswith(".parquet") for n in names)
         if resume and existing:
-            self._lock.acquire()
+            self._acquire()
             self.manifest = self._recover(dim, dtype, encoder)
         else:
             if existing and not overwrite:
                 raise StoreWriterExists(self.directory)
-            prepare_output_dir(self.directory, overwrite=overwrite)
-            self._lock.acquire()
+            self._prepare(names, overwrite=overwrite)
+            self._acquire()
             if overwrite:
-                for stale in list(self.directory.glob("part-*.parquet")) + [self.directory / MANIFEST_NAME]:
-                    stale.unlink(missing_ok=True)
+                for stale in [n for n in names if n.startswith("part-") and n.endswith(".parquet")] + [MANIFEST_NAME]:
+                    self.location.delete(stale)
             self.manifest = StoreManifest(dim=dim, dtype=dtype, encoder=dict(encoder), source_root=str(source_root),
                                           normalized=normalized, columns=tuple(self.schema.names))
             self._save_manifest()
         self.done_ids: set[int] = self._existing_ids()
 
+    def _prepare(self, names: list[str], *, overwrite: bool) -> None:
+        """Create the directory, refusing one that holds other files unless ``overwrite``."""
+        if self.location.is_local:
+            prepare_output_dir(self.location.root, overwrite=overwrite)
+            return
+        foreign = [n for n in names if n != LOCK_NAME]
+        if foreign and not overwrite:
+            raise OutputExistsError(f"output {self.directory} already holds {len(foreign)} other object(s) (e.g. "
+                                    f"{foreign[0]!r}); choose an empty or new prefix, or pass --overwrite")
+        self.location.make_dirs()
+
+    def _acquire(self) -> None:
+        if self._lock is not None:
+            self._lock.acquire()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+
     # --- resume ---------------------------------------------------------------------------
     def _recover(self, dim: int, dtype: str, encoder: dict[str, Any]) -> StoreManifest:
         try:
-            manifest = _read_manifest(self.directory)
+            manifest = _read_manifest(self.location, self.directory)
         except StoreError:
             manifest = None
         if manifest is not None:
             if manifest.dim != dim or manifest.dtype != dtype:
-                self._lock.release()
+                self._release()
                 raise StoreError(f"cannot resume {self.directory}: it holds dim {manifest.dim} {manifest.dtype}, this run "
                                  f"makes dim {dim} {dtype}; use the same encoder and --dtype, or a new --out")
             if manifest.encoder.get("id") != encoder.get("id"):
-                self._lock.release()
+                self._release()
                 raise EncoderMismatchError(
                     f"cannot resume {self.directory}: it was embedded with {manifest.encoder_spec} "
                     f"({manifest.encoder_id}), this run uses {encoder.get('spec')} ({encoder.get('id')}); "
@@ -393,16 +453,19 @@ class StoreWriter:
             manifest = StoreManifest(dim=dim, dtype=dtype, encoder=dict(encoder), source_root="", columns=tuple(self.schema.names))
         # Shards on disk are complete by construction (renamed when done); adopt any the manifest missed.
         listed = {s.name for s in manifest.shards}
-        shards = [s for s in manifest.shards if (self.directory / s.name).exists()]
-        for path in sorted(self.directory.glob("part-*.parquet")):
-            if path.name in listed or not SHARD_PATTERN.match(path.name):
+        names = self.location.list()
+        shards = [s for s in manifest.shards if s.name in names]
+        for name in names:
+            if name in listed or not SHARD_PATTERN.match(name):
                 continue
             try:
-                shards.append(ShardInfo(path.name, pq.ParquetFile(path).metadata.num_rows))
+                with pq.ParquetFile(self.location.path(name), filesystem=self.location.filesystem) as parquet:
+                    shards.append(ShardInfo(name, parquet.metadata.num_rows))
             except (pa.ArrowException, OSError):
-                path.unlink()  # cannot happen through rename; a foreign or damaged file is not ours to keep
-        for tmp in [*self.directory.glob(".part-*.tmp"), *self.directory.glob(f".{MANIFEST_NAME}.*.tmp")]:
-            tmp.unlink(missing_ok=True)
+                self.location.delete(name)  # cannot happen through rename; a foreign or damaged file is not ours to keep
+        for name in names:
+            if name.endswith(".tmp") and (name.startswith(".part-") or name.startswith(f".{MANIFEST_NAME}.")):
+                self.location.delete(name)
         manifest = dataclasses.replace(manifest, shards=tuple(sorted(shards, key=lambda s: s.name)),
                                        rows=sum(s.rows for s in shards), complete=False)
         return manifest
@@ -410,8 +473,8 @@ class StoreWriter:
     def _existing_ids(self) -> set[int]:
         done: set[int] = set()
         for shard in self.manifest.shards:
-            ids = pq.read_table(self.directory / shard.name, columns=["id"]).column("id").to_numpy()
-            done.update(ids.tolist())
+            table = pq.read_table(self.location.path(shard.name), columns=["id"], filesystem=self.location.filesystem)
+            done.update(table.column("id").to_numpy().tolist())
         return done
 
     # --- writing --------------------------------------------------------------------------
@@ -455,8 +518,7 @@ class StoreWriter:
                             **{name: sum((b[name] for b in self._buffer), []) for name in self.extra_columns})
         number = 1 + max((int(SHARD_PATTERN.match(s.name).group(1)) for s in self.manifest.shards), default=-1)
         name = f"part-{number:05d}.parquet"
-        with atomic_path(self.directory / name) as tmp:
-            pq.write_table(table, tmp, compression="zstd")
+        self.location.write_atomic(name, lambda stream: pq.write_table(table, stream, compression="zstd"))
         self.done_ids.update(table.column("id").to_numpy().tolist())
         self.manifest = dataclasses.replace(self.manifest, shards=self.manifest.shards + (ShardInfo(name, table.num_rows),),
                                             rows=self.manifest.rows + table.num_rows)
@@ -465,7 +527,8 @@ class StoreWriter:
 
     def _save_manifest(self) -> None:
         self.manifest = dataclasses.replace(self.manifest, updated=_now())
-        atomic_write_json(self.directory / MANIFEST_NAME, self.manifest.to_dict())
+        text = json.dumps(self.manifest.to_dict(), indent=2, sort_keys=False, default=str) + "\n"
+        self.location.write_bytes_atomic(MANIFEST_NAME, text.encode("utf-8"))
 
     def close(self, *, complete: bool = True, source_root: str | None = None) -> StoreManifest:
         """Flush, mark the store complete (or not) and release the lock."""
@@ -478,7 +541,7 @@ class StoreWriter:
             self.manifest = dataclasses.replace(self.manifest, **changes)
             self._save_manifest()
         finally:
-            self._lock.release()
+            self._release()
         return self.manifest
 
     def abort(self) -> None:
@@ -486,7 +549,7 @@ class StoreWriter:
         try:
             self.flush()
         finally:
-            self._lock.release()
+            self._release()
 
     def __enter__(self) -> "StoreWriter":
         return self

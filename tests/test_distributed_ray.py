@@ -15,9 +15,9 @@ from PIL import Image
 import sslsearch
 from sslsearch.cli.app import main
 from sslsearch.distributed.blocks import BlockReceipt, plan_blocks, receipt_name, slot_batches
-from sslsearch.distributed.location import StoreLocation
 from sslsearch.embed import embed_images
 from sslsearch.errors import BadImageError, InvalidArgumentError, SSLSearchError, StoreError
+from sslsearch.location import StoreLocation
 from sslsearch.sources import list_images
 from sslsearch.store import EmbeddingStore
 

@@ -68,6 +68,9 @@ def test_card_contents(tmp_path):
     chosen = next(p for p in points if p["recall"] >= 0.95)
     assert chosen["search_params"] == on_disk["search_params"] and chosen is points[-1]
     assert on_disk["recall_at_10"] == chosen["recall"]
+    # QPS of every tuning search (one batch of the 100 eval queries); the card's QPS is the chosen one's
+    assert all(p["qps_batch"] > 0 for p in points) and card.qps == chosen["qps_batch"]
+    assert any(f"{card.qps:,.0f} queries/s" in line for line in card.summary_lines())
     plain = faiss.read_index(str(tmp_path / "idx" / "index.faiss"))
     assert faiss.downcast_index(plain.index).hnsw.efSearch == on_disk["search_params"]["efSearch"]
     assert "held-out" in on_disk["recall_definition"]

@@ -14,7 +14,7 @@ from sslsearch.cli.app import main
 from sslsearch.errors import InvalidArgumentError, OutputExistsError
 from sslsearch.index.build import build_index
 from sslsearch.index.io import ONDISK_DATA
-from sslsearch.index.ondisk import BUILD_FOLDER, PartPlan, ondisk_spec, plan_parts
+from sslsearch.index.ondisk import BUILD_FOLDER, PartPlan, ondisk_spec, plan_parts, training_size
 from sslsearch.index.search import load_index
 
 N, DIM = 20_000, 32
@@ -73,6 +73,8 @@ def test_card_records_recall_vs_exact_and_the_parts(ondisk_index, store):
     assert params["ivfdata_bytes"] == (ondisk_index / ONDISK_DATA).stat().st_size
     assert params["worker_peak_memory_bytes"] > 0
     assert card["recall_at_10"] >= 0.9 and card["n_eval_queries"] == 500
+    tuned = [p for p in card["tuning"] if p["search_params"] == card["search_params"]]
+    assert len(tuned) == 1 and tuned[0]["qps_batch"] > 0  # the card's QPS at the tuned nprobe
     assert sorted(p.name for p in ondisk_index.iterdir()) == ["index.faiss", "index.ivfdata", "index.json"]
     assert not (ondisk_index / BUILD_FOLDER).exists()
 
@@ -103,6 +105,24 @@ def test_a_budget_too_small_to_train_is_refused(store, tmp_path):
     with pytest.raises(InvalidArgumentError, match="raise --memory-budget to at least"):
         build_index(store[0], tmp_path / "idx", on_disk=True, memory_budget="1MB")
     assert not (tmp_path / "idx" / "index.json").exists()
+
+
+@pytest.mark.parametrize("n, budget, expected", [
+    (2_000_000, None, 163_840),          # no budget: the spec's sample (40 per list of 4,096)
+    (2_000_000, 2 * 10**9, 163_840),     # a quarter of 2 GB holds 325,520 vectors: the spec's sample
+    (5_000_000, 2 * 10**9, 325_520),     # 8,192 lists want 327,680; the budget cuts to 325,520 ≥ 39 per list
+    (10_000_000, 4 * 10**9, 500_000),    # 16,384 lists: MAX_TRAIN_SIZE (500k < 39 per list) is what is needed
+    (10_000_000, 2 * 10**9, "2.9 GiB"),  # 325,520 < 500,000: refused, naming the budget that suffices
+    (5_000_000, 10**9, "1.9 GiB"),       # 162,760 < 8,192 × 39
+])
+def test_training_size_within_the_budget(n, budget, expected):
+    spec = ondisk_spec(n, 384, "auto")
+    nlist = int(spec.factory.split(",")[0].removeprefix("IVF"))
+    if isinstance(expected, int):
+        assert training_size(spec, nlist, n, 384, budget) == expected
+    else:
+        with pytest.raises(InvalidArgumentError, match=f"at least {expected}"):
+            training_size(spec, nlist, n, 384, budget)
 
 
 def test_cli_on_disk_json_stays_clean(store, tmp_path, capfd):

@@ -153,3 +153,13 @@ def test_writer_rejects_wrong_shapes(tmp_path):
     with pytest.raises(ValueError, match="does not match 2 rows of dim 4"):
         writer.write([0, 1], ["a", "b"], np.ones((2, 5)))
     writer.close()
+
+
+def test_file_uri_is_the_local_directory(tmp_path):
+    """``file:///abs/emb`` writes and reads the same store as ``/abs/emb``; ``.directory`` stays a local Path."""
+    vectors = _write(f"file://{tmp_path / 'emb'}")
+    store = EmbeddingStore.open(f"file://{tmp_path / 'emb'}")
+    assert store.directory == tmp_path / "emb" and store.uri == str((tmp_path / "emb").resolve())
+    np.testing.assert_array_equal(store.read_all().embeddings, vectors)
+    assert manifest_hash(f"file://{tmp_path / 'emb'}") == manifest_hash(tmp_path / "emb")
+    assert EmbeddingStore.open(tmp_path / "emb").manifest == store.manifest

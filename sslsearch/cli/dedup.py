@@ -63,7 +63,13 @@ def dedup_command(
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size in px for --encoder."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass when embedding (--encoder)."),
     neighbors: int = typer.Option(16, "--neighbors", "-k", help="Neighbours per image in the k-NN graph."),
-    method: str = typer.Option("auto", "--method", help="k-NN graph: auto, exact or partitioned (approximate, CPU scale)."),
+    method: str = typer.Option("auto", "--method",
+                               help="k-NN graph: auto, exact, partitioned (approximate, CPU scale) or ivf (through an "
+                                    "IVF index of the store built in DUPS and removed after; cosine score only)."),
+    memory_budget: Optional[str] = typer.Option(
+        None, "--memory-budget",
+        help="Memory for the k-NN graph, e.g. 4GB: with --threshold (cosine), --method auto streams the store through "
+             "an IVF index when the in-memory graph would need more."),
     sample: int = typer.Option(300, "--sample", help="Edited copies made to calibrate the threshold."),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration sample and the partitioned graph."),
     report_clusters: int = typer.Option(500, "--report-clusters", help="Clusters shown in report.html (largest first)."),
@@ -77,7 +83,7 @@ def dedup_command(
 
     options = dict(threshold=threshold, precision=precision, keep=keep, neighbors=neighbors, method=method,
                    sample_size=sample, seed=seed, against=against, score=score, edits=edits, report=report,
-                   report_max_clusters=report_clusters)
+                   report_max_clusters=report_clusters, memory_budget=memory_budget)
     if encoder is not None:
         result = deduplicate_images(data, encoder, out, weights=weights, image_size=image_size, batch_size=batch_size,
                                     device=device, overwrite=overwrite, pretrained=pretrained,

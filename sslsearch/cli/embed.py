@@ -18,12 +18,13 @@ shards and `manifest.json`, with L2-normalised vectors.
 * Files that cannot be decoded are skipped and recorded with their reason (--strict makes them an
   error).
 * An interrupted run keeps its complete shards: run the same command with --resume to finish it.
+* --out may be a URI that pyarrow opens, such as `s3://bucket/emb` (credentials and endpoint from
+  the standard AWS environment variables, e.g. `AWS_ENDPOINT_URL` for MinIO; docs/scale.md).
 * Published weights (DINOv2, DINOv3, SigLIP 2, MAE, ...) come from the local Hugging Face cache
   with --pretrained; nothing is downloaded unless --allow-download is given (see docs/pretrained.md).
 * **--engine ray** runs the same job on a Ray cluster (`pip install 'sslsearch[ray]'`): an actor
   pool embeds blocks of --shard-rows images, each actor writing its shard straight to --out (a
-  path on a shared filesystem or a URI such as `s3://bucket/emb`); --workers is then the number of
-  actors (docs/scale.md).
+  path on a shared filesystem or a URI); --workers is then the number of actors (docs/scale.md).
 
 Example: `sslsearch embed images/ --encoder timm:resnet18 --image-size 112 --out emb/`
 
@@ -35,7 +36,7 @@ ENGINES = ("local", "ray")
 def embed_command(
     data: Path = typer.Argument(..., metavar="DATA", help="Folder of images, a .txt/.csv/.parquet list of paths, or one image."),
     encoder: str = typer.Option(..., "--encoder", "-e", help="`timm:<model-name>` or a `sslsearch train` run directory."),
-    out: str = typer.Option(..., "--out", "-o", help="Output store directory (new or empty); with --engine ray also a URI."),
+    out: str = typer.Option(..., "--out", "-o", help="Output store directory (new or empty), or a URI such as `s3://bucket/emb`."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Local .safetensors/.pth state dict for a timm: encoder, "
                                            "or a checkpoint folder (weights + timm's config.json)."),
     pretrained: bool = PretrainedOption, allow_download: bool = AllowDownloadOption,
@@ -87,7 +88,7 @@ def embed_command(
     for skipped in result.skipped[:10]:
         info(f"skipped {skipped.path}: {skipped.reason}")
     if len(result.skipped) > 10:
-        info(f"... and {len(result.skipped) - 10} more (all listed in {result.directory / 'manifest.json'})")
+        info(f"... and {len(result.skipped) - 10} more (all listed in the manifest.json of {result.directory})")
     typer.echo(result.summary())
     typer.echo(f"store {result.directory}: {result.rows} rows, dim {result.dim}, "
                f"{result.encoder.get('spec')} ({result.encoder.get('id')}), {result.images_per_second:.1f} images/s")

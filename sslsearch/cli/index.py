@@ -38,7 +38,8 @@ Example: `sslsearch index info idx/ --verify`
 
 
 def build_command(
-    store: Path = typer.Argument(..., metavar="EMB", help="Embedding store directory written by `sslsearch embed`."),
+    store: str = typer.Argument(..., metavar="EMB", help="Embedding store written by `sslsearch embed`: a directory "
+                                "or a URI such as `s3://bucket/emb`."),
     out: Path = typer.Option(..., "--out", "-o", help="Index directory to write (new or empty)."),
     kind: str = typer.Option("auto", "--kind", help="auto, flat, hnsw, ivf or ivfpq."),
     memory_budget: str = typer.Option("4GB", "--memory-budget",

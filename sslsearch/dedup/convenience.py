@@ -5,12 +5,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .calibrate import check_precision
-from .clusters import check_keep_policy
-from .density import resolve_score
+from .options import DedupOptions
 from .outputs import prepare_dedup_dir
 from .result import DedupResult
-from .run import check_threshold, deduplicate
+from .run import run_dedup
 
 EMBEDDINGS_DIR = "embeddings"
 
@@ -43,19 +41,10 @@ def deduplicate_images(data: str | os.PathLike[str], encoder: str, out: str | os
     """
     from ..embed import embed_images
 
-    if dedup_options.get("threshold") is not None:
-        check_threshold(dedup_options["threshold"])
-    elif "precision" in dedup_options:
-        check_precision(dedup_options["precision"])
-    if "keep" in dedup_options:
-        check_keep_policy(dedup_options["keep"])
-    if "score" in dedup_options:
-        resolve_score(dedup_options["score"], threshold_given=dedup_options.get("threshold") is not None,
-                      against=dedup_options.get("against") is not None)
+    options = DedupOptions(device=device, overwrite=overwrite, progress=progress, **dedup_options)  # checked now
     directory = prepare_dedup_dir(out, overwrite=overwrite)
     store = Path(directory) / EMBEDDINGS_DIR
     embed_images(data, encoder, store, weights=weights, image_size=image_size, batch_size=batch_size, workers=workers,
                  device=device, overwrite=overwrite, progress=progress, pretrained=pretrained,
                  allow_download=allow_download)
-    return deduplicate(store, directory, device=device, overwrite=overwrite, progress=progress,
-                       _allowed_in_out=(EMBEDDINGS_DIR,), **dedup_options)
+    return run_dedup(store, directory, options, allowed_in_out=(EMBEDDINGS_DIR,))

@@ -14,7 +14,7 @@ where ``b_i`` is image i's similarity to its ``rank``-th nearest other image (fr
 graph that dedup builds anyway) among those that are not *sure* duplicates of it, and
 ``reference`` is the store's median ``b``: a pair in a region of typical density keeps its
 cosine similarity, so a score reads like one. Sure duplicates are neighbours at least as similar
-as the easiest quarter of the calibration's edited copies (``calibrate.SURE_COPY_QUANTILE``):
+as the easiest quarter of the calibration's edited copies (``threshold.SURE_COPY_QUANTILE``):
 without that, the members of a big cluster of copies (a burst of photos, one picture re-saved
 many times) had each other as background and scored far below their cosine — measured: 6 of 40
 re-encoded copies of one image found. ``b`` is also capped at a high quantile of the store's

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ CLUSTERS_SCHEMA = pa.schema([
 def prepare_dedup_dir(out: str | os.PathLike[str], *, overwrite: bool, allowed: Sequence[str] = ()) -> Path:
     """Create ``out``, or refuse one that exists unless ``overwrite``; stale outputs of ours are removed.
 
-    Only the files dedup writes are ever deleted; with ``overwrite`` other files stay where they are.
+    Only the files dedup writes are ever deleted (and the ivf graph's temporary ``.graph-index-*`` folders an
+    interrupted run left); with ``overwrite`` other files stay where they are.
 
     Raises:
         OutputExistsError: ``out`` exists (and is not empty) without ``overwrite``, or is a file.
@@ -48,6 +50,9 @@ def prepare_dedup_dir(out: str | os.PathLike[str], *, overwrite: bool, allowed: 
     if overwrite:
         for name in OUTPUT_FILES:
             (directory / name).unlink(missing_ok=True)
+        for stale in directory.glob(".graph-index-*"):  # the ivf graph's index left by an interrupted run
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
     return directory
 
 

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 from ..encoders import Encoder
 from ..errors import BadImageError
 from ..loader import iter_decoded
+from ..location import StoreLocation
 from ..sources import ImageSource
 from ..store import shard_table
-from .location import StoreLocation
 
 RECEIPTS = ".blocks"  # hidden folder of the store: one JSON receipt per finished block
 

@@ -27,7 +27,7 @@ from ..progress import progress_bar
 from ..sources import ImageSource, SkippedFile, count_reasons, list_images
 from ..store import DTYPES, MANIFEST_NAME, SHARD_PATTERN, ShardInfo, StoreManifest, schema_for
 from .blocks import RECEIPTS, BlockReceipt, BlockTask, embed_block, plan_blocks, read_receipts, shard_name
-from .location import StoreLocation
+from ..location import StoreLocation
 
 
 class RayNotInstalledError(SSLSearchError, ImportError):
@@ -308,7 +308,7 @@ def embed_images_ray(data: str | os.PathLike[str] | ImageSource, encoder: str, o
                     os.rmdir(directory)
         raise
     seconds = time.perf_counter() - started
-    return EmbedResult(directory=Path(location.root) if location.is_local else Path(location.uri), rows=manifest.rows,
+    return EmbedResult(directory=Path(location.root) if location.is_local else location.uri, rows=manifest.rows,
                        embedded_now=embedded_now, skipped=tuple(SkippedFile(**s) for s in manifest.skipped),
                        dim=manifest.dim, encoder=manifest.encoder, seconds=seconds,
                        images_per_second=embedded_now / seconds if seconds > 0 else 0.0, resumed=kept_before > 0)

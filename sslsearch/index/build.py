@@ -118,18 +118,25 @@ def _ladder(spec: IndexSpec, index: Any) -> list[dict[str, int]]:
 
 def _tune(spec: IndexSpec, index: Any, queries: np.ndarray, query_ids: np.ndarray, truth: np.ndarray, k: int,
           target: float, *, held_out: bool) -> tuple[dict[str, int], float | None, list[dict[str, Any]]]:
-    """The smallest search setting whose recall@k reaches ``target`` (else the smallest near the best)."""
+    """The smallest search setting whose recall@k reaches ``target`` (else the smallest near the best).
+
+    Each point also records the queries per second of that search (one batch of all the queries,
+    on this process's threads, while the build runs): the card's QPS.
+    """
     if len(queries) == 0:
         return dict(spec.search_params), None, []
     points: list[dict[str, Any]] = []
     for params in _ladder(spec, index):
         apply_search_params(index, params)
+        tick = time.perf_counter()
         if held_out:
             found = index.search(queries, k)[1]
         else:  # the queries are in the index: search one more and leave each query's own id out
             found = drop_self_matches(index.search(queries, k + 1)[1], query_ids, k)
+        seconds = time.perf_counter() - tick
         recall = recall_at_k(found, truth)
-        points.append({"search_params": params, "recall": round(recall, 4)})
+        points.append({"search_params": params, "recall": round(recall, 4),
+                       "qps_batch": round(len(queries) / seconds, 1) if seconds > 0 else None})
         if recall >= target:
             return params, recall, points
     best = max(p["recall"] for p in points)
@@ -208,7 +215,7 @@ def build_index(store_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
     n, dim = len(store), store.dim
     spec = choose_index_spec(n, dim, kind=kind, memory_budget_bytes=budget)
     out_dir = check_index_output(out, overwrite=overwrite)
-    if Path(store_dir).resolve() == out_dir.resolve():
+    if store.location.is_local and Path(store.location.root).resolve() == out_dir.resolve():
         raise InvalidArgumentError(f"--out {out} is the embedding store itself; write the index to its own directory")
     chunk_rows = CHUNK_ROWS if budget is None else int(max(1024, min(CHUNK_ROWS, budget // (10 * 8 * dim))))
     timings: dict[str, float] = {}
@@ -294,7 +301,7 @@ def build_index(store_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
             return IndexCard(
                 factory=factory, kind=spec.kind, metric=spec.metric, dim=dim, ntotal=int(index.ntotal),
                 search_params=params, encoder=dict(store.encoder),
-                store={"path": str(Path(store_dir).resolve()), "manifest_sha256": manifest_hash(store_dir), "rows": n},
+                store={"path": store.uri, "manifest_sha256": manifest_hash(store.location), "rows": n},
                 build_seconds=round(time.perf_counter() - started, 3), peak_memory_bytes=memory.peak_growth,
                 recall_at_10=None if recall is None else round(float(recall), 4),
                 n_eval_queries=len(queries) if recall is not None else 0,

@@ -86,7 +86,9 @@ class IndexCard:
         reason: why this index was chosen (``choose_index_spec``).
         build_params: construction parameters (efConstruction, train_size, ...).
         recall_k: the k of ``recall_at_10``.
-        tuning: the (search_params, recall) points measured while tuning, smallest first.
+        tuning: the (search_params, recall, qps_batch) points measured while tuning, smallest first
+            (qps_batch: queries per second of one batch of the eval queries during the build; absent in
+            older cards); ``sslsearch bench index --apply`` appends its chosen point.
         timings: seconds per build phase (sample, train, add, tune, save).
         format_version: of this card.
     """
@@ -154,6 +156,12 @@ class IndexCard:
     def encoder_id(self) -> str:
         return str(self.encoder.get("id", "?"))
 
+    @property
+    def qps(self) -> float | None:
+        """Queries per second at the tuned search parameters, measured during the build (None if not)."""
+        points = [t for t in self.tuning if t.get("search_params") == self.search_params and t.get("qps_batch")]
+        return float(points[-1]["qps_batch"]) if points else None
+
     def summary_lines(self) -> list[str]:
         """Readable lines for ``sslsearch index info``."""
         queries = "held-out queries" if self.recall_definition == RECALL_HELD_OUT else "store vectors, own id left out"
@@ -165,7 +173,8 @@ class IndexCard:
             f"vectors    {self.ntotal:,} × {self.dim}",
             f"encoder    {self.encoder_spec} ({self.encoder_id})",
             f"store      {self.store.get('path')} (manifest sha256 {str(self.store.get('manifest_sha256', '?'))[:12]}…)",
-            f"search     {params}",
+            f"search     {params}" + ("" if self.qps is None else
+                                         f" ({self.qps:,.0f} queries/s, batch search on the building machine)"),
             f"recall     {recall}",
             f"size       {format_bytes(self.size_bytes)} on disk"
             + (f" + {ONDISK_DATA} {format_bytes(self.build_params.get('ivfdata_bytes', 0))} (memory-mapped lists)"

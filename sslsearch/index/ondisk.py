@@ -89,6 +89,32 @@ def plan_parts(shards: list[tuple[str, int]], bytes_per_vector: int, part_budget
     return parts
 
 
+def training_size(spec: IndexSpec, nlist: int, n: int, dim: int, memory_budget_bytes: int | None) -> int:
+    """Training vectors of an on-disk build: the spec's sample, cut to 1/TRAIN_SHARE of the budget.
+
+    The budget may cut the sample down to faiss's 39 points per list, or to the spec's own sample
+    where that is smaller (``MAX_TRAIN_SIZE`` caps it below 39 per list from 16,384 lists, i.e. ~10M
+    vectors), but not further.
+
+    Raises:
+        InvalidArgumentError: the budget leaves room for fewer, with the budget to ask for.
+
+    Example:
+        >>> training_size(ondisk_spec(10_000_000, 384, "auto"), 16384, 10_000_000, 384, 4 * 10**9)
+        500000
+    """
+    if memory_budget_bytes is None:
+        return spec.train_size
+    train_size = min(spec.train_size, max(1, memory_budget_bytes // (TRAIN_SHARE * 4 * dim)))
+    needed = min(nlist * 39, spec.train_size, n)
+    if train_size < needed:
+        raise InvalidArgumentError(
+            f"memory budget {format_bytes(memory_budget_bytes)} leaves room for {train_size:,} training vectors, "
+            f"fewer than the {needed:,} that {spec.factory} needs; raise --memory-budget to at least "
+            f"{format_bytes(TRAIN_SHARE * 4 * dim * needed, round_up=True)}")
+    return train_size
+
+
 def build_ondisk_index(store_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, kind: str = "auto",
                        memory_budget_bytes: int | None = None, device: str = "auto", overwrite: bool = False,
                        progress: bool | None = None, workers: int | None = None, target_recall: float = 0.95,
@@ -119,19 +145,11 @@ def build_ondisk_index(store_dir: str | os.PathLike[str], out: str | os.PathLike
     index = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
     # codes + int64 id per vector, ×2: inverted lists grow by doubling, so a part may hold twice its bytes
     code_bytes = 2 * (faiss.extract_index_ivf(index).code_size + 8)
-    train_size = spec.train_size
-    if memory_budget_bytes is not None:
-        train_size = min(train_size, max(1, memory_budget_bytes // (TRAIN_SHARE * 4 * dim)))
-        floor = faiss.extract_index_ivf(index).nlist * 39
-        if train_size < min(floor, n):
-            raise InvalidArgumentError(
-                f"memory budget {format_bytes(memory_budget_bytes)} leaves room for {train_size:,} training vectors, "
-                f"fewer than the {floor:,} that {spec.factory} needs; raise --memory-budget to at least "
-                f"{format_bytes(TRAIN_SHARE * 4 * dim * floor, round_up=True)}")
+    train_size = training_size(spec, faiss.extract_index_ivf(index).nlist, n, dim, memory_budget_bytes)
     part_budget = (memory_budget_bytes or 2**62) // (PART_SHARE * workers)
     chunk_rows = int(max(1024, min(in_memory.CHUNK_ROWS, part_budget // (8 * dim))))
     out_dir = check_index_output(out, overwrite=overwrite)
-    if Path(store_dir).resolve() == out_dir.resolve():
+    if store.location.is_local and Path(store.location.root).resolve() == out_dir.resolve():
         raise InvalidArgumentError(f"--out {out} is the embedding store itself; write the index to its own directory")
     work = out_dir / BUILD_FOLDER
     timings: dict[str, float] = {}
@@ -224,7 +242,7 @@ def build_ondisk_index(store_dir: str | os.PathLike[str], out: str | os.PathLike
                 return IndexCard(
                     factory=spec.factory, kind=spec.kind, metric=spec.metric, dim=dim, ntotal=int(merged.ntotal),
                     search_params=params, encoder=dict(store.encoder),
-                    store={"path": str(Path(store_dir).resolve()), "manifest_sha256": manifest_hash(store_dir),
+                    store={"path": store.uri, "manifest_sha256": manifest_hash(store.location),
                            "rows": n},
                     build_seconds=round(time.perf_counter() - started, 3), peak_memory_bytes=memory.peak_growth,
                     recall_at_10=None if recall is None else round(float(recall), 4),

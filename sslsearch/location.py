@@ -1,4 +1,11 @@
-"""A store directory addressed by a local path or a URI (s3://, gs://, hdfs://) through pyarrow.fs, written atomically."""
+"""A store directory addressed by a local path or a URI (s3://, gs://, hdfs://) through pyarrow.fs, written atomically.
+
+Object storage: ``s3://bucket/prefix`` takes credentials, region and endpoint from the standard AWS
+settings that pyarrow's S3 client reads (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` for MinIO and other
+S3-compatible stores, ``~/.aws/config``), or from the URI's query
+(``s3://bucket/emb?endpoint_override=host:9000&scheme=http``).
+"""
 from __future__ import annotations
 
 import os
@@ -9,7 +16,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from ..errors import InvalidArgumentError
+from .errors import InvalidArgumentError
+from .files import atomic_path
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,20 @@ class StoreLocation:
     def is_local(self) -> bool:
         return isinstance(self.filesystem, pafs.LocalFileSystem)
 
+    @property
+    def display(self) -> str:
+        """How messages and cards name the directory: the absolute path, or the URI as given."""
+        return self.root if self.is_local else self.uri
+
+    def is_dir(self) -> bool:
+        """Whether the directory exists (on object storage: whether any object lies under the prefix)."""
+        info = self.filesystem.get_file_info(self.root)
+        if info.type == pafs.FileType.Directory:
+            return True
+        if self.is_local or info.type == pafs.FileType.File:
+            return False
+        return bool(self.filesystem.get_file_info(pafs.FileSelector(self.root, allow_not_found=True)))
+
     def path(self, name: str) -> str:
         return f"{self.root}/{name}"
 
@@ -72,6 +94,10 @@ class StoreLocation:
         return sorted(info.base_name for info in self.filesystem.get_file_info(selector)
                       if info.type == pafs.FileType.File)
 
+    def open_input_file(self, name: str) -> pa.NativeFile:
+        """A random-access reader of file ``name`` (close it, or use it in a ``with`` block)."""
+        return self.filesystem.open_input_file(self.path(name))
+
     def read_bytes(self, name: str) -> bytes:
         with self.filesystem.open_input_stream(self.path(name)) as stream:
             return stream.read()
@@ -84,8 +110,16 @@ class StoreLocation:
         """Call ``write(stream)`` on a temporary file beside ``name``, then move it onto ``name``; returns its size.
 
         The temporary name starts with "." (``.part-00003.parquet.<hex>.tmp``): store readers
-        and ``StoreWriter`` resume ignore or clean such files.
+        and ``StoreWriter`` resume ignore or clean such files. On the local filesystem the file is
+        fsynced and renamed (``files.atomic_path``). On object storage the upload is finished
+        under the temporary key and then copied onto ``name``: an upload cut short (a write that
+        raised, whose stream's close still completes the upload) never carries the final name.
         """
+        if self.is_local:
+            with atomic_path(self.path(name)) as temporary_path, self.filesystem.open_output_stream(
+                    str(temporary_path)) as stream:
+                write(stream)
+            return self.size(name) or 0
         directory, _, base = name.rpartition("/")
         temporary = f"{directory + '/' if directory else ''}.{base}.{uuid.uuid4().hex[:12]}.tmp"
         try:
