@@ -203,3 +203,25 @@ def test_tone_scores_accept_a_clipped_gain_and_refuse_an_offset() -> None:
     scores = tone_scores(a, torch.stack([brighter, darker, lifted]))
     assert scores[0] > 0.999 and scores[1] > 0.999
     assert scores[2] < 0.9
+
+
+def test_probes_propose_a_cropped_copy_and_never_an_image_with_itself() -> None:
+    from sslsearch.dedup.verified import PROBE_SPECS, probe_pairs, probe_views
+
+    originals = [icon(seed) for seed in range(40)]
+    copy = originals[3].crop((4, 10, 54, 60))  # about 61 % of the area
+    views = [canonical(im) for im in [*originals, copy]]
+
+    def thumb(view: Image.Image) -> np.ndarray:
+        pixels = np.asarray(ImageOps.grayscale(view).resize((16, 16), Image.BILINEAR), np.float32)
+        pixels = (pixels + pixels[:, ::-1]).ravel()
+        pixels -= pixels.mean()
+        return pixels / np.linalg.norm(pixels)
+
+    thumbs = np.stack([thumb(v) for v in views])
+    probes = np.stack([np.stack([thumb(p) for p in probe_views(v)]) for v in views]).astype(np.float16)
+    assert probes.shape[1] == len(PROBE_SPECS) == 7
+    first, second = probe_pairs(thumbs, probes, neighbors=2)
+    pairs = set(zip(first.tolist(), second.tolist()))
+    assert (3, 40) in pairs
+    assert all(a < b for a, b in pairs)

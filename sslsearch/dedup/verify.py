@@ -13,15 +13,19 @@ So each candidate pair is checked on pixels, the way the edits act on them:
    instead): a pad or a rescale no longer moves anything;
 2. *variants* — the canonical view of one image is mirrored, rotated by up to 15 degrees and cut
    to windows keeping 71-85 % of its area (each re-trimmed), ``VARIANTS`` in all;
-3. *score* — the best normalised cross-correlation of a variant with the other image's canonical
-   view, both at ``SIZE`` px, taken in both directions. In colour when both are in colour; when
-   either is greyscale, on luminance, times the ratio of the two luminance contrasts (when below
-   ``CONTRAST_TOLERANCE``), so a greyscale copy matches its original but a black icon does not
-   match the same shape in pink.
+3. *coarse score* — the best normalised cross-correlation of a variant with the other image's
+   canonical view, both at ``SIZE`` px, taken in both directions. In colour when both are in
+   colour; when either is greyscale, on luminance, times the ratio of the two luminance contrasts
+   (when below ``CONTRAST_TOLERANCE``), so a greyscale copy matches its original but a black icon
+   does not match the same shape in pink;
+4. *aligned score* — a pair whose coarse score reaches ``align.REFINE_FLOOR`` is aligned further
+   from its best variant and scored on shape and tone (``align.py``); that score replaces the
+   coarse one.
 
 The score is in [-1, 1] and reads like a cosine: 1 is the same picture up to the edits tried.
 Cost: ``VARIANTS`` (46) small PIL operations per image taking part in a pair, on the CPU, whatever the encoder
-(about 5 ms of CPU an image); ``verify_pairs`` holds every taking-part image's canonical view (up to
+(about 5 ms of CPU an image), and the alignment of the pairs that reach it (8-13 ms of CPU a pair on
+2 shared cores); ``verify_pairs`` holds every taking-part image's canonical view (up to
 ``WORK_SIZE`` px, ~27 KB) in memory while it runs.
 """
 from __future__ import annotations
