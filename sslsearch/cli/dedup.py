@@ -15,8 +15,9 @@ list) that are embedded into `DUPS/embeddings` first.
 
 * **Near duplicates**: candidate pairs from a k-NN graph (never an N×N matrix) cut at a threshold.
   By default each candidate (embedding neighbours and pixel look-alikes) is *verified* on pixels:
-  one image is trimmed, mirrored, rotated and cut the ways copies differ, and the best match with
-  the other is its score. --precision (default 0.99) calibrates the threshold on edited copies of
+  one image is trimmed, mirrored, rotated and cut the ways copies differ, the best match is aligned
+  further, and its score is the lower of shape and tone (a brightness gain passes, another colour
+  does not). --precision (default 0.99) calibrates the threshold on edited copies of
   a sample of your own images (--edits chooses the edits: `full`, `classic` or names such as
   `pad,hflip,jpeg`). --threshold T gives a fixed cosine similarity instead; --score chooses what
   the threshold compares (cosine, adjusted: cosine less the neighbourhood density, verified).
@@ -52,7 +53,7 @@ def dedup_command(
                                    "or verified."),
     edits: str = typer.Option("full", "--edits",
                               help="Edits of the calibration copies for the verified score: full (crop to 70 %, "
-                                   "rotate ±15°, pad, flip, greyscale, JPEG, rescale, colour, watermark), classic, "
+                                   "rotate ±15°, pad, flip, greyscale, JPEG, rescale, brightness, watermark), classic, sample, "
                                    "or comma-separated names."),
     report: bool = typer.Option(False, "--report", help="Also write DUPS/report.html (thumbnails, keeper marked)."),
     against: Optional[Path] = typer.Option(None, "--against", help="Existing index directory to check new images against."),
