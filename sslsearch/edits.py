@@ -156,12 +156,16 @@ def edited_copy(image: Image.Image, rng: np.random.Generator,
     return edit_preset(edits).edited_copy(image, rng)
 
 
-def jpeg(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """Re-encode as JPEG at quality 35..85."""
+def _reencoded(image: Image.Image, quality: int) -> Image.Image:
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=int(rng.integers(35, 86)))
+    image.save(buffer, format="JPEG", quality=quality)
     buffer.seek(0)
     return Image.open(buffer).convert("RGB")
+
+
+def jpeg(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Re-encode as JPEG at quality 35..85."""
+    return _reencoded(image, int(rng.integers(35, 86)))
 
 
 def resize(image: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -254,10 +258,7 @@ def grayscale(image: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 def light_jpeg(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     """Re-encode as JPEG at quality 55..79."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=int(rng.integers(55, 80)))
-    buffer.seek(0)
-    return Image.open(buffer).convert("RGB")
+    return _reencoded(image, int(rng.integers(55, 80)))
 
 
 def light_resize(image: Image.Image, rng: np.random.Generator) -> Image.Image:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -12,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-import sslsearch
 from sslsearch.cli.app import main
 from sslsearch.distributed.blocks import BlockReceipt, plan_blocks, receipt_name, slot_batches
 from sslsearch.embed import embed_images
@@ -20,6 +18,8 @@ from sslsearch.errors import BadImageError, InvalidArgumentError, SSLSearchError
 from sslsearch.location import StoreLocation
 from sslsearch.sources import list_images
 from sslsearch.store import EmbeddingStore
+
+from ray_helpers import local_ray
 
 SPEC = "timm:test_resnet"
 SHARD_ROWS = 8  # a multiple of BATCH: both engines then send the encoder the same batches
@@ -45,19 +45,7 @@ def make_folder(root: Path, n: int = 22) -> Path:
 @pytest.fixture(scope="module")
 def ray_cluster():
     """One local Ray for the module (~5 s to start); workers import this checkout's sslsearch."""
-    ray = pytest.importorskip("ray")
-    pytest.importorskip("ray.data")
-    before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(sslsearch.__file__).parents[1]), before]))
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 2**20)
-    finally:
-        if before is None:
-            os.environ.pop("PYTHONPATH")
-        else:
-            os.environ["PYTHONPATH"] = before
-    yield ray
-    ray.shutdown()
+    yield from local_ray()
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,8 @@ from sslsearch.index import build_index, load_index
 from sslsearch.location import StoreLocation
 from sslsearch.store import MANIFEST_NAME, EmbeddingStore, StoreWriter, manifest_hash
 
+from ray_helpers import local_ray
+
 moto_server = pytest.importorskip("moto.server", reason="the s3:// tests need moto[server] (in the dev extra)")
 
 SPEC = "timm:test_resnet"
@@ -172,19 +174,7 @@ def test_store_writer_refuses_foreign_objects_on_s3(s3):
 @pytest.fixture(scope="module")
 def ray_cluster(s3):
     """A local Ray started after the S3 environment is set, so its worker processes inherit it."""
-    ray = pytest.importorskip("ray")
-    pytest.importorskip("ray.data")
-    before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(sslsearch.__file__).parents[1]), before]))
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 2**20)
-    finally:
-        if before is None:
-            os.environ.pop("PYTHONPATH")
-        else:
-            os.environ["PYTHONPATH"] = before
-    yield ray
-    ray.shutdown()
+    yield from local_ray()
 
 
 def test_ray_engine_writes_to_s3_same_vectors_as_local_disk(ray_cluster, s3, images, local_store):
