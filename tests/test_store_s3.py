@@ -189,6 +189,17 @@ def test_ray_engine_writes_to_s3_same_vectors_as_local_disk(ray_cluster, s3, ima
     _same_rows(remote, local_store)
 
 
+def test_ray_tasks_fill_on_disk_index_parts_from_s3_shards(ray_cluster, s3_store, local_store, tmp_path):
+    """Each Ray task opens the s3:// store itself; the index equals the local-process build."""
+    built = {engine: build_index(s3_store, tmp_path / engine, kind="ivf", on_disk=True, workers=2, progress=False,
+                                 eval_queries=10, engine=engine) for engine in ("local", "ray")}
+    assert built["ray"].ntotal == 22 and built["ray"].build_params["engine"] == "ray"
+    assert sum(t["rows"] for t in built["ray"].build_params["part_timings"]) == 22
+    queries = local_store.read_all().embeddings[:5]
+    np.testing.assert_array_equal(load_index(tmp_path / "ray").search_arrays(queries, 5)[1],
+                                  load_index(tmp_path / "local").search_arrays(queries, 5)[1])
+
+
 def test_endpoint_in_the_uri_query_instead_of_the_environment(s3, monkeypatch):
     """``?endpoint_override=host:port&scheme=http`` works without AWS_ENDPOINT_URL (the other documented way)."""
     endpoint = os.environ["AWS_ENDPOINT_URL"].removeprefix("http://")

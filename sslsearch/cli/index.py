@@ -22,10 +22,17 @@ store ids) and the card `index.json`.
 * **--on-disk** builds an IVF index for stores beyond memory: trained on a sample, filled shard by
   shard in --workers processes, its inverted lists merged into `index.ivfdata` and memory-mapped at
   search; the budget then bounds the build's working memory, not the index (docs/scale.md).
+* **--engine ray** (with --on-disk) fills each part in a Ray task on whatever machines the Ray
+  cluster has (`pip install 'sslsearch[ray]'`; --address auto joins a cluster started with
+  `ray start`); this machine trains, merges and measures. Every node must read the store (a shared
+  path or s3://); the index and card are the same as with the local engine, and the card records
+  each part's rows, seconds and node.
 
 Example: `sslsearch index build emb/ --out idx/ --kind auto --memory-budget 4GB`
 
 Example: `sslsearch index build emb/ --out idx/ --on-disk --memory-budget 2GB --workers 4`
+
+Example: `sslsearch index build s3://bucket/emb --out idx/ --on-disk --engine ray --address auto`
 """
 
 INFO_HELP = """Print the card of the index directory IDX.
@@ -47,14 +54,18 @@ def build_command(
     device: str = DeviceOption,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an index already at --out."),
     on_disk: bool = typer.Option(False, "--on-disk", help="IVF lists on disk (index.ivfdata), for stores beyond memory."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="--on-disk: processes filling parts (default 2)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="--on-disk: processes filling parts (default 2); "
+                                          "with --engine ray: tasks at once (default: one per cluster CPU)."),
+    engine: str = typer.Option("local", "--engine", help="--on-disk: fill parts in local processes or Ray tasks (ray)."),
+    address: Optional[str] = typer.Option(None, "--address",
+                                          help="--engine ray: the cluster, auto or ray://host:10001 (default: local)."),
     as_json: bool = JsonOption,
 ) -> None:
     from ..index.build import build_index
 
     budget = None if memory_budget.strip().lower() in ("none", "unlimited") else memory_budget
     card = build_index(store, out, kind=kind, memory_budget=budget, device=device, overwrite=overwrite,
-                       on_disk=on_disk, workers=workers)
+                       on_disk=on_disk, workers=workers, engine=engine, address=address)
     if as_json:
         print_json(card.to_dict())
         return

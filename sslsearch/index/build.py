@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..devices import resolve_device
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, unknown_name
 from ..files import DirectoryLock
 from ..progress import progress_bar
 from ..store import EmbeddingStore, StoreBatch, manifest_hash
@@ -156,7 +156,7 @@ def build_index(store_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
                 memory_budget: str | int | None = DEFAULT_MEMORY_BUDGET, device: str = "auto", overwrite: bool = False,
                 progress: bool | None = None, target_recall: float = TARGET_RECALL,
                 eval_queries: int = EVAL_QUERIES, seed: int = 0, on_disk: bool = False,
-                workers: int | None = None) -> IndexCard:
+                workers: int | None = None, engine: str = "local", address: str | None = None) -> IndexCard:
     """Build a faiss index over an embedding store and write ``out/index.faiss`` + ``out/index.json``.
 
     Vectors stream from the store in chunks (memory: the index plus one chunk plus the training
@@ -183,7 +183,13 @@ def build_index(store_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
             shard by shard in ``workers`` processes and merged into ``out/index.ivfdata``, which
             search memory-maps; the budget then bounds the build's working memory, not the index
             (``index.ondisk.build_ondisk_index``).
-        workers: processes filling an on-disk index (default 2, at most the cores).
+        workers: processes filling an on-disk index (default 2, at most the cores); with
+            ``engine="ray"``, Ray tasks filling parts at once (default: one per CPU of the cluster).
+        engine: where an on-disk index's parts are filled: ``local`` processes, or ``ray`` tasks on
+            the machines of a Ray cluster (the store must then be readable from every node: a
+            shared path or s3://); the driver trains, merges and measures as for ``local``.
+        address: the Ray cluster with ``engine="ray"``: None starts a local one, ``auto`` joins the
+            running cluster, ``ray://host:10001`` a remote one.
 
     Returns:
         The IndexCard written to ``out/index.json``.
@@ -204,12 +210,16 @@ def build_index(store_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
     if not 0 < target_recall <= 1:
         raise InvalidArgumentError(f"target recall must be in (0, 1], got {target_recall}")
     budget = None if memory_budget is None else parse_memory(memory_budget)
+    if engine not in ("local", "ray"):
+        raise unknown_name("engine", engine, ("local", "ray"))
+    if engine != "local" and not on_disk:
+        raise InvalidArgumentError(f"--engine {engine} fills the parts of an on-disk index; add --on-disk")
     if on_disk:
         from .ondisk import build_ondisk_index
 
         return build_ondisk_index(store_dir, out, kind=kind, memory_budget_bytes=budget, device=device,
                                   overwrite=overwrite, progress=progress, workers=workers, target_recall=target_recall,
-                                  eval_queries=eval_queries, seed=seed)
+                                  eval_queries=eval_queries, seed=seed, engine=engine, address=address)
     torch_device = resolve_device(device)
     store = EmbeddingStore.open(store_dir)
     n, dim = len(store), store.dim

@@ -5,7 +5,9 @@ The recipe of faiss ``contrib/ondisk.py`` and its ``bench_ondisk`` demo, over an
 1. sample ``train_size`` vectors (capped so the sample fits a quarter of the memory budget) and
    train the IVF quantizer (and SQ/PQ codebooks) once;
 2. cut the store's shards into parts whose codes fit the budget; each part is added to a copy of
-   the empty trained index in its own process and written as ``part-N.index``;
+   the empty trained index in its own process and written as ``part-N.index`` — a local process
+   (``engine="local"``) or a Ray task on any machine of a Ray cluster (``engine="ray"``,
+   ``distributed.ray_index``);
 3. ``faiss.contrib.ondisk.merge_ondisk`` streams the parts' inverted lists (memory-mapped) into
    one ``index.ivfdata`` file; ``index.faiss`` then holds only the quantizer and a reference to
    it, and searching memory-maps the lists (the page cache holds what is hot);
@@ -14,6 +16,7 @@ The recipe of faiss ``contrib/ondisk.py`` and its ``bench_ondisk`` demo, over an
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -26,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from ..distributed.index_part import PartResult, node_name
 from ..embed import usable_cores
-from ..errors import IndexFileError, InvalidArgumentError
+from ..errors import IndexFileError, InvalidArgumentError, unknown_name
 from ..files import DirectoryLock
 from ..progress import progress_bar
 from ..store import EmbeddingStore, manifest_hash
@@ -41,6 +45,8 @@ EVAL_QUERIES = 500
 RECALL_K = 10
 TRAIN_SHARE = 4  # the training sample takes at most 1/TRAIN_SHARE of the memory budget
 PART_SHARE = 2  # the parts being filled at once take at most 1/PART_SHARE of it
+ENGINES = ("local", "ray")
+RAY_TASK_THREADS = 1  # faiss threads (= CPUs asked) of one Ray task; the cluster runs one task per CPU
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,16 +124,25 @@ def training_size(spec: IndexSpec, nlist: int, n: int, dim: int, memory_budget_b
 def build_ondisk_index(store_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, kind: str = "auto",
                        memory_budget_bytes: int | None = None, device: str = "auto", overwrite: bool = False,
                        progress: bool | None = None, workers: int | None = None, target_recall: float = 0.95,
-                       eval_queries: int = EVAL_QUERIES, seed: int = 0) -> IndexCard:
+                       eval_queries: int = EVAL_QUERIES, seed: int = 0, engine: str = "local",
+                       address: str | None = None) -> IndexCard:
     """Build an IVF index whose inverted lists live in ``out/index.ivfdata`` (see the module docstring).
 
-    Called by ``build_index(..., on_disk=True)``; arguments as there, plus ``workers`` (processes
-    filling parts at once; default 2, at most the cores). The memory budget bounds the training
-    sample, the parts filled at once and the read chunks — not the index, which is on disk.
+    Called by ``build_index(..., on_disk=True)``; arguments as there, plus ``workers`` (parts filled
+    at once: local processes, default 2, at most the cores; or Ray tasks, default one per CPU of the
+    cluster), ``engine`` (local or ray) and ``address`` (the Ray cluster: None starts a local one,
+    ``auto`` joins the running cluster, ``ray://host:10001``). The memory budget bounds the training
+    sample, the parts filled at once and the read chunks — not the index, which is on disk. With
+    the Ray engine it bounds each task's part (half the budget) rather than all parts together,
+    and each task asks Ray for its part's memory, so Ray places parts where a node has room.
 
     Returns:
-        The card; ``build_params`` records ``on_disk``, the parts, ``ivfdata_bytes`` and the
-        workers' peak memory.
+        The card; ``build_params`` records ``on_disk``, ``engine``, the parts, ``ivfdata_bytes``,
+        the workers' peak memory and ``part_timings`` (rows, seconds, peak memory, node per part).
+
+    Raises:
+        UnknownNameError: an engine other than local or ray. RayNotInstalledError: ray is missing.
+        IndexFileError: a part's process or Ray task failed.
     """
     import faiss
     from faiss.contrib.ondisk import merge_ondisk
@@ -138,22 +153,37 @@ def build_ondisk_index(store_dir: str | os.PathLike[str], out: str | os.PathLike
     store = EmbeddingStore.open(store_dir)
     n, dim = len(store), store.dim
     spec = ondisk_spec(n, dim, kind)
+    if engine not in ENGINES:
+        raise unknown_name("engine", engine, ENGINES)
     if workers is not None and workers <= 0:
         raise InvalidArgumentError(f"--workers must be > 0, got {workers}")
+    if address is not None and engine != "ray":
+        raise InvalidArgumentError(f"--address {address} names a Ray cluster; add --engine ray to use it")
     cores = usable_cores()
-    workers = max(1, min(workers or 2, cores, len(store.manifest.shards)))
+    out_dir = check_index_output(out, overwrite=overwrite)
+    if store.location.is_local and Path(store.location.root).resolve() == out_dir.resolve():
+        raise InvalidArgumentError(f"--out {out} is the embedding store itself; write the index to its own directory")
     index = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
     # codes + int64 id per vector, ×2: inverted lists grow by doubling, so a part may hold twice its bytes
     code_bytes = 2 * (faiss.extract_index_ivf(index).code_size + 8)
     train_size = training_size(spec, faiss.extract_index_ivf(index).nlist, n, dim, memory_budget_bytes)
-    part_budget = (memory_budget_bytes or 2**62) // (PART_SHARE * workers)
-    chunk_rows = int(max(1024, min(in_memory.CHUNK_ROWS, part_budget // (8 * dim))))
-    out_dir = check_index_output(out, overwrite=overwrite)
-    if store.location.is_local and Path(store.location.root).resolve() == out_dir.resolve():
-        raise InvalidArgumentError(f"--out {out} is the embedding store itself; write the index to its own directory")
     work = out_dir / BUILD_FOLDER
     timings: dict[str, float] = {}
-    with DirectoryLock(out_dir), in_memory._PeakMemory() as memory:
+    with contextlib.ExitStack() as session:
+        if engine == "ray":
+            from ..distributed.ray_embed import _ray_session, import_ray
+            from ..distributed.ray_index import ray_part_workers
+
+            ray = import_ray()
+            session.enter_context(_ray_session(ray, address))
+            workers = min(ray_part_workers(ray, workers, RAY_TASK_THREADS), len(store.manifest.shards))
+            part_budget = (memory_budget_bytes or 2**62) // PART_SHARE  # per task: each may run on its own node
+        else:
+            workers = max(1, min(workers or 2, cores, len(store.manifest.shards)))
+            part_budget = (memory_budget_bytes or 2**62) // (PART_SHARE * workers)
+        chunk_rows = int(max(1024, min(in_memory.CHUNK_ROWS, part_budget // (8 * dim))))
+        session.enter_context(DirectoryLock(out_dir))
+        memory = session.enter_context(in_memory._PeakMemory())
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()
         try:
@@ -187,14 +217,24 @@ def build_ondisk_index(store_dir: str | os.PathLike[str], out: str | os.PathLike
             faiss.write_index(trained, str(trained_path))
             timings["train"] = time.perf_counter() - tick
 
-            # 3. fill the parts in worker processes.
+            # 3. fill the parts in worker processes or Ray tasks.
             tick = time.perf_counter()
             # parts small enough for the budget, and at least one per worker so that all of them work
             part_bytes = min(part_budget, -(-n // workers) * code_bytes)
             parts = plan_parts([(s.name, s.rows) for s in store.manifest.shards], code_bytes, part_bytes)
             part_paths = [str(work / f"part-{p.number:05d}.index") for p in parts]
-            worker_peak, part_rate = _fill_parts(parts, part_paths, str(trained_path), str(store.directory), chunk_rows,
-                                      workers, max(1, cores // workers), n, progress)
+            if engine == "ray":
+                from ..distributed.ray_index import fill_parts_ray
+
+                part_results = fill_parts_ray(ray, parts, part_paths, str(trained_path), store.uri,
+                                              chunk_rows=chunk_rows, workers=workers, threads=RAY_TASK_THREADS,
+                                              total=n, progress=progress)
+            else:
+                part_results = _fill_parts(parts, part_paths, str(trained_path), str(store.directory), chunk_rows,
+                                           workers, max(1, cores // workers), n, progress)
+            worker_peak = max((r.peak_memory_bytes for r in part_results), default=0)
+            part_rate = float(np.median([r.rows / r.seconds if r.seconds > 0 else 0.0 for r in part_results])
+                              if part_results else 0.0)
             timings["add"] = time.perf_counter() - tick
 
             # 4. merge the inverted lists into one file, memory-mapped.
@@ -231,10 +271,12 @@ def build_ondisk_index(store_dir: str | os.PathLike[str], out: str | os.PathLike
             data_bytes = final_data.stat().st_size
             build_params = {**spec.build_params, "on_disk": True, "train_size": int(min(train_size, n)),
                             "chunk_rows": chunk_rows, "target_recall": target_recall, "parts": len(parts),
-                            "workers": workers, "ivfdata_bytes": data_bytes, "worker_peak_memory_bytes": worker_peak,
-                            "part_rows_per_second": round(part_rate, 1),
+                            "workers": workers, "engine": engine, "ivfdata_bytes": data_bytes,
+                            "worker_peak_memory_bytes": worker_peak, "part_rows_per_second": round(part_rate, 1),
+                            "part_timings": [r.to_dict() for r in part_results],
                             "device": "faiss-gpu (training)" if on_gpu else "cpu",
-                            "memory_budget_bytes": memory_budget_bytes}
+                            "memory_budget_bytes": memory_budget_bytes,
+                            **({"ray_address": address} if engine == "ray" else {})}
 
             def make_card(size_bytes: int) -> IndexCard:
                 import sslsearch
@@ -265,19 +307,18 @@ def _train(index: Any, training: np.ndarray) -> Any:
 
 
 def _fill_parts(parts: list[PartPlan], part_paths: list[str], trained_path: str, store_dir: str, chunk_rows: int,
-                workers: int, threads: int, total: int, progress: bool | None) -> tuple[int, float]:
+                workers: int, threads: int, total: int, progress: bool | None) -> list[PartResult]:
     """Fill every part, ``workers`` at a time, each in a fresh ``python -m sslsearch.distributed.index_part`` process.
 
     Fresh interpreters rather than multiprocessing: forking a process whose OpenMP pool has run
     (faiss training) can hang the child, and spawn would re-run the caller's unguarded script.
-    Returns the largest peak RSS of a worker and the median rows/s of one worker filling its part.
+    Returns one PartResult per part, in plan order.
     """
     package_root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     pending = list(zip(parts, part_paths))
     running: list[tuple[PartPlan, subprocess.Popen[str]]] = []
-    peak = 0
-    rates: list[float] = []
+    results: dict[int, PartResult] = {}
     with progress_bar(total, "index parts", unit="vec", enabled=progress) as bar:
         try:
             while pending or running:
@@ -295,11 +336,10 @@ def _fill_parts(parts: list[PartPlan], part_paths: list[str], trained_path: str,
                     raise IndexFileError(f"the process filling index part {part.number} (shards {part.shards[0]}…"
                                          f"{part.shards[-1]}) failed with exit code {process.returncode}: {last}")
                 rows, rss, seconds = json.loads(stdout.strip().splitlines()[-1])
-                peak = max(peak, rss)
-                rates.append(rows / seconds if seconds > 0 else 0.0)
+                results[part.number] = PartResult(part.number, rows, seconds, rss, node_name())
                 bar.update(rows)
         finally:
             for _, process in running:
                 process.kill()
                 process.wait()
-    return peak, float(np.median(rates)) if rates else 0.0
+    return [results[part.number] for part in parts]
