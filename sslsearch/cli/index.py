@@ -56,7 +56,8 @@ def build_command(
     on_disk: bool = typer.Option(False, "--on-disk", help="IVF lists on disk (index.ivfdata), for stores beyond memory."),
     workers: Optional[int] = typer.Option(None, "--workers", help="--on-disk: processes filling parts (default 2); "
                                           "with --engine ray: tasks at once (default: one per cluster CPU)."),
-    engine: str = typer.Option("local", "--engine", help="--on-disk: fill parts in local processes or Ray tasks (ray)."),
+    engine: str = typer.Option("local", "--engine",
+                               help="--on-disk: fill parts in local processes or Ray tasks (ray)."),
     address: Optional[str] = typer.Option(None, "--address",
                                           help="--engine ray: the cluster, auto or ray://host:10001 (default: local)."),
     as_json: bool = JsonOption,

@@ -43,7 +43,7 @@ class PartResult:
 
 
 def add_shards(index: Any, store_uri: str, shards: Sequence[str], chunk_rows: int) -> int:
-    """Add the vectors of ``shards`` (store shard file names) of the store at ``store_uri`` to ``index``; returns rows added."""
+    """Add the vectors of ``shards`` (shard file names) of the store at ``store_uri`` to ``index``; returns the rows."""
     store = EmbeddingStore.open(store_uri)
     wanted = set(shards)
     subset = dataclasses.replace(store.manifest, shards=tuple(s for s in store.manifest.shards if s.name in wanted))
