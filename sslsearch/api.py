@@ -107,8 +107,9 @@ def deduplicate(data: PathLike, out: PathLike, *, encoder: str | None = None, we
     ``summary.json`` (and ``report.html`` with ``report=True``) into ``out``.
 
     Args:
-        data: an embedding store directory, or images (folder or list file) with ``encoder``.
-        out: the output directory (new or empty unless ``overwrite``).
+        data: an embedding store (a directory or a URI such as ``s3://bucket/emb``), or images (folder or
+            list file) with ``encoder``.
+        out: the output directory (new or empty unless ``overwrite``; local, also for a store on s3://).
         encoder, weights, image_size, batch_size, pretrained, allow_download: how to embed images (as
             ``embed_images``).
         **options: those of ``sslsearch.dedup.deduplicate``: ``threshold``, ``precision``, ``keep``,
@@ -129,8 +130,8 @@ def deduplicate(data: PathLike, out: PathLike, *, encoder: str | None = None, we
     """
     from .dedup import deduplicate as deduplicate_store
     from .dedup.convenience import deduplicate_images
+    from .store import is_store
 
-    data = Path(data)
     if encoder is not None:
         return deduplicate_images(data, encoder, out, weights=weights, image_size=image_size, batch_size=batch_size,
                                   pretrained=pretrained, allow_download=allow_download, device=device,
@@ -138,7 +139,7 @@ def deduplicate(data: PathLike, out: PathLike, *, encoder: str | None = None, we
     if weights is not None or image_size is not None or pretrained:
         raise InvalidArgumentError("weights/image_size/pretrained describe the encoder=... that embeds images; a "
                                    "store is already embedded")
-    if (data / "manifest.json").is_file() or not data.exists():
+    if is_store(data) or not Path(data).exists():  # a URI is a store; a missing path gets the store's error
         return deduplicate_store(data, out, device=device, overwrite=overwrite, **options)
     raise InvalidArgumentError(f"{data} is not an embedding store (no manifest.json); pass encoder=... to embed its "
                                "images first, or give a store made by embed_images")

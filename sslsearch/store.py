@@ -148,6 +148,15 @@ def manifest_hash(directory: StorePath | StoreLocation) -> str:
     return hashlib.sha256(location.read_bytes(MANIFEST_NAME)).hexdigest()
 
 
+def is_store(where: StorePath) -> bool:
+    """Whether ``where`` (a directory or a URI such as ``s3://bucket/emb``) holds a store's manifest.json.
+
+    Raises:
+        InvalidArgumentError: a URI whose scheme pyarrow cannot open.
+    """
+    return StoreLocation.parse(where).exists(MANIFEST_NAME)
+
+
 def _read_manifest(location: StoreLocation, where: object) -> StoreManifest:
     if not location.exists(MANIFEST_NAME):
         shards = [name for name in location.list() if name.endswith(".parquet")]

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -19,40 +17,17 @@ from sslsearch.location import StoreLocation
 from sslsearch.store import MANIFEST_NAME, EmbeddingStore, StoreWriter, manifest_hash
 
 from ray_helpers import local_ray
-
-moto_server = pytest.importorskip("moto.server", reason="the s3:// tests need moto[server] (in the dev extra)")
+from s3_helpers import moto_s3
 
 SPEC = "timm:test_resnet"
 BATCH = 4
 SHARD_ROWS = 8  # a multiple of BATCH: the local and Ray engines then give the encoder the same batches
-BUCKET = "sslsearch-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def s3():
     """A moto S3 server on 127.0.0.1 and the standard AWS environment pointing at it (what pyarrow reads)."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    environment = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                   "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_EC2_METADATA_DISABLED": "true"}
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in environment.items():
-            patch.setenv(name, value)
-        patch.delenv("AWS_PROFILE", raising=False)
-        import pyarrow.fs as pafs
-
-        pafs.S3FileSystem(endpoint_override=environment["AWS_ENDPOINT_URL"],
-                          allow_bucket_creation=True).create_dir(BUCKET)
-        yield f"s3://{BUCKET}"
-    server.stop()
+    yield from moto_s3()
 
 
 @pytest.fixture(scope="module")

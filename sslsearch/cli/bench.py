@@ -10,8 +10,8 @@ import typer
 from ..errors import InvalidArgumentError
 from .common import DeviceOption, JsonOption, info, print_json, table
 
-QueriesOption = typer.Option(None, "--queries", "-q", help="A separate query store (e.g. the test split); "
-                             "must come from the same encoder.")
+QueriesOption = typer.Option(None, "--queries", "-q", help="A separate query store (e.g. the test split; a "
+                             "directory or a URI); must come from the same encoder.")
 LabelsOption = typer.Option(None, "--labels", help="CSV/Parquet with path,label columns (paths as in the store) "
                             "instead of the store's ImageFolder labels.")
 DropOption = typer.Option(False, "--drop-unlabelled", help="Evaluate only labelled rows instead of refusing when "
@@ -70,8 +70,9 @@ Example: `sslsearch bench knn emb-train/ --queries emb-test/`
 
 
 def knn_command(
-    store: Path = typer.Argument(..., metavar="EMB", help="Embedding store (the database / training split)."),
-    queries: Optional[Path] = QueriesOption, labels: Optional[Path] = LabelsOption, drop_unlabelled: bool = DropOption,
+    store: str = typer.Argument(..., metavar="EMB", help="Embedding store (the database / training split): a "
+                               "directory or a URI such as s3://bucket/emb."),
+    queries: Optional[str] = QueriesOption, labels: Optional[Path] = LabelsOption, drop_unlabelled: bool = DropOption,
     holdout: Optional[float] = HoldoutOption, leave_one_out: bool = LeaveOneOutOption,
     k: Optional[str] = typer.Option(None, "--k", "-k", help="Comma-separated ks (default 10,20,100,200; those "
                                     "larger than the database are left out)."),
@@ -107,8 +108,9 @@ Example: `sslsearch bench linear emb-train/ --queries emb-test/`
 
 
 def linear_command(
-    store: Path = typer.Argument(..., metavar="EMB", help="Embedding store (the training split)."),
-    queries: Optional[Path] = QueriesOption, labels: Optional[Path] = LabelsOption, drop_unlabelled: bool = DropOption,
+    store: str = typer.Argument(..., metavar="EMB", help="Embedding store (the training split): a directory or "
+                               "a URI such as s3://bucket/emb."),
+    queries: Optional[str] = QueriesOption, labels: Optional[Path] = LabelsOption, drop_unlabelled: bool = DropOption,
     holdout: Optional[float] = typer.Option(None, "--holdout", help="Test fraction of each class when no --queries "
                                             "(default 0.2)."),
     epochs: int = typer.Option(50, "--epochs", help="Passes over the training rows per fit."),
@@ -143,8 +145,9 @@ Example: `sslsearch bench retrieval emb/ --pairs sample-data/near_duplicates.csv
 
 
 def retrieval_command(
-    store: Path = typer.Argument(..., metavar="EMB", help="Embedding store (the database)."),
-    queries: Optional[Path] = QueriesOption, labels: Optional[Path] = LabelsOption, drop_unlabelled: bool = DropOption,
+    store: str = typer.Argument(..., metavar="EMB", help="Embedding store (the database): a directory or a URI "
+                               "such as s3://bucket/emb."),
+    queries: Optional[str] = QueriesOption, labels: Optional[Path] = LabelsOption, drop_unlabelled: bool = DropOption,
     holdout: Optional[float] = HoldoutOption, leave_one_out: bool = LeaveOneOutOption,
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="CSV of positive pairs of paths (instance ground truth)."),
     revisited: Optional[Path] = typer.Option(None, "--revisited", help="Revisited Oxford/Paris gnd_*.pkl (read with a "
@@ -193,8 +196,8 @@ Example: `sslsearch bench index idx/ --target-recall 0.95 --plot recall.png --ap
 
 def index_command(
     index_dir: Path = typer.Argument(..., metavar="IDX", help="Index directory (index.faiss + index.json)."),
-    store: Optional[Path] = typer.Option(None, "--store", "-s", help="The embedding store the index was built from "
-                                         "(default: the store named in the index card)."),
+    store: Optional[str] = typer.Option(None, "--store", "-s", help="The embedding store the index was built from, a "
+                                        "directory or a URI (default: the store named in the index card)."),
     k: int = typer.Option(10, "--k", "-k", help="Neighbours compared with exact search."),
     n_queries: int = typer.Option(1000, "--n-queries", help="Store rows sampled as queries."),
     target_recall: float = typer.Option(0.95, "--target-recall", help="Recall@k the operating point must reach."),
@@ -233,9 +236,10 @@ Example: `sslsearch bench all emb/ --out report/ --index idx/ --run run/`
 
 def all_command(
     context: typer.Context,
-    store: Path = typer.Argument(..., metavar="EMB", help="Embedding store."),
+    store: str = typer.Argument(..., metavar="EMB", help="Embedding store: a directory or a URI such as "
+                               "s3://bucket/emb (the report folder --out is local)."),
     out: Path = typer.Option(..., "--out", "-o", help="Report folder (new, or one written by bench all)."),
-    queries: Optional[Path] = QueriesOption, labels: Optional[Path] = LabelsOption, drop_unlabelled: bool = DropOption,
+    queries: Optional[str] = QueriesOption, labels: Optional[Path] = LabelsOption, drop_unlabelled: bool = DropOption,
     holdout: Optional[float] = HoldoutOption,
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="CSV of positive pairs (instance retrieval)."),
     revisited: Optional[Path] = typer.Option(None, "--revisited", help="Revisited Oxford/Paris gnd_*.pkl."),

@@ -10,8 +10,9 @@ from .common import AllowDownloadOption, DeviceOption, JsonOption, PretrainedOpt
 
 HELP = """Find exact and near-duplicate images and say which to keep.
 
-INPUT is an embedding store (from `sslsearch embed`), or, with --encoder, images (a folder or a
-list) that are embedded into `DUPS/embeddings` first.
+INPUT is an embedding store (from `sslsearch embed`: a directory, or a URI such as
+`s3://bucket/emb`), or, with --encoder, images (a folder or a list) that are embedded into
+`DUPS/embeddings` first.
 
 * **Near duplicates**: candidate pairs from a k-NN graph (never an N×N matrix) cut at a threshold.
   By default each candidate (embedding neighbours and pixel look-alikes) is *verified* on pixels:
@@ -26,7 +27,9 @@ list) that are embedded into `DUPS/embeddings` first.
   removal (the index is not changed).
 
 Writes `DUPS/clusters.parquet`, `keep.txt`, `remove.txt` (absolute paths), `summary.json`, and with
---report a self-contained `report.html`.
+--report a self-contained `report.html`. DUPS is a local directory, also for a store on s3://; the
+verified score and the report read the images from the store's source folder, so run dedup where
+that folder is (the vectors may come from anywhere).
 
 Examples:
 
@@ -37,8 +40,10 @@ Examples:
 
 
 def dedup_command(
-    data: Path = typer.Argument(..., metavar="INPUT", help="Embedding store, or images with --encoder."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output directory DUPS (new or empty unless --overwrite)."),
+    data: str = typer.Argument(..., metavar="INPUT", help="Embedding store (a directory or a URI such as "
+                               "s3://bucket/emb), or images with --encoder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory DUPS (new or empty unless --overwrite; on "
+                             "this machine, also for a store on s3://)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", "-t",
                                               help="Score in (0, 1] at or above which images are duplicates (cosine "
                                                    "similarity unless --score adjusted or verified)."),
@@ -81,6 +86,7 @@ def dedup_command(
     from ..dedup import deduplicate
     from ..dedup.convenience import deduplicate_images
     from ..errors import InvalidArgumentError
+    from ..store import is_store
 
     options = dict(threshold=threshold, precision=precision, keep=keep, neighbors=neighbors, method=method,
                    sample_size=sample, seed=seed, against=against, score=score, edits=edits, report=report,
@@ -89,7 +95,7 @@ def dedup_command(
         result = deduplicate_images(data, encoder, out, weights=weights, image_size=image_size, batch_size=batch_size,
                                     device=device, overwrite=overwrite, pretrained=pretrained,
                                     allow_download=allow_download, **options)
-    elif (data / "manifest.json").is_file() or not data.exists():
+    elif is_store(data) or not Path(data).exists():  # a URI is a store; a missing path gets the store's error
         result = deduplicate(data, out, device=device, overwrite=overwrite, **options)
     else:
         raise InvalidArgumentError(f"{data} is not an embedding store (no manifest.json); pass --encoder ENCODER to "

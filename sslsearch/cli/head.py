@@ -30,7 +30,8 @@ Example: `sslsearch head train emb/ --labels folders --out head/ --kind mlp`
 
 
 def train_command(
-    store: Path = typer.Argument(..., metavar="EMB", help="Embedding store written by `sslsearch embed`."),
+    store: str = typer.Argument(..., metavar="EMB", help="Embedding store written by `sslsearch embed`: a directory "
+                               "or a URI such as s3://bucket/emb (the head directory --out is local)."),
     labels: str = typer.Option(..., "--labels", "-l", help="Labels CSV/Parquet (path|id, label), or `folders`."),
     out: Path = typer.Option(..., "--out", "-o", help="Head directory to write (new or empty)."),
     kind: str = typer.Option("linear", "--kind", help="linear or mlp."),
@@ -81,7 +82,8 @@ Examples:
 
 def predict_command(
     head: Path = typer.Argument(..., metavar="HEAD", help="Head directory written by `sslsearch head train`."),
-    inputs: list[Path] = typer.Argument(..., metavar="INPUT...", help="An embedding store, or images / folders."),
+    inputs: list[str] = typer.Argument(..., metavar="INPUT...", help="An embedding store (a directory or a URI such "
+                                       "as s3://bucket/emb), or images / folders."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Predictions Parquet file to write."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass."),
     workers: int = typer.Option(0, "--workers", "-w", help="Image decode processes (0 = in-process)."),
@@ -120,7 +122,8 @@ Example: `sslsearch head evaluate head/ test-emb/ --labels folders`
 
 def evaluate_command(
     head: Path = typer.Argument(..., metavar="HEAD", help="Head directory written by `sslsearch head train`."),
-    store: Path = typer.Argument(..., metavar="EMB", help="Labelled embedding store from the head's encoder."),
+    store: str = typer.Argument(..., metavar="EMB", help="Labelled embedding store from the head's encoder (a "
+                               "directory or a URI such as s3://bucket/emb)."),
     labels: str = typer.Option("folders", "--labels", "-l", help="Labels CSV/Parquet (path|id, label), or `folders`."),
     as_json: bool = JsonOption,
 ) -> None:

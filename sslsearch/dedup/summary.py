@@ -101,7 +101,7 @@ class DedupSummary:
         against = None if matches is None else AgainstSummary(
             str(matches.index_dir.resolve()), matches.ntotal, matches.matched_rows, len(matches.ids))
         return cls(
-            store=str(rows.store.directory.resolve()), source_root=str(rows.store.source_root),
+            store=rows.store.uri, source_root=str(rows.store.source_root),
             encoder_spec=rows.store.encoder.get("spec"), encoder_id=rows.store.encoder.get("id"), images=n,
             skipped_when_embedded=len(rows.store.manifest.skipped), clusters=len(clusters),
             images_in_clusters=sum(len(c) for c in clusters), largest_cluster=max((len(c) for c in clusters), default=0),

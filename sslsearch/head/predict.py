@@ -14,7 +14,7 @@ from ..encoders import Encoder, create_encoder
 from ..errors import EncoderMismatchError, InputNotFoundError, InvalidArgumentError, OutputExistsError
 from ..files import atomic_path
 from ..sources import SkippedFile
-from ..store import MANIFEST_NAME, EmbeddingStore
+from ..store import EmbeddingStore, is_store
 from .io import Head, load_head
 
 HeadLike = Union[Head, str, os.PathLike]
@@ -104,7 +104,7 @@ def check_store(head: Head, store: EmbeddingStore) -> None:
 
 
 def _is_store(path: PathLike) -> bool:
-    return Path(path).is_dir() and (Path(path) / MANIFEST_NAME).is_file()
+    return is_store(path)  # a local directory or a URI (s3://bucket/emb) with a manifest.json
 
 
 def _from_vectors(head: Head, ids: np.ndarray, paths: list[str | None], vectors: np.ndarray,

@@ -350,7 +350,7 @@ def train_head(store: str | os.PathLike[str] | EmbeddingStore, labels: str | os.
                 metrics=metrics.to_dict(),
                 meta={"config": dataclasses.asdict(config), "best_epoch": best_epoch, "epochs_run": len(history),
                       "n_train": int(train.sum()), "n_validation": int(validation.sum()), "class_counts": class_counts,
-                      "labels_source": rows.source, "store": {"directory": str(Path(opened.directory).resolve()),
+                      "labels_source": rows.source, "store": {"directory": opened.uri,
                                                               "manifest_sha256": manifest_hash(opened.directory)}},
                 directory=Path(out) if out is not None else None)
     if out is not None:
