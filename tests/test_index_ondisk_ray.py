@@ -126,3 +126,17 @@ def test_engine_and_address_are_checked(store, tmp_path):
         build_index(store, tmp_path / "b", on_disk=True, engine="spark")
     with pytest.raises(InvalidArgumentError, match="add --engine ray"):
         build_index(store, tmp_path / "c", on_disk=True, address="auto")
+
+
+def test_a_part_larger_than_any_node_is_refused_instead_of_waiting_forever(store, ray_cluster, tmp_path, monkeypatch):
+    """Ray queues a task whose memory request no node can meet without end: refuse it with the way out."""
+    from sslsearch.distributed.ray_index import fill_parts_ray, largest_node_memory
+
+    assert largest_node_memory(ray_cluster) > 10**8  # the local test cluster's own figure
+    monkeypatch.setattr(ray_cluster, "nodes", lambda: [{"Alive": True, "Resources": {"memory": 10**5}}])
+    trained, parts = _trained(store, tmp_path)
+    paths = [str(tmp_path / f"part-{p.number:05d}.index") for p in parts]
+    with pytest.raises(InvalidArgumentError, match=r"index part 0 .* needs .* the largest Ray node offers 97.7 KiB"):
+        fill_parts_ray(ray_cluster, parts, paths, trained, str(store), chunk_rows=1024, workers=1, threads=1,
+                       total=N, progress=False)
+    assert not any(Path(p).exists() for p in paths)

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import IndexFileError, InvalidArgumentError
 from ..files import atomic_path
+from ..index.spec import format_bytes
 from ..progress import progress_bar
 from .index_part import PartResult, add_shards, node_name, peak_rss_bytes
 
@@ -40,6 +41,12 @@ def ray_part_workers(ray: Any, workers: int | None, threads: int) -> int:
         return workers
     cpus = float(ray.cluster_resources().get("CPU", 1))
     return max(1, int(cpus // threads))
+
+
+def largest_node_memory(ray: Any) -> int | None:
+    """The ``memory`` resource of the cluster's largest live node in bytes (what one task may ask for), or None."""
+    sizes = [int(node.get("Resources", {}).get("memory", 0)) for node in ray.nodes() if node.get("Alive", True)]
+    return max(sizes) if sizes and max(sizes) > 0 else None
 
 
 def _fill_part_task(trained: np.ndarray, store_uri: str, shards: Sequence[str], number: int, part_path: str,
@@ -88,6 +95,7 @@ def fill_parts_ray(ray: Any, parts: Sequence[Any], part_paths: Sequence[str], tr
 
     Raises:
         IndexFileError: a task failed (its error, part, shards and node), or its worker died.
+        InvalidArgumentError: a part needs more memory than any node offers (Ray would wait for one forever).
     """
     import faiss
 
@@ -99,6 +107,7 @@ def fill_parts_ray(ray: Any, parts: Sequence[Any], part_paths: Sequence[str], tr
     # ids + codes, doubled (inverted lists grow by doubling), plus the trained index and one read chunk
     code_bytes = 2 * (faiss.extract_index_ivf(faiss.read_index(trained_path)).code_size + 8)
     task = ray.remote(_fill_part_task)
+    node_memory = largest_node_memory(ray)
     pending = list(zip(parts, part_paths))
     running: dict[Any, tuple[Any, str]] = {}
     results: dict[int, PartResult] = {}
@@ -108,6 +117,12 @@ def fill_parts_ray(ray: Any, parts: Sequence[Any], part_paths: Sequence[str], tr
                 while pending and len(running) < workers:
                     part, path = pending.pop(0)
                     memory = part.rows * code_bytes + 2 * index_bytes + chunk_rows * 4 * 1024
+                    if node_memory is not None and memory > node_memory:
+                        raise InvalidArgumentError(
+                            f"index part {part.number} ({part.rows:,} rows, shards {part.shards[0]}…"
+                            f"{part.shards[-1]}) needs {format_bytes(memory)} of memory but the largest Ray node offers "
+                            f"{format_bytes(node_memory)}; write the store with smaller shards (embed --shard-rows) "
+                            "or add a node with more memory")
                     reference = task.options(num_cpus=threads, memory=memory, max_retries=0).remote(
                         trained, store_uri, list(part.shards), part.number, path, token, chunk_rows, threads,
                         direct_write)

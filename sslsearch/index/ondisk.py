@@ -172,12 +172,13 @@ def build_ondisk_index(store_dir: str | os.PathLike[str], out: str | os.PathLike
     with contextlib.ExitStack() as session:
         if engine == "ray":
             from ..distributed.ray_embed import _ray_session, import_ray
-            from ..distributed.ray_index import ray_part_workers
+            from ..distributed.ray_index import largest_node_memory, ray_part_workers
 
             ray = import_ray()
             session.enter_context(_ray_session(ray, address))
             workers = min(ray_part_workers(ray, workers, RAY_TASK_THREADS), len(store.manifest.shards))
-            part_budget = (memory_budget_bytes or 2**62) // PART_SHARE  # per task: each may run on its own node
+            # per task (each may run on its own node), and within half the largest node's memory
+            part_budget = min(memory_budget_bytes or 2**62, largest_node_memory(ray) or 2**62) // PART_SHARE
         else:
             workers = max(1, min(workers or 2, cores, len(store.manifest.shards)))
             part_budget = (memory_budget_bytes or 2**62) // (PART_SHARE * workers)
