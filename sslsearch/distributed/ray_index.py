@@ -99,7 +99,9 @@ def fill_parts_ray(ray: Any, parts: Sequence[Any], part_paths: Sequence[str], tr
     """
     import faiss
 
-    folder = Path(part_paths[0]).parent if part_paths else Path(".")
+    if not parts:
+        return []
+    folder = Path(part_paths[0]).parent
     token = uuid.uuid4().hex
     (folder / TOKEN_FILE).write_text(token)
     trained = ray.put(np.fromfile(trained_path, dtype=np.uint8))
