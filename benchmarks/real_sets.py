@@ -9,7 +9,8 @@ generator. Three sets, each a labelled ImageFolder (``images/<label>/<source>__<
   other themes. Colour clip-art, 64 px on white.
 * ``glyphs`` — the same character (A-Z, a-z, 0-9) rendered by different font families (DejaVu,
   Liberation, Noto, URW, TeX Gyre, ...): category = character. Black on white, 64 px.
-* ``icons-dedup`` — distinct icons as originals (near-identical renders across themes removed) plus
+* ``icons-dedup`` — distinct icons as originals (one render per icon name; renders that a planted edit
+  without geometry — flip, grayscale, brightness, pad, rescale — brings within 0.05 RMS removed) plus
   edited copies (pad, crop keeping >= 70 % of the area, flip, grayscale, rotate +-15 degrees, JPEG,
   rescale, watermark, brightness), with ``pairs.csv`` (copy, original, edits) as ground truth.
   The edits here are written independently of ``sslsearch.dedup`` so calibration is not graded on
@@ -414,22 +415,38 @@ def _thumb(image: Image.Image, size: int = 24) -> np.ndarray:
     return np.asarray(trim_border(image).resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
 
 
-def distinct_originals(images: Sequence[Image.Image], min_distance: float = 0.05) -> list[int]:
-    """Indices of images kept as originals: one of each group whose border-trimmed 24x24 colour thumbnails
-    are within ``min_distance`` RMS of each other, directly or mirrored.
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as PIL's convert("L")
+GAIN_RANGE = (0.7, 1.3)  # the brightness edit's gains (_EDIT_FUNCTIONS["brightness"])
 
-    Renders of one artwork at two sizes or in two themes that share it, and mirrored pairs (go-next /
-    go-previous), are duplicates already under the edits this set plants (pad, rescale, flip), so the
-    ground truth could not call them distinct."""
+
+def distinct_originals(images: Sequence[Image.Image], min_distance: float = 0.05) -> list[int]:
+    """Indices of images kept as originals: one of each group within ``min_distance`` RMS of each other
+    under the planted edits that change no geometry beyond a mirror.
+
+    Compared: border-trimmed 24x24 thumbnails, directly or mirrored, in colour, and in luminance with
+    the better brightness gain in ``GAIN_RANGE`` applied to either side. Renders of one artwork at two
+    sizes or in two themes that share it, mirrored pairs (go-next / go-previous), and one drawing in two
+    colours of equal luminance (a red and a grey eye) are duplicates already under the edits this set
+    plants (pad, rescale, flip, grayscale, brightness), so the ground truth could not call them distinct."""
     thumbs = np.stack([_thumb(im) for im in images])
-    mirrored = thumbs[:, :, ::-1].reshape(len(thumbs), -1)
-    thumbs = thumbs.reshape(len(thumbs), -1)
+    luma = thumbs @ _LUMA
+    n = len(thumbs)
+    colour = {False: thumbs.reshape(n, -1), True: thumbs[:, :, ::-1].reshape(n, -1)}
+    grey = {False: luma.reshape(n, -1), True: luma[:, :, ::-1].reshape(n, -1)}
+    grey_sq = (grey[False] ** 2).sum(axis=1)
+    low, high = GAIN_RANGE
     kept: list[int] = []
-    for i in range(len(thumbs)):
+    for i in range(n):
         if kept:
-            previous = thumbs[kept]
-            near = min(np.sqrt(((previous - thumbs[i]) ** 2).mean(axis=1)).min(),
-                       np.sqrt(((previous - mirrored[i]) ** 2).mean(axis=1)).min())
+            near = np.inf
+            for mirror in (False, True):
+                near = min(near, float(np.sqrt(((colour[False][kept] - colour[mirror][i]) ** 2).mean(axis=1)).min()))
+                a, b = grey[False][kept], grey[mirror][i]
+                dot, a_sq, b_sq = a @ b, grey_sq[kept], grey_sq[i]
+                for x_sq, y_sq in ((a_sq, b_sq), (b_sq, a_sq)):  # gain on either side: |x - g y|^2, g fitted
+                    gain = np.clip(dot / np.maximum(y_sq, 1e-12), low, high)
+                    err = np.maximum(x_sq - 2 * gain * dot + gain ** 2 * y_sq, 0.0) / a.shape[1]
+                    near = min(near, float(np.sqrt(err).min()))
             if near < min_distance:
                 continue
         kept.append(i)
@@ -447,6 +464,7 @@ def build_icons_dedup(roots: dict[str, Path], out: Path, *, n_originals: int = 4
     names: list[tuple[str, str]] = []
     seen: set[bytes] = set()
     family_count: dict[tuple[str, str], int] = defaultdict(int)
+    used_names: set[str] = set()
     for index in order:
         if len(images) >= int(n_originals * 1.3):
             break
@@ -455,6 +473,10 @@ def build_icons_dedup(roots: dict[str, Path], out: Path, *, n_originals: int = 4
         family = (keys[index][0], re.split(r"[-_]", keys[index][1])[0])
         if family_count[family] >= FAMILY_CAP:
             continue
+        # one render of each icon name: themes that fork another (Obsidian from Faenza, MATE from GNOME) ship the
+        # same artwork under the same name, and the icons set itself calls one name in two themes the same subject
+        if keys[index][1] in used_names:
+            continue
         image = render_icon(best[keys[index]].path)
         if image is None:
             continue
@@ -462,6 +484,7 @@ def build_icons_dedup(roots: dict[str, Path], out: Path, *, n_originals: int = 4
         if digest not in seen:
             seen.add(digest)
             family_count[family] += 1
+            used_names.add(keys[index][1])
             images.append(image)
             names.append(keys[index])
     kept = distinct_originals(images)[:n_originals]

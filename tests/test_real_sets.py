@@ -87,9 +87,11 @@ def test_build_icons_dedup_plants_copies_with_ground_truth(package_tree, tmp_pat
     monkeypatch.setattr(real_sets, "FAMILY_CAP", 100)
     out = tmp_path / "dedup"
     out.mkdir()
-    info = real_sets.build_icons_dedup(package_tree, out, n_originals=20, n_copies=8, seed=3)
+    info = real_sets.build_icons_dedup(package_tree, out, n_originals=10, n_copies=8, seed=3)
     pairs = list(csv.DictReader(open(out / "pairs.csv")))
-    assert info["originals"] == 20 and info["copies"] == 8 and len(pairs) == 8
+    assert info["originals"] == 10 and info["copies"] == 8 and len(pairs) == 8
+    names = [path.stem.split("__")[1] for path in (out / "images" / "originals").iterdir()]
+    assert len(names) == len(set(names)) == 10  # one render of each icon name, whichever theme drew it
     originals = {r["original"] for r in pairs}
     assert len(originals) == 8  # each copy from a different original
     for pair in pairs:
@@ -97,7 +99,7 @@ def test_build_icons_dedup_plants_copies_with_ground_truth(package_tree, tmp_pat
         assert set(pair["edits"].split("+")) <= set(real_sets.DEDUP_EDITS)
     again = tmp_path / "again"
     again.mkdir()
-    real_sets.build_icons_dedup(package_tree, again, n_originals=20, n_copies=8, seed=3)
+    real_sets.build_icons_dedup(package_tree, again, n_originals=10, n_copies=8, seed=3)
     assert (again / "pairs.csv").read_text() == (out / "pairs.csv").read_text()  # reproducible
 
 
@@ -111,6 +113,21 @@ def test_distinct_originals_drops_moved_and_mirrored_renders() -> None:
     mirrored = big.transpose(Image.FLIP_LEFT_RIGHT)
     other = canvas(_flat(_icon(8, 40)), 40)
     assert real_sets.distinct_originals([big, small, mirrored, other]) == [0, 3]
+
+
+def test_distinct_originals_drops_a_recoloured_or_brightened_render_of_equal_luminance() -> None:
+    red = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(red).ellipse((12, 12, 52, 52), fill=(200, 30, 30))
+    luminance = round(0.299 * 200 + 0.587 * 30 + 0.114 * 30)
+    grey = Image.new("RGB", (64, 64), "white")  # the same drawing, grey of the red's luminance: a grayscale copy
+    ImageDraw.Draw(grey).ellipse((12, 12, 52, 52), fill=(luminance,) * 3)
+    darker = Image.eval(red, lambda v: int(v * 0.8))  # the brightness edit at gain 0.8, background included
+    square = Image.new("RGB", (64, 64), "white")  # another shape: kept
+    ImageDraw.Draw(square).rectangle((12, 12, 52, 52), fill=(200, 30, 30))
+    assert real_sets.distinct_originals([red, grey, darker, square]) == [0, 3]
+    # in colour alone the grey render is far from the red one: the luminance comparison is what drops it
+    thumbs = [real_sets._thumb(image) for image in (red, grey)]
+    assert np.sqrt(((thumbs[0] - thumbs[1]) ** 2).mean()) > 0.05
 
 
 def test_edit_copy_uses_the_named_edits() -> None:
