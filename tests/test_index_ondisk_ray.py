@@ -124,8 +124,9 @@ def test_engine_and_address_are_checked(store, tmp_path):
         build_index(store, tmp_path / "a", engine="ray")
     with pytest.raises(UnknownNameError, match="choose one of: local, ray"):
         build_index(store, tmp_path / "b", on_disk=True, engine="spark")
-    with pytest.raises(InvalidArgumentError, match="add --engine ray"):
-        build_index(store, tmp_path / "c", on_disk=True, address="auto")
+    for on_disk in (True, False):
+        with pytest.raises(InvalidArgumentError, match="add --engine ray"):
+            build_index(store, tmp_path / "c", on_disk=on_disk, address="auto")
 
 
 def test_a_part_larger_than_any_node_is_refused_instead_of_waiting_forever(store, ray_cluster, tmp_path, monkeypatch):

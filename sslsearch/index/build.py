@@ -212,6 +212,8 @@ def build_index(store_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
     budget = None if memory_budget is None else parse_memory(memory_budget)
     if engine not in ("local", "ray"):
         raise unknown_name("engine", engine, ("local", "ray"))
+    if address is not None and engine != "ray":
+        raise InvalidArgumentError(f"--address {address} names a Ray cluster; add --engine ray --on-disk to use it")
     if engine != "local" and not on_disk:
         raise InvalidArgumentError(f"--engine {engine} fills the parts of an on-disk index; add --on-disk")
     if on_disk:
