@@ -22,7 +22,7 @@ def image() -> Image.Image:
 
 
 @pytest.mark.parametrize(("method", "size", "crop_min", "blur"), [
-    ("simclr", 224, 0.08, 0.5), ("simclr", 64, 0.4, 0.0), ("moco", 224, 0.2, 0.5), ("moco", 32, 0.4, 0.0),
+    ("simclr", 224, 0.08, 0.5), ("simclr", 64, 0.7, 0.0), ("simclr", 32, 0.7, 0.0), ("simclr", 96, 0.08, 0.5), ("moco", 224, 0.2, 0.5), ("moco", 32, 0.4, 0.0),
     ("dino", 224, 0.4, 0.5), ("dino", 64, 0.4, 0.0),
 ])
 def test_defaults_scale_with_image_size(method: str, size: int, crop_min: float, blur: float) -> None:

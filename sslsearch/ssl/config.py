@@ -26,7 +26,8 @@ class AugmentationConfig:
     """View-generation knobs. ``None`` means "the default for this method and image size" (see transforms)."""
 
     crop_scale_min: float | None = option(None, "smallest random-resized-crop area, as a fraction of the image "
-                                                "(0.08 SimCLR, 0.2 MoCo, 0.4 DINO global; 0.4 for images < 96 px)")
+                                                "(0.08 SimCLR, 0.2 MoCo, 0.4 DINO global; for images < 96 px "
+                                                "0.7 SimCLR, 0.4 MoCo and DINO)")
     crop_scale_max: float = option(1.0, "largest random-resized-crop area fraction")
     crop_ratio_min: float = option(3 / 4, "smallest crop aspect ratio (width / height)")
     crop_ratio_max: float = option(4 / 3, "largest crop aspect ratio")
