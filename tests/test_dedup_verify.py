@@ -215,6 +215,19 @@ def test_a_rotated_copy_matches_whatever_colour_fills_its_corners(expand: bool) 
     assert (others < 0.9).all(), others
 
 
+def test_the_alignment_takes_a_crop_of_another_shape_stretched_square(monkeypatch) -> None:
+    """A 90 x 80 window of a square photo: its canonical view is stretched square, which a similarity transform
+    cannot undo; the alignment's bounded aspect does."""
+    from sslsearch.dedup import align
+
+    originals = [photo(seed) for seed in range(4)]
+    crops = [image.crop((3, 6, 93, 86)) for image in originals]
+    stretched = verify_images(crops, originals)
+    assert (stretched > 0.99).all(), stretched
+    monkeypatch.setattr(align, "MAX_LOG_ASPECT", 0.0)
+    assert (verify_images(crops, originals) < stretched).all()
+
+
 def test_a_darkened_or_brightened_clip_art_copy_matches_its_original() -> None:
     """A gain on clip-art on white: the darkened copy's grey background stays its background (the canonical view
     is centred on it, not on white), and a brightened copy's clipped highlights keep its shape."""

@@ -6,7 +6,8 @@ is enough to find it but not to tell it from a look-alike drawn in the same styl
 whose coarse score reaches ``REFINE_FLOOR`` are aligned further and scored again:
 
 1. *alignment* — the best variant's transform (mirror, rotation, crop window) is the starting
-   point of a similarity transform (scale, rotation, shift) fitted by gradient descent on the
+   point of a similarity transform (scale, rotation, shift, and an aspect within
+   ``MAX_LOG_ASPECT``: a crop of another shape was stretched square) fitted by gradient descent on the
    luminance correlation at ``REFINE_SIZE`` px, blurred for the first half of the steps; all the
    pairs at once, in batches, with torch;
 2. *shape* — the normalised cross-correlation of the aligned views, shrunk to
@@ -43,7 +44,9 @@ SCORE_POOL = 2  # the aligned views are scored at REFINE_SIZE / SCORE_POOL px
 SOURCE_SIZE = 2 * REFINE_SIZE  # px of the view the aligned one is sampled from
 STEPS = 40  # gradient steps of the alignment
 LEARNING_RATE = 0.01
-MAX_LOG_ASPECT = 0.0  # the alignment may stretch one axis against the other by up to exp(this)
+MAX_LOG_ASPECT = 0.08  # the alignment may stretch one axis against the other by up to exp(2 × this) (a crop of
+# another shape, which the canonical view stretched square: the crop edit keeps the aspect within ±15 %; measured on
+# the real dedup sets, best F1 at precision >= 0.95: icons 0.910 -> 0.920, wallpapers 0.925 -> 0.936)
 # pixels the aligned source does not cover (a rotated copy's corners, the margin a crop cut off) are left out of the
 # comparison when the rest covers at least this share of the view: a copy's corners may be filled in any colour
 MIN_COVERAGE = 0.6
@@ -139,7 +142,7 @@ def _compared(inside: torch.Tensor) -> torch.Tensor:
 def align(source: torch.Tensor, target: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``source`` (p, 3, SOURCE_SIZE²) aligned to ``target`` (p, 3, REFINE_SIZE²) from the ``start`` transforms (p, 2, 3).
 
-    A similarity transform (log-scale, angle, shift) composed after ``start`` is fitted by Adam on
+    A similarity transform (log-scale, angle, shift, bounded log-aspect) composed after ``start`` is fitted by Adam on
     the luminance correlation over the pixels the start covers (``_compared``); returns the aligned
     source, (p, 3, REFINE_SIZE, REFINE_SIZE), and which of its pixels the source covers (p, 1, ...).
     """
