@@ -143,6 +143,22 @@ def test_calibration_never_picks_a_threshold_above_the_typical_copy(tmp_path: Pa
     assert uncapped > typical
 
 
+def test_false_pair_rate_is_estimated_from_every_stored_image_up_to_a_cap(tmp_path: Path, monkeypatch) -> None:
+    """Only 10 images get copies, but every stored image's scored candidate pairs count towards the false-pair
+    rate (a few hundred sampled images left it in coarse steps); beyond NEGATIVE_QUERIES a seeded subset does."""
+    n = 60
+    paths = _store(tmp_path, n)
+    monkeypatch.setattr(verified_module, "verify_images", lambda copies, originals: np.full(len(copies), 0.99))
+    first = np.arange(n - 1)
+    pairs = VerifiedPairs(first, first + 1, np.zeros(n - 1, np.float32), np.full(n - 1, 0.5, np.float32), 0.0)
+    calibration = calibrate_verified(pairs, paths, precision=0.99, sample_size=10, edits=EDIT_PRESETS["full"], seed=0)
+    assert calibration.images == 10
+    assert calibration.negatives == 2 * (n - 1)  # each chain pair, seen from both of its images
+    monkeypatch.setattr(verified_module, "NEGATIVE_QUERIES", 20)
+    capped = calibrate_verified(pairs, paths, precision=0.99, sample_size=10, edits=EDIT_PRESETS["full"], seed=0)
+    assert 10 <= capped.negatives <= 2 * 20
+
+
 def test_calibration_with_clean_store_reaches_the_target(tmp_path: Path) -> None:
     paths = _store(tmp_path, 30)
     first = np.arange(29)
