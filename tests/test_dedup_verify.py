@@ -143,6 +143,22 @@ def test_calibration_never_picks_a_threshold_above_the_typical_copy(tmp_path: Pa
     assert uncapped > typical
 
 
+def test_false_pair_rate_is_estimated_from_every_stored_image_up_to_a_cap(tmp_path: Path, monkeypatch) -> None:
+    """Only 10 images get copies, but every stored image's scored candidate pairs count towards the false-pair
+    rate (a few hundred sampled images left it in coarse steps); beyond NEGATIVE_QUERIES a seeded subset does."""
+    n = 60
+    paths = _store(tmp_path, n)
+    monkeypatch.setattr(verified_module, "verify_images", lambda copies, originals: np.full(len(copies), 0.99))
+    first = np.arange(n - 1)
+    pairs = VerifiedPairs(first, first + 1, np.zeros(n - 1, np.float32), np.full(n - 1, 0.5, np.float32), 0.0)
+    calibration = calibrate_verified(pairs, paths, precision=0.99, sample_size=10, edits=EDIT_PRESETS["full"], seed=0)
+    assert calibration.images == 10
+    assert calibration.negatives == 2 * (n - 1)  # each chain pair, seen from both of its images
+    monkeypatch.setattr(verified_module, "NEGATIVE_QUERIES", 20)
+    capped = calibrate_verified(pairs, paths, precision=0.99, sample_size=10, edits=EDIT_PRESETS["full"], seed=0)
+    assert 10 <= capped.negatives <= 2 * 20
+
+
 def test_calibration_with_clean_store_reaches_the_target(tmp_path: Path) -> None:
     paths = _store(tmp_path, 30)
     first = np.arange(29)
@@ -189,6 +205,63 @@ def test_alignment_lifts_a_rotated_crop_and_tone_tells_inks_apart() -> None:
     assert scores[2] > 0.99
     assert scores[3] < 0.9  # an offset, not a gain: another ink
     assert scores[4] < 0.9  # grey against colour: greyscale keeps luminance
+
+
+def photo(seed: int, size: int = 96) -> Image.Image:
+    """A textured picture with no uniform border: smooth colour fields plus blobs, edge to edge."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (6, 6, 3)).astype(np.uint8)
+    image = Image.fromarray(small).resize((size, size), Image.BICUBIC)
+    draw = ImageDraw.Draw(image)
+    for _ in range(6):
+        x, y, r = (int(v) for v in rng.integers(0, size, 3) // (1, 1, 4))
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    return image
+
+
+@pytest.mark.parametrize("expand", [False, True])
+def test_a_rotated_copy_matches_whatever_colour_fills_its_corners(expand: bool) -> None:
+    """The corners a rotation fills are left out of the comparison: black or mean-colour fill scores as white does."""
+    originals = [photo(seed) for seed in range(3)]
+    for fill in ((255, 255, 255), (0, 0, 0), (128, 90, 60)):
+        copies = [image.rotate(12, resample=Image.BICUBIC, expand=expand, fillcolor=fill) for image in originals]
+        scores = verify_images(copies, originals)
+        assert (scores > 0.985).all(), (fill, scores)
+    others = verify_images([originals[0], originals[1]], [originals[1], originals[2]])
+    assert (others < 0.9).all(), others
+
+
+def test_the_alignment_takes_a_crop_of_another_shape_stretched_square(monkeypatch) -> None:
+    """A 90 x 80 window of a square photo: its canonical view is stretched square, which a similarity transform
+    cannot undo; the alignment's bounded aspect does."""
+    from sslsearch.dedup import align
+
+    originals = [photo(seed) for seed in range(4)]
+    crops = [image.crop((3, 6, 93, 86)) for image in originals]
+    stretched = verify_images(crops, originals)
+    assert (stretched > 0.99).all(), stretched
+    monkeypatch.setattr(align, "MAX_LOG_ASPECT", 0.0)
+    assert (verify_images(crops, originals) < stretched).all()
+
+
+def test_a_darkened_or_brightened_clip_art_copy_matches_its_original() -> None:
+    """A gain on clip-art on white: the darkened copy's grey background stays its background (the canonical view
+    is centred on it, not on white), and a brightened copy's clipped highlights keep its shape."""
+    from PIL import ImageEnhance
+
+    originals = [icon(seed, size=64) for seed in range(20, 24)]
+    for gain in (0.7, 1.3):
+        copies = [ImageEnhance.Brightness(image).enhance(gain) for image in originals]
+        scores = verify_images(copies, originals)
+        assert (scores > 0.98).all(), (gain, scores)
+
+
+def test_canonical_centres_a_trimmed_picture_on_its_own_background() -> None:
+    grey = Image.new("RGB", (60, 40), (180, 180, 180))
+    ImageDraw.Draw(grey).rectangle((14, 10, 46, 30), fill=(20, 20, 20))  # wider than high: centred on a square
+    view = canonical(grey)
+    assert view.size[0] == view.size[1]
+    assert view.getpixel((0, 0)) == (180, 180, 180)
 
 
 def test_tone_scores_accept_a_clipped_gain_and_refuse_an_offset() -> None:

@@ -46,12 +46,16 @@ PROBE_NEIGHBORS = 8  # nearest thumbnails of each probe taken as candidates
 CANDIDATE_COSINE = 0.0  # embedding neighbours at or above this cosine are candidates (all k nearest, in effect)
 TYPICAL_COPY_QUANTILE = 0.5  # the threshold never exceeds this quantile of the copies' scores
 # A sampled image's 2 best candidates scoring at least its own copy, or this quantile of all copies when its copy is
-# harsher, are duplicates already in the data, not false pairs. Measured (embedding + pixel candidates, target 0.99,
-# F1 on the sample set / wallpapers-dedup / icons-dedup): the median counted real duplicates harsher than the copies
-# as false and pushed the threshold up (0.551 / 0.773 / 0.669); 0.4: 0.750 / 0.849 / 0.732; 0.3: 0.901 / 0.883 /
-# 0.749 (precision 1.000 / 0.972 / 0.850); 0.25: 0.925 / 0.900 / 0.749 (precision 1.000 / 0.929 / 0.850). Icon
-# themes' look-alikes pass as duplicates already in the data: precision there is what the estimate gets wrong.
-DUPLICATE_FLOOR_QUANTILE = 0.3
+# harsher, are duplicates already in the data, not false pairs; below it they count as false, so a store's harsher
+# duplicates make the estimate pessimistic (2-4x the false pairs measured on the real sets at 0.98-0.995). Measured
+# with the aligned score on the rebuilt real sets (pixel candidates, target 0.99; F1 wallpapers-dedup / icons-dedup,
+# precision in brackets): 0.3: 0.830 (0.969) / 0.834 (0.987); 0.2: 0.913 (0.969) / 0.869 (0.984); 0.15: 0.936
+# (0.959) / 0.903 (0.978); 0.1: 0.921 (0.908) on wallpapers: below 0.15 look-alikes pass as duplicates already there.
+DUPLICATE_FLOOR_QUANTILE = 0.15
+# store images whose candidate pairs estimate the false-pair rate (all of them in a smaller store): a few hundred
+# sampled images left the estimate in steps of n / 600 false pairs, and the threshold on one side or the other of a
+# cluster of look-alikes
+NEGATIVE_QUERIES = 20_000
 CURVE_POINTS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995)
 
 
@@ -199,8 +203,9 @@ def calibrate_verified(pairs: VerifiedPairs, paths: Sequence[Path], *, precision
                                  f"(e.g. {paths[0]}); restore the images, or pass a fixed --threshold T")
     positives = verify_images(copies, originals).astype(np.float64)
     sampled = np.unique(rows)
-    negatives = _store_negatives(pairs, sampled, positives, np.asarray(rows), file_sha256)
-    rate = StoreFalsePairRate(negatives, len(sampled), n)
+    queries = _negative_queries(n, sampled, seed)
+    negatives = _store_negatives(pairs, queries, positives, np.asarray(rows), file_sha256)
+    rate = StoreFalsePairRate(negatives, len(queries), n)
     descending = np.sort(pairs.score.astype(np.float64))[::-1]
     threshold, reached = choose_store_threshold(positives, descending, rate, precision)
     typical = float(np.quantile(positives, TYPICAL_COPY_QUANTILE))
@@ -217,9 +222,18 @@ def calibrate_verified(pairs: VerifiedPairs, paths: Sequence[Path], *, precision
                        store_pairs=len(pairs), score="verified")
 
 
+def _negative_queries(n: int, sampled: np.ndarray, seed: int) -> np.ndarray:
+    """The store rows whose candidate pairs estimate the false-pair rate: the calibration's sampled images plus
+    others, up to ``NEGATIVE_QUERIES`` (their pairs are scored already; only the sampled ones have copies)."""
+    if n <= NEGATIVE_QUERIES:
+        return np.arange(n)
+    others = np.setdiff1d(np.random.default_rng([seed, 2]).permutation(n)[:NEGATIVE_QUERIES], sampled)
+    return np.sort(np.r_[sampled, others[:max(0, NEGATIVE_QUERIES - len(sampled))]])
+
+
 def _store_negatives(pairs: VerifiedPairs, sampled: np.ndarray, positives: np.ndarray, copy_rows: np.ndarray,
                      file_sha256: Sequence[str | None] | None) -> np.ndarray:
-    """Verified scores of the sampled originals' candidate pairs, less probable duplicates already in the data.
+    """Verified scores of the query rows' (``sampled``) candidate pairs, less probable duplicates already in the data.
 
     Left out: partners with the same file bytes, partners scoring at least ``SURE_COPY_QUANTILE`` of
     the copies, and the ``AMBIGUOUS_RANK`` best partners when they score as high as the original's
@@ -230,22 +244,27 @@ def _store_negatives(pairs: VerifiedPairs, sampled: np.ndarray, positives: np.nd
     own_floor = {int(row): typical for row in sampled.tolist()}
     for row, score in zip(copy_rows.tolist(), positives.tolist()):
         own_floor[row] = min(own_floor[row], score)
-    is_sampled = np.zeros(max(int(pairs.first.max(initial=0)), int(pairs.second.max(initial=0)), int(sampled.max())) + 1,
-                          bool)
+    size = max(int(pairs.first.max(initial=0)), int(pairs.second.max(initial=0)), int(sampled.max())) + 1
+    is_sampled = np.zeros(size, bool)
     is_sampled[sampled] = True
+    rows = np.r_[pairs.first, pairs.second].astype(np.int64)
+    partners = np.r_[pairs.second, pairs.first].astype(np.int64)
+    scores = np.r_[pairs.score, pairs.score].astype(np.float64)
+    keep = is_sampled[rows]
+    rows, partners, scores = rows[keep], partners[keep], scores[keep]
+    order = np.lexsort((-scores, rows))  # by row, best partner first
+    rows, partners, scores = rows[order], partners[order], scores[order]
     out: list[float] = []
-    for side, other in ((pairs.first, pairs.second), (pairs.second, pairs.first)):
-        mask = is_sampled[side]
-        for row in np.unique(side[mask]).tolist():
-            here = mask & (side == row)
-            partners, scores = other[here], pairs.score[here]
-            order = np.argsort(-scores, kind="stable")
-            partners, scores = partners[order], scores[order]
-            same_file = np.array([bool(file_sha256 is not None and file_sha256[row]
-                                       and file_sha256[int(p)] == file_sha256[row]) for p in partners.tolist()], bool) \
-                if file_sha256 is not None else np.zeros(len(partners), bool)
-            drop = same_file | (scores >= sure)
-            near = np.flatnonzero(~drop)[:AMBIGUOUS_RANK]
-            drop[near[scores[near] >= own_floor[row]]] = True
-            out.extend(scores[~drop].tolist())
+    if len(rows) == 0:
+        return np.asarray(out, np.float64)
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    for begin, end in zip(starts.tolist(), np.r_[starts[1:], len(rows)].tolist()):
+        row = int(rows[begin])
+        mine, theirs = scores[begin:end], partners[begin:end]
+        same_file = np.array([bool(file_sha256[row] and file_sha256[int(p)] == file_sha256[row])
+                              for p in theirs.tolist()], bool) if file_sha256 is not None else np.zeros(len(mine), bool)
+        drop = same_file | (mine >= sure)
+        near = np.flatnonzero(~drop)[:AMBIGUOUS_RANK]
+        drop[near[mine[near] >= own_floor[row]]] = True
+        out.extend(mine[~drop].tolist())
     return np.asarray(out, np.float64)

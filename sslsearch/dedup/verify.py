@@ -9,12 +9,14 @@ real icon sets, that is why a cosine threshold found 13 % of the copies at the p
 So each candidate pair is checked on pixels, the way the edits act on them:
 
 1. *canonical view* — the uniform border is trimmed (twice: a pad, then the margin inside it) and
-   the rest centred on a white square (a picture with no such border is stretched to a square
-   instead): a pad or a rescale no longer moves anything;
+   the rest centred on a square of the picture's own background colour (a picture with no such
+   border is stretched to a square instead): a pad or a rescale no longer moves anything, and a
+   darkened copy stays the original times a gain;
 2. *variants* — the canonical view of one image is mirrored, rotated by up to 15 degrees and cut
    to windows keeping 71-85 % of its area (each re-trimmed), ``VARIANTS`` in all;
 3. *coarse score* — the best normalised cross-correlation of a variant with the other image's
-   canonical view, both at ``SIZE`` px, taken in both directions. In colour when both are in
+   canonical view, both at ``SIZE`` px, taken in both directions (a rotated variant's filled
+   corners left out: a copy may have filled them in any colour). In colour when both are in
    colour; when either is greyscale, on luminance, times the ratio of the two luminance contrasts
    (when below ``CONTRAST_TOLERANCE``), so a greyscale copy matches its original but a black icon
    does not match the same shape in pink;
@@ -62,6 +64,19 @@ def trim_border(image: Image.Image, tolerance: int = BORDER_TOLERANCE, rounds: i
         >>> trim_border(padded).size
         (10, 6)
     """
+    return image.crop(trim_box(image, tolerance, rounds))
+
+
+def trim_box(image: Image.Image, tolerance: int = BORDER_TOLERANCE, rounds: int = 2) -> tuple[int, int, int, int]:
+    """The (left, top, right, bottom) box of ``image`` that ``trim_border`` keeps."""
+    return _trim(image, tolerance, rounds)[0]
+
+
+def _trim(image: Image.Image, tolerance: int, rounds: int
+          ) -> tuple[tuple[int, int, int, int], tuple[int, int, int] | None]:
+    """``trim_box`` and the colour of the last border trimmed (None when none was)."""
+    left, top = 0, 0
+    trimmed_colour: tuple[int, int, int] | None = None
     for _ in range(rounds):
         if image.width < 3 or image.height < 3:
             break
@@ -81,22 +96,39 @@ def trim_border(image: Image.Image, tolerance: int = BORDER_TOLERANCE, rounds: i
         if box is None or box == (0, 0, image.width, image.height):
             break
         image = image.crop(box)
-    return image
+        left, top = left + box[0], top + box[1]
+        trimmed_colour = colour
+    return (left, top, left + image.width, top + image.height), trimmed_colour
 
 
 def canonical(image: Image.Image, rounds: int = 2) -> Image.Image:
     """The image made square: trimmed of its uniform border (``rounds`` of ``trim_border``) and centred on
-    white when it had one (clip-art on a background), else stretched (a photo cut to another shape)."""
+    the colour of the last border trimmed when it had one (clip-art on its background: a darkened copy's
+    grey stays grey, so the view is the original's times a gain), else stretched (a photo cut to another
+    shape)."""
+    return _canonical(image, None, rounds)[0]
+
+
+def _canonical(image: Image.Image, mask: Image.Image | None, rounds: int
+               ) -> tuple[Image.Image, Image.Image | None]:
+    """``canonical`` of ``image``, and the same crop, centring or stretch applied to ``mask`` (an "L" image)."""
     image = image if image.mode == "RGB" else image.convert("RGB")
-    trimmed = trim_border(image, rounds=rounds)
+    box, background = _trim(image, BORDER_TOLERANCE, rounds)
+    trimmed = image.crop(box)
+    mask = mask.crop(box) if mask is not None else None
     if trimmed.width == trimmed.height:
-        return trimmed
+        return trimmed, mask
     side = max(trimmed.size)
     if trimmed.size == image.size:  # no border: a crop of a photo, whose aspect a copy may have changed
-        return trimmed.resize((side, side), Image.BILINEAR)
-    square = Image.new("RGB", (side, side), (255, 255, 255))
-    square.paste(trimmed, ((side - trimmed.width) // 2, (side - trimmed.height) // 2))
-    return square
+        return trimmed.resize((side, side), Image.BILINEAR), mask.resize((side, side), Image.BILINEAR) if mask else None
+    square = Image.new("RGB", (side, side), background or (255, 255, 255))
+    offset = ((side - trimmed.width) // 2, (side - trimmed.height) // 2)
+    square.paste(trimmed, offset)
+    if mask is not None:  # the background it is centred on is the canonical view's own, compared as such
+        canvas = Image.new("L", (side, side), 255)
+        canvas.paste(mask, offset)
+        mask = canvas
+    return square, mask
 
 
 def working_view(image: Image.Image) -> Image.Image:
@@ -120,15 +152,27 @@ VARIANTS = len(VARIANT_SPECS)
 def variants(view: Image.Image, specs: Sequence[VariantSpec] = VARIANT_SPECS) -> list[Image.Image]:
     """The canonical ``view`` edited the ways a copy may differ (``VARIANT_SPECS``: identity first, then rotated
     (a copy's canvas may have grown to hold the corners, or not) and cut, all of it mirrored too), or as ``specs``."""
+    return variants_and_masks(view, specs)[0]
+
+
+def variants_and_masks(view: Image.Image, specs: Sequence[VariantSpec] = VARIANT_SPECS
+                       ) -> tuple[list[Image.Image], list[np.ndarray | None]]:
+    """``variants`` and, for each, the (SIZE, SIZE) bool mask of its pixels that come from the view, or None
+    when all do: a rotation's corners are filled, and a copy may have filled them in any colour (white, black,
+    its mean colour), so they are left out of the comparison (a rotation that the trim then cut needs none:
+    its corners were the view's own background)."""
     if view.width > VARIANT_SIZE:  # twice the compared size is detail enough, and far less work than 96 px
         view = view.resize((VARIANT_SIZE, VARIANT_SIZE), Image.BILINEAR)
     mirrored = ImageOps.mirror(view)
     out: list[Image.Image] = []
+    masks: list[np.ndarray | None] = []
     for spec in specs:
         image = mirrored if spec.mirror else view
+        mask = None
         if spec.degrees:
-            image = canonical(image.rotate(spec.degrees, resample=Image.BILINEAR, expand=spec.expand,
-                                           fillcolor=(255, 255, 255)), rounds=1)
+            rotated = image.rotate(spec.degrees, resample=Image.BILINEAR, expand=spec.expand, fillcolor=(255, 255, 255))
+            image, filled = _canonical(rotated, _fill_mask(view.width, spec), rounds=1)
+            mask = np.asarray(filled.resize((SIZE, SIZE), Image.BILINEAR)) >= 250
         elif spec.crop is not None:
             scale, fx, fy = spec.crop
             side = image.width
@@ -136,7 +180,14 @@ def variants(view: Image.Image, specs: Sequence[VariantSpec] = VARIANT_SPECS) ->
             x, y = round((side - cut) * fx), round((side - cut) * fy)
             image = canonical(image.crop((x, y, x + cut, y + cut)), rounds=1)
         out.append(image)
-    return out
+        masks.append(mask)
+    return out, masks
+
+
+def _fill_mask(side: int, spec: VariantSpec) -> Image.Image:
+    """An "L" image: 255 where a ``side``-px square rotated as ``spec`` holds the picture, 0 where the fill is."""
+    return Image.new("L", (side, side), 255).rotate(spec.degrees, resample=Image.BILINEAR, expand=spec.expand,
+                                                    fillcolor=0)
 
 
 @dataclass(frozen=True)
@@ -172,16 +223,39 @@ def _normalise(rows: np.ndarray) -> np.ndarray:
     return (rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-6)).astype(np.float32)
 
 
-def match_scores(edited: Views, target: Views, target_index: np.ndarray) -> np.ndarray:
-    """(m, len(target_index)) score of each edited view against each chosen target view (module docstring)."""
-    colour = edited.colour @ target.colour[target_index].T
+def match_scores(edited: Views, target: Views, target_index: np.ndarray,
+                 masks: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
+    """(m, len(target_index)) score of each edited view against each chosen target view (module docstring),
+    compared only over the pixels of ``masks[i]`` for an edited view that has one."""
+    colour = _masked_products(edited.colour, target.colour[target_index], masks, 3)
     contrast_a = edited.contrast[:, None]
     contrast_b = target.contrast[target_index][None, :]
     ratio = np.minimum(contrast_a, contrast_b) / np.maximum(np.maximum(contrast_a, contrast_b), 1e-6)
     ratio = np.minimum(ratio / CONTRAST_TOLERANCE, 1.0)
-    luminance = (edited.luminance @ target.luminance[target_index].T) * ratio
+    luminance = _masked_products(edited.luminance, target.luminance[target_index], masks, 1) * ratio
     either_gray = edited.gray[:, None] | target.gray[target_index][None, :]
     return np.where(either_gray, luminance, colour)
+
+
+def _masked_products(edited: np.ndarray, target: np.ndarray, masks: Sequence[np.ndarray | None] | None,
+                     channels: int) -> np.ndarray:
+    """Normalised cross-correlations of normalised rows, each edited row's over its mask's pixels (all: None).
+
+    The correlation is unchanged by a row's scale and offset, so the stored normalised rows serve: the
+    edited row is centred and scaled within its mask, and each target row's spread within the mask comes
+    from two products with the mask."""
+    products = edited @ target.T
+    if masks is None or all(mask is None for mask in masks):
+        return products
+    rows = [i for i, mask in enumerate(masks) if mask is not None]
+    weights = np.stack([np.repeat(masks[i].reshape(-1), channels) for i in rows]).astype(np.float32)  # (r, d)
+    count = weights.sum(axis=1, keepdims=True)
+    part = edited[rows] * weights
+    part = (part - weights * (part.sum(axis=1, keepdims=True) / count))
+    part /= np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-6)
+    spread = weights @ (target ** 2).T - (weights @ target.T) ** 2 / count  # (r, k): within-mask variance × count
+    products[rows] = (part @ target.T) / np.sqrt(np.maximum(spread, 1e-12))
+    return products
 
 
 def verify_pairs(first: np.ndarray, second: np.ndarray, load: Callable[[int], Image.Image | None], *,
@@ -229,9 +303,9 @@ def verify_pairs(first: np.ndarray, second: np.ndarray, load: Callable[[int], Im
     for done, number in enumerate(readable, 1):
         pairs = [(index, other) for index, other in partners[number] if other in position]
         if pairs:
-            edited = views(variants(canonical_views[number]))
+            edited_images, masks = variants_and_masks(canonical_views[number])
             others = np.array([position[other] for _, other in pairs], np.int64)
-            matches = match_scores(edited, base, others)
+            matches = match_scores(views(edited_images), base, others, masks)
             best, which = matches.max(axis=0).astype(np.float32), matches.argmax(axis=0)
             indices = np.array([index for index, _ in pairs], np.int64)
             better = best > scores[indices]
