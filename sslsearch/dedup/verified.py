@@ -227,8 +227,9 @@ def _negative_queries(n: int, sampled: np.ndarray, seed: int) -> np.ndarray:
     others, up to ``NEGATIVE_QUERIES`` (their pairs are scored already; only the sampled ones have copies)."""
     if n <= NEGATIVE_QUERIES:
         return np.arange(n)
-    others = np.setdiff1d(np.random.default_rng([seed, 2]).permutation(n)[:NEGATIVE_QUERIES], sampled)
-    return np.sort(np.r_[sampled, others[:max(0, NEGATIVE_QUERIES - len(sampled))]])
+    order = np.random.default_rng([seed, 2]).permutation(n)
+    others = order[~np.isin(order, sampled)][:max(0, NEGATIVE_QUERIES - len(sampled))]  # a random subset, in order
+    return np.sort(np.r_[sampled, others])
 
 
 def _store_negatives(pairs: VerifiedPairs, sampled: np.ndarray, positives: np.ndarray, copy_rows: np.ndarray,
