@@ -133,7 +133,7 @@ def _inside(transform: torch.Tensor) -> torch.Tensor:
 def _compared(inside: torch.Tensor) -> torch.Tensor:
     """The weight of the compared pixels: those inside the source and a pixel away from its edge (where a copy
     blends its fill into the picture), when the source covers at least ``MIN_COVERAGE`` of the view; else all of
-    them (the white outside then counts against the pair, as a crop below 70 % should)."""
+    them (the white outside then counts against the pair, as it should for a crop that small)."""
     enough = inside.flatten(1).mean(1) >= MIN_COVERAGE
     eroded = -F.max_pool2d(-inside, 3, stride=1, padding=1)
     return torch.where(enough[:, None, None, None], eroded, torch.ones_like(inside))

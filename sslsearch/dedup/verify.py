@@ -157,10 +157,9 @@ def variants(view: Image.Image, specs: Sequence[VariantSpec] = VARIANT_SPECS) ->
 
 def variants_and_masks(view: Image.Image, specs: Sequence[VariantSpec] = VARIANT_SPECS
                        ) -> tuple[list[Image.Image], list[np.ndarray | None]]:
-    """``variants`` and, for each, the (SIZE, SIZE) bool mask of its pixels that come from the view, or None
-    when all do: a rotation's corners are filled, and a copy may have filled them in any colour (white, black,
-    its mean colour), so they are left out of the comparison (a rotation that the trim then cut needs none:
-    its corners were the view's own background)."""
+    """``variants`` and, for each, the (SIZE, SIZE) bool mask of its pixels that come from the view (through
+    the same trim and centring), or None when all do: a rotation's corners are filled, and a copy may have
+    filled them in any colour (white, black, its mean colour), so they are left out of the comparison."""
     if view.width > VARIANT_SIZE:  # twice the compared size is detail enough, and far less work than 96 px
         view = view.resize((VARIANT_SIZE, VARIANT_SIZE), Image.BILINEAR)
     mirrored = ImageOps.mirror(view)
@@ -249,13 +248,15 @@ def _masked_products(edited: np.ndarray, target: np.ndarray, masks: Sequence[np.
         return products
     rows = [i for i, mask in enumerate(masks) if mask is not None]
     weights = np.stack([np.repeat(masks[i].reshape(-1), channels) for i in rows]).astype(np.float32)  # (r, d)
-    count = weights.sum(axis=1, keepdims=True)
+    count = np.maximum(weights.sum(axis=1, keepdims=True), 1.0)
     part = edited[rows] * weights
     part = (part - weights * (part.sum(axis=1, keepdims=True) / count))
     part /= np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-6)
     spread = weights @ (target ** 2).T - (weights @ target.T) ** 2 / count  # (r, k): within-mask variance × count
-    products[rows] = (part @ target.T) / np.sqrt(np.maximum(spread, 1e-12))
-    return products
+    # a target flat within the mask has no shape there to correlate with: 0, not rounding noise over ~0
+    flat = spread < 1e-4
+    products[rows] = np.where(flat, 0.0, (part @ target.T) / np.sqrt(np.maximum(spread, 1e-4)))
+    return np.clip(products, -1.0, 1.0)
 
 
 def verify_pairs(first: np.ndarray, second: np.ndarray, load: Callable[[int], Image.Image | None], *,
