@@ -32,6 +32,7 @@ Cost: ``VARIANTS`` (46) small PIL operations per image taking part in a pair, on
 """
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -64,17 +65,13 @@ def trim_border(image: Image.Image, tolerance: int = BORDER_TOLERANCE, rounds: i
         >>> trim_border(padded).size
         (10, 6)
     """
-    return image.crop(trim_box(image, tolerance, rounds))
-
-
-def trim_box(image: Image.Image, tolerance: int = BORDER_TOLERANCE, rounds: int = 2) -> tuple[int, int, int, int]:
-    """The (left, top, right, bottom) box of ``image`` that ``trim_border`` keeps."""
-    return _trim(image, tolerance, rounds)[0]
+    return image.crop(_trim(image, tolerance, rounds)[0])
 
 
 def _trim(image: Image.Image, tolerance: int, rounds: int
           ) -> tuple[tuple[int, int, int, int], tuple[int, int, int] | None]:
-    """``trim_box`` and the colour of the last border trimmed (None when none was)."""
+    """The (left, top, right, bottom) box ``trim_border`` keeps, and the colour of the last border trimmed (None
+    when none was)."""
     left, top = 0, 0
     trimmed_colour: tuple[int, int, int] | None = None
     for _ in range(rounds):
@@ -152,7 +149,7 @@ VARIANTS = len(VARIANT_SPECS)
 def variants(view: Image.Image, specs: Sequence[VariantSpec] = VARIANT_SPECS) -> list[Image.Image]:
     """The canonical ``view`` edited the ways a copy may differ (``VARIANT_SPECS``: identity first, then rotated
     (a copy's canvas may have grown to hold the corners, or not) and cut, all of it mirrored too), or as ``specs``."""
-    return variants_and_masks(view, specs)[0]
+    return _variants(view, specs, masks=False)[0]
 
 
 def variants_and_masks(view: Image.Image, specs: Sequence[VariantSpec] = VARIANT_SPECS
@@ -160,18 +157,24 @@ def variants_and_masks(view: Image.Image, specs: Sequence[VariantSpec] = VARIANT
     """``variants`` and, for each, the (SIZE, SIZE) bool mask of its pixels that come from the view (through
     the same trim and centring), or None when all do: a rotation's corners are filled, and a copy may have
     filled them in any colour (white, black, its mean colour), so they are left out of the comparison."""
+    return _variants(view, specs, masks=True)
+
+
+def _variants(view: Image.Image, specs: Sequence[VariantSpec], masks: bool
+              ) -> tuple[list[Image.Image], list[np.ndarray | None]]:
     if view.width > VARIANT_SIZE:  # twice the compared size is detail enough, and far less work than 96 px
         view = view.resize((VARIANT_SIZE, VARIANT_SIZE), Image.BILINEAR)
     mirrored = ImageOps.mirror(view)
     out: list[Image.Image] = []
-    masks: list[np.ndarray | None] = []
+    kept: list[np.ndarray | None] = []
     for spec in specs:
         image = mirrored if spec.mirror else view
         mask = None
         if spec.degrees:
             rotated = image.rotate(spec.degrees, resample=Image.BILINEAR, expand=spec.expand, fillcolor=(255, 255, 255))
-            image, filled = _canonical(rotated, _fill_mask(view.width, spec), rounds=1)
-            mask = np.asarray(filled.resize((SIZE, SIZE), Image.BILINEAR)) >= 250
+            image, filled = _canonical(rotated, _fill_mask(view.width, spec) if masks else None, rounds=1)
+            if filled is not None:
+                mask = np.asarray(filled.resize((SIZE, SIZE), Image.BILINEAR)) >= 250
         elif spec.crop is not None:
             scale, fx, fy = spec.crop
             side = image.width
@@ -179,12 +182,14 @@ def variants_and_masks(view: Image.Image, specs: Sequence[VariantSpec] = VARIANT
             x, y = round((side - cut) * fx), round((side - cut) * fy)
             image = canonical(image.crop((x, y, x + cut, y + cut)), rounds=1)
         out.append(image)
-        masks.append(mask)
-    return out, masks
+        kept.append(mask)
+    return out, kept
 
 
+@functools.lru_cache(maxsize=256)
 def _fill_mask(side: int, spec: VariantSpec) -> Image.Image:
-    """An "L" image: 255 where a ``side``-px square rotated as ``spec`` holds the picture, 0 where the fill is."""
+    """An "L" image: 255 where a ``side``-px square rotated as ``spec`` holds the picture, 0 where the fill is
+    (cached: read only, by crops and pastes that make new images)."""
     return Image.new("L", (side, side), 255).rotate(spec.degrees, resample=Image.BILINEAR, expand=spec.expand,
                                                     fillcolor=0)
 

@@ -141,7 +141,7 @@ def _check_args(batch_size: int, shard_rows: int, dtype: str, options: RayOption
 
 
 @contextlib.contextmanager
-def _ray_session(ray: Any, address: str | None) -> Iterator[None]:
+def ray_session(ray: Any, address: str | None) -> Iterator[None]:
     """Use the Ray already initialised in this process, else connect/start one and shut it down after."""
     if ray.is_initialized():
         yield
@@ -372,7 +372,7 @@ def _run(ray: Any, todo: list[BlockTask], source: ImageSource, driver_encoder: E
         return {}
     total = sum(len(t.ids) for t in todo)
     finished: dict[int, BlockReceipt] = {}
-    with _ray_session(ray, options.address):
+    with ray_session(ray, options.address):
         actors, gpus, cpus = _resources(ray, options, device)
         actor_device = device if device != "auto" else ("cuda" if gpus else "cpu")
         decode_workers = max(0, int(cpus) - 1) if gpus else 0

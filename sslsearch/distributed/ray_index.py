@@ -81,7 +81,7 @@ def fill_parts_ray(ray: Any, parts: Sequence[Any], part_paths: Sequence[str], tr
     """Fill every part (``index.ondisk.PartPlan``) in a Ray task, ``workers`` at a time, inside a Ray session.
 
     Args:
-        ray: the imported ray module, initialised (``ray_embed._ray_session``).
+        ray: the imported ray module, initialised (``ray_embed.ray_session``).
         parts, part_paths: the plan and where each part file goes (in the driver's build folder).
         trained_path: the empty trained index on the driver; shipped to the tasks through the object store.
         store_uri: the store as every node opens it (absolute shared path or URI).

@@ -171,11 +171,11 @@ def build_ondisk_index(store_dir: str | os.PathLike[str], out: str | os.PathLike
     timings: dict[str, float] = {}
     with contextlib.ExitStack() as session:
         if engine == "ray":
-            from ..distributed.ray_embed import _ray_session, import_ray
+            from ..distributed.ray_embed import ray_session, import_ray
             from ..distributed.ray_index import largest_node_memory, ray_part_workers
 
             ray = import_ray()
-            session.enter_context(_ray_session(ray, address))
+            session.enter_context(ray_session(ray, address))
             workers = min(ray_part_workers(ray, workers, RAY_TASK_THREADS), len(store.manifest.shards))
             # per task (each may run on its own node), and within half the largest node's memory
             part_budget = min(memory_budget_bytes or 2**62, largest_node_memory(ray) or 2**62) // PART_SHARE
