@@ -17,12 +17,15 @@ import time
 
 import numpy as np
 
-from ..errors import InvalidArgumentError, StoreError
+from ..errors import InvalidArgumentError, StoreError, unknown_name
 from ..progress import progress_bar
 from ..index.spec import parse_memory
 from ..store import EmbeddingStore, manifest_hash
+from .cell_join import DEFAULT_CELL_NEIGHBORS, cell_join_pairs
 from .graph import DEFAULT_NEIGHBORS, SimilarPairs, _canonical
 
+METHODS = ("search", "join")
+DEFAULT_METHOD = "search"
 DEFAULT_MARGIN = 0.03  # below the floor that candidates may score in the index (8-bit codes: a few hundredths)
 CHUNK_ROWS = 16_384
 PAIR_BLOCK = 65_536  # pairs re-scored at once
@@ -32,7 +35,9 @@ RESCORE_BYTES = 2 * 2**30  # default memory for the vectors being re-scored (wit
 def similar_pairs_from_index(store_dir: str | os.PathLike[str], index_dir: str | os.PathLike[str],
                              min_similarity: float, *, neighbors: int = DEFAULT_NEIGHBORS, nprobe: int | None = None,
                              margin: float = DEFAULT_MARGIN, chunk_rows: int = CHUNK_ROWS,
-                             memory_budget: str | int | None = None, progress: bool | None = None) -> SimilarPairs:
+                             memory_budget: str | int | None = None, progress: bool | None = None,
+                             method: str = DEFAULT_METHOD, cell_neighbors: int = DEFAULT_CELL_NEIGHBORS,
+                             work_dir: str | os.PathLike[str] | None = None) -> SimilarPairs:
     """The pairs of store rows with cosine similarity >= ``min_similarity``, found through the store's index.
 
     Args:
@@ -40,21 +45,28 @@ def similar_pairs_from_index(store_dir: str | os.PathLike[str], index_dir: str |
         index_dir: an index built from exactly this store (the card's manifest hash is checked).
         min_similarity: keep pairs at or above this cosine similarity, in (-1, 1].
         neighbors: neighbours searched per row (the row itself left out).
-        nprobe: inverted lists visited per query (IVF); default: the card's tuned value.
-        margin: candidates are pairs within this of the floor in the index's (approximate) scores.
+        nprobe: ``search``: inverted lists visited per query (IVF); default: the card's tuned value.
+        margin: ``search``: candidates are pairs within this of the floor in the index's (approximate) scores.
         chunk_rows: store rows searched at once.
         memory_budget: passed to ``load_index`` (a larger IVF index is memory-mapped); half of it
             (default 1 GiB) holds the vectors being re-scored — more passes over the store when the
             rows in candidate pairs do not fit.
         progress: progress bar on stderr.
+        method: ``search`` (each row searched in the index, candidates re-scored exactly) or
+            ``join`` (each inverted list joined with its ``cell_neighbors`` nearest lists by matrix
+            products over a list-order copy of the store, exact similarities; ``cell_join``; IVF only).
+        cell_neighbors: ``join``: nearby lists each list is joined with.
+        work_dir: ``join``: where the temporary list-order copy of the store goes (rows × dim × the
+            store's bytes per value; default: the system temp folder).
 
     Returns:
-        ``SimilarPairs`` (method ``"index"``): row positions = store ids, exact similarities, unique
+        ``SimilarPairs`` (method ``"index"``, or ``"index-join"``): row positions = store ids, exact similarities, unique
         pairs sorted by (first, second); ``cells`` is the index's number of lists (0 if not IVF).
 
     Raises:
         StoreError: the index was built from another store, or the store's ids are not 0..n-1.
-        InvalidArgumentError: ``neighbors < 1``, a floor outside (-1, 1] or a negative margin.
+        InvalidArgumentError: ``neighbors < 1``, a floor outside (-1, 1], a negative margin, an
+            unknown method, or ``join`` with an index that is not IVF.
 
     Example:
         >>> pairs = similar_pairs_from_index("emb/", "idx/", 0.95)  # doctest: +SKIP
@@ -69,6 +81,8 @@ def similar_pairs_from_index(store_dir: str | os.PathLike[str], index_dir: str |
         raise InvalidArgumentError(f"min_similarity must be in (-1, 1], got {min_similarity}")
     if margin < 0:
         raise InvalidArgumentError(f"margin must be >= 0, got {margin}")
+    if method not in METHODS:
+        raise unknown_name("index dedup method", method, METHODS)
     started = time.perf_counter()
     store = EmbeddingStore.open(store_dir)
     index = load_index(index_dir, memory_budget=memory_budget)
@@ -83,7 +97,16 @@ def similar_pairs_from_index(store_dir: str | os.PathLike[str], index_dir: str |
         if nprobe is not None:
             apply_search_params(raw, {"nprobe": int(nprobe)})
     except RuntimeError:  # not an IVF index (flat, HNSW): searched as it is
-        pass
+        if method == "join":
+            raise InvalidArgumentError(f"method 'join' joins the inverted lists of an IVF index; {index_dir} holds a "
+                                       f"{index.card.factory} index — use method='search'") from None
+    budget = parse_memory(memory_budget) if memory_budget is not None else RESCORE_BYTES
+    if method == "join":
+        first, second, similarity, _ = cell_join_pairs(store, ivf, min_similarity, neighbors=neighbors,
+                                                       cell_neighbors=cell_neighbors, memory_budget_bytes=budget,
+                                                       work_dir=work_dir, chunk_rows=chunk_rows, progress=progress)
+        return SimilarPairs(first, second, similarity, float(min_similarity), int(neighbors), "index-join", "cpu",
+                            time.perf_counter() - started, cells)
     k = min(neighbors + 1, len(store))
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     expected = 0
@@ -102,7 +125,6 @@ def similar_pairs_from_index(store_dir: str | os.PathLike[str], index_dir: str |
     first, second, _ = _canonical(*[np.concatenate([p[i] for p in parts]) if parts else np.zeros(0)
                                     for i in range(3)])
     del parts
-    budget = parse_memory(memory_budget) if memory_budget is not None else RESCORE_BYTES
     similarity = _exact_similarities(store, first, second, chunk_rows, budget // 2)
     keep = similarity >= min_similarity
     return SimilarPairs(first[keep], second[keep], similarity[keep], float(min_similarity), int(neighbors), "index",

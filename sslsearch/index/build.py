@@ -156,7 +156,8 @@ def build_index(store_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
                 memory_budget: str | int | None = DEFAULT_MEMORY_BUDGET, device: str = "auto", overwrite: bool = False,
                 progress: bool | None = None, target_recall: float = TARGET_RECALL,
                 eval_queries: int = EVAL_QUERIES, seed: int = 0, on_disk: bool = False,
-                workers: int | None = None, engine: str = "local", address: str | None = None) -> IndexCard:
+                workers: int | None = None, engine: str = "local", address: str | None = None,
+                nlist: int | None = None) -> IndexCard:
     """Build a faiss index over an embedding store and write ``out/index.faiss`` + ``out/index.json``.
 
     Vectors stream from the store in chunks (memory: the index plus one chunk plus the training
@@ -190,6 +191,9 @@ def build_index(store_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
             shared path or s3://); the driver trains, merges and measures as for ``local``.
         address: the Ray cluster with ``engine="ray"``: None starts a local one, ``auto`` joins the
             running cluster, ``ray://host:10001`` a remote one.
+        nlist: an on-disk IVF index's list count instead of the automatic ≈ 4·√n (fewer lists:
+            faster training and filling, longer lists per probe); refused for in-memory builds,
+            whose index the budget chooses.
 
     Returns:
         The IndexCard written to ``out/index.json``.
@@ -216,12 +220,15 @@ def build_index(store_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
         raise InvalidArgumentError(f"--address {address} names a Ray cluster; add --engine ray --on-disk to use it")
     if engine != "local" and not on_disk:
         raise InvalidArgumentError(f"--engine {engine} fills the parts of an on-disk index; add --on-disk")
+    if nlist is not None and not on_disk:
+        raise InvalidArgumentError(f"nlist {nlist} sets the lists of an on-disk IVF index; add on_disk=True "
+                                   "(in-memory builds choose their index from the budget)")
     if on_disk:
         from .ondisk import build_ondisk_index
 
         return build_ondisk_index(store_dir, out, kind=kind, memory_budget_bytes=budget, device=device,
                                   overwrite=overwrite, progress=progress, workers=workers, target_recall=target_recall,
-                                  eval_queries=eval_queries, seed=seed, engine=engine, address=address)
+                                  eval_queries=eval_queries, seed=seed, engine=engine, address=address, nlist=nlist)
     torch_device = resolve_device(device)
     store = EmbeddingStore.open(store_dir)
     n, dim = len(store), store.dim

@@ -38,7 +38,7 @@ from ..store import EmbeddingStore, manifest_hash
 from .exact import drop_self_matches, exact_search
 from .gpu import index_to_cpu, index_to_gpu, wants_faiss_gpu
 from .io import CARD_FILE, ONDISK_DATA, RECALL_IN_INDEX, IndexCard, check_index_output, quiet_c_stdout, save_index_files
-from .spec import IndexSpec, choose_index_spec, format_bytes
+from .spec import IndexSpec, _train_size, choose_index_spec, format_bytes
 
 BUILD_FOLDER = ".ondisk-build.tmp"  # inside the output directory; removed when the build ends
 EVAL_QUERIES = 500
@@ -58,13 +58,21 @@ class PartPlan:
     rows: int
 
 
-def ondisk_spec(n: int, dim: int, kind: str) -> IndexSpec:
+def ondisk_spec(n: int, dim: int, kind: str, nlist: int | None = None) -> IndexSpec:
     """The IVF index for an on-disk build: auto → IVF-SQ8 (dim bytes per vector), ivf → IVF-Flat, ivfpq → IVF-PQ.
 
     The budget does not bound the codes (they live on disk), so the spec is chosen without it.
+    ``nlist`` replaces the chosen list count (≈ 4·√n): fewer lists train and fill faster (both
+    scale with nlist) at the price of longer lists to scan per probe; the training sample follows
+    it (39 points per list, as ``spec``).
 
     Raises:
-        InvalidArgumentError: flat or hnsw (they have no inverted lists to put on disk).
+        InvalidArgumentError: flat or hnsw (they have no inverted lists to put on disk); an nlist
+            < 1 or with fewer than 39 vectors per list.
+
+    Example:
+        >>> ondisk_spec(10_000_000, 384, "auto", nlist=8192).factory
+        'IVF8192,SQ8'
     """
     if kind in ("flat", "hnsw"):
         raise InvalidArgumentError(f"--on-disk needs an IVF index (auto, ivf or ivfpq), not {kind!r}: only inverted "
@@ -72,11 +80,24 @@ def ondisk_spec(n: int, dim: int, kind: str) -> IndexSpec:
     if kind == "auto":
         spec = choose_index_spec(n, dim, kind="ivf", memory_budget_bytes=None)
         factory = spec.factory.replace(",Flat", ",SQ8")
-        return dataclasses.replace(spec, factory=factory, estimated_bytes=spec.estimated_bytes // 4,
+        spec = dataclasses.replace(spec, factory=factory, estimated_bytes=spec.estimated_bytes // 4,
                                    reason=f"auto, on disk: {factory} over {n:,} × {dim} vectors (8-bit scalar codes "
                                           "in index.ivfdata, memory-mapped at search)")
-    spec = choose_index_spec(n, dim, kind=kind, memory_budget_bytes=None)
-    return dataclasses.replace(spec, reason=spec.reason + " (inverted lists on disk, memory-mapped at search)")
+    else:
+        spec = choose_index_spec(n, dim, kind=kind, memory_budget_bytes=None)
+        spec = dataclasses.replace(spec, reason=spec.reason + " (inverted lists on disk, memory-mapped at search)")
+    return spec if nlist is None else _with_nlist(spec, n, nlist)
+
+
+def _with_nlist(spec: IndexSpec, n: int, nlist: int) -> IndexSpec:
+    if nlist < 1 or nlist * 39 > n:
+        raise InvalidArgumentError(f"nlist must be between 1 and n/39 = {n // 39:,} (faiss k-means wants 39 training "
+                                   f"points per list), got {nlist}; leave it out for the automatic choice")
+    factory = f"IVF{nlist}," + spec.factory.split(",", 1)[1]
+    train_size = _train_size(n, nlist, pq=spec.kind == "ivfpq")
+    return dataclasses.replace(spec, factory=factory, train_size=int(train_size),
+                               search_params={"nprobe": min(int(spec.search_params["nprobe"]), nlist)},
+                               reason=spec.reason.replace(spec.factory, factory) + f" (nlist {nlist} asked for)")
 
 
 def plan_parts(shards: list[tuple[str, int]], bytes_per_vector: int, part_budget: int) -> list[PartPlan]:
@@ -125,13 +146,14 @@ def build_ondisk_index(store_dir: str | os.PathLike[str], out: str | os.PathLike
                        memory_budget_bytes: int | None = None, device: str = "auto", overwrite: bool = False,
                        progress: bool | None = None, workers: int | None = None, target_recall: float = 0.95,
                        eval_queries: int = EVAL_QUERIES, seed: int = 0, engine: str = "local",
-                       address: str | None = None) -> IndexCard:
+                       address: str | None = None, nlist: int | None = None) -> IndexCard:
     """Build an IVF index whose inverted lists live in ``out/index.ivfdata`` (see the module docstring).
 
     Called by ``build_index(..., on_disk=True)``; arguments as there, plus ``workers`` (parts filled
     at once: local processes, default 2, at most the cores; or Ray tasks, default one per CPU of the
     cluster), ``engine`` (local or ray) and ``address`` (the Ray cluster: None starts a local one,
-    ``auto`` joins the running cluster, ``ray://host:10001``). The memory budget bounds the training
+    ``auto`` joins the running cluster, ``ray://host:10001``), and ``nlist`` (the inverted lists,
+    default ≈ 4·√n; see ``ondisk_spec``). The memory budget bounds the training
     sample, the parts filled at once and the read chunks — not the index, which is on disk. With
     the Ray engine it bounds each task's part (half the budget) rather than all parts together,
     and each task asks Ray for its part's memory, so Ray places parts where a node has room.
@@ -152,7 +174,7 @@ def build_ondisk_index(store_dir: str | os.PathLike[str], out: str | os.PathLike
     started = time.perf_counter()
     store = EmbeddingStore.open(store_dir)
     n, dim = len(store), store.dim
-    spec = ondisk_spec(n, dim, kind)
+    spec = ondisk_spec(n, dim, kind, nlist)
     if engine not in ENGINES:
         raise unknown_name("engine", engine, ENGINES)
     if workers is not None and workers <= 0:

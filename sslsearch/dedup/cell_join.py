@@ -1,0 +1,315 @@
+"""Near-duplicate pairs by joining an IVF index's cells: each list against itself and the nearby lists, as matrix products.
+
+``index_pairs`` searches the index once per store row (SQ8 scanning, a few GFLOP/s on a CPU). Here
+the index's inverted lists are used as a partition of the store instead:
+
+1. one pass over the store (or a few, when a copy does not fit the memory budget) writes every
+   vector, exactly as stored, into a scratch file in *list order* (list 0's members, then list
+   1's, ...), so that a list's vectors are one contiguous slice read from disk;
+2. a graph of lists: each centroid's ``cell_neighbors`` nearest centroids (the quantizer's own
+   metric, inner product);
+3. for each list c, its members X are multiplied with its own members and with the members of
+   each nearby list c' (dense float32 GEMMs, an order of magnitude more flops per second than
+   scanning codes). A row x of c can only have a partner y of similarity >= f in c' when x lies
+   within ‖x - y‖ <= sqrt(|x|² + max|y|² - 2f) of the boundary between the two cells (y is
+   assigned to c', so ⟨y, μc - μc'⟩ <= 0, while ⟨x, μc - μc'⟩ >= 0): a row is multiplied only with
+   the nearby lists whose boundary it is that close to — an exact pruning, no pair is lost by it;
+4. each row keeps its ``neighbors`` most similar partners at or above the floor, as the search
+   path does; similarities are exact (the stored vectors, not the codes), so no re-scoring pass.
+
+What is missed: partners in lists outside a list's ``cell_neighbors`` nearest (a row close to a
+far boundary). Memory: the list of ids (8 bytes a row), the row → list-order map (8 bytes a row),
+one list and its neighbours at a time (the scratch file is memory-mapped and read one slice at a
+time), the candidate pairs (12 bytes each, at most ``neighbors`` per row); never all vectors.
+Disk: the scratch copy, rows × dim × the store's bytes per value, deleted at the end.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..errors import InvalidArgumentError, StoreError
+from ..progress import progress_bar
+from ..store import EmbeddingStore
+
+DEFAULT_CELL_NEIGHBORS = 32  # nearby lists a list is joined with (pruned per row by the boundary test)
+BLOCK_BYTES = 128 * 2**20  # the largest similarity block computed at once
+SLACK = 1e-3  # added to the boundary radius: float32 rounding in faiss's assignment and here
+SCRATCH_NAME = "list-order.vectors"
+
+
+@dataclasses.dataclass(frozen=True)
+class JoinStats:
+    """What a cell join did.
+
+    Attributes:
+        cells: inverted lists (non-empty ones joined).
+        cell_neighbors: nearby lists per list.
+        copy_passes: passes over the store to write the list-order copy.
+        copy_seconds: time of those passes.
+        join_seconds: time of the products.
+        flops: multiply-adds × 2 of the products.
+        pruned_share: share of (row, nearby list) products skipped by the boundary test.
+        candidates: pairs kept before removing the ones found from both ends.
+    """
+
+    cells: int
+    cell_neighbors: int
+    copy_passes: int
+    copy_seconds: float
+    join_seconds: float
+    flops: float
+    pruned_share: float
+    candidates: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def cell_join_pairs(store: EmbeddingStore, ivf: Any, min_similarity: float, *, neighbors: int,
+                    cell_neighbors: int = DEFAULT_CELL_NEIGHBORS, memory_budget_bytes: int = 2 * 2**30,
+                    work_dir: str | os.PathLike[str] | None = None, chunk_rows: int = 16_384,
+                    progress: bool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, JoinStats]:
+    """(first, second, similarity, stats): each row's ``neighbors`` most similar partners >= the floor, by a cell join.
+
+    Args:
+        store: the embedding store the index was built from; ids 0..n-1 in store order.
+        ivf: the faiss IVF index (``faiss.extract_index_ivf`` of the loaded index), inner product.
+        min_similarity: the floor (cosine similarity for normalised vectors).
+        neighbors: partners kept per row (its most similar ones at or above the floor).
+        cell_neighbors: nearby lists joined with each list (>= 0; 0 joins each list with itself).
+        memory_budget_bytes: bounds the buffer of the list-order copy (half of it; more passes
+            over the store when the copy does not fit) — the join itself holds one list and its
+            neighbours and one ``BLOCK_BYTES`` block of similarities at a time.
+        work_dir: where the scratch copy goes (default: the system temp folder); removed at the end.
+        chunk_rows: store rows read at once.
+        progress: progress bars on stderr.
+
+    Returns:
+        Unique pairs ``first < second`` (int64 store ids) sorted by (first, second), their exact
+        float32 similarities, and ``JoinStats``.
+
+    Raises:
+        InvalidArgumentError: a negative ``cell_neighbors``, ``neighbors < 1``, or an index that
+            is not inner product.
+        StoreError: store ids that are not 0..n-1, or an index whose lists do not hold every row once.
+    """
+    import faiss
+
+    if cell_neighbors < 0:
+        raise InvalidArgumentError(f"cell_neighbors must be >= 0, got {cell_neighbors}")
+    if neighbors < 1:
+        raise InvalidArgumentError(f"neighbors must be >= 1, got {neighbors}")
+    if ivf.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise InvalidArgumentError("the cell join needs an inner-product IVF index (what `sslsearch index build` "
+                                   "writes); rebuild the index, or use method='search'")
+    n, dim = len(store), store.dim
+    ids, starts = _list_ids(ivf)
+    if len(ids) != n or (n and (ids.min() < 0 or ids.max() >= n)):
+        raise StoreError(f"the index's lists hold {len(ids):,} ids, not the store's {n:,} rows 0..{n - 1}; rebuild "
+                         "the index from this store")
+    order = np.empty(n, np.int64)  # store id → position in list order
+    order[ids] = np.arange(n)
+    dtype = np.float16 if store.manifest.dtype == "float16" else np.float32
+    with _scratch(work_dir) as folder:
+        path = folder / SCRATCH_NAME
+        tick = time.perf_counter()
+        passes, max_norm = _write_list_order(store, order, path, dtype, memory_budget_bytes // 2, chunk_rows, progress)
+        copy_seconds = time.perf_counter() - tick
+        vectors = np.memmap(path, dtype=dtype, mode="r", shape=(n, dim)) if n else np.zeros((0, dim), dtype)
+        tick = time.perf_counter()
+        graph = _centroid_graph(ivf, cell_neighbors)
+        centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+        joined = _join(vectors, ids, starts, graph, centroids, min_similarity, neighbors, max_norm, progress)
+        del vectors
+    first, second, similarity, flops, pruned, candidates = joined
+    stats = JoinStats(int(ivf.nlist), int(graph.shape[1]), passes, round(copy_seconds, 3),
+                      round(time.perf_counter() - tick, 3), float(flops), round(pruned, 4), int(candidates))
+    return first, second, similarity, stats
+
+
+def _list_ids(ivf: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The ids of every list, concatenated in list order, and the lists' start offsets (nlist + 1)."""
+    import faiss
+
+    invlists = ivf.invlists
+    sizes = np.array([invlists.list_size(c) for c in range(ivf.nlist)], np.int64)
+    starts = np.zeros(ivf.nlist + 1, np.int64)
+    np.cumsum(sizes, out=starts[1:])
+    ids = np.empty(int(starts[-1]), np.int64)
+    for c in np.flatnonzero(sizes):
+        pointer = invlists.get_ids(int(c))
+        ids[starts[c]:starts[c + 1]] = faiss.rev_swig_ptr(pointer, int(sizes[c]))
+        invlists.release_ids(int(c), pointer)
+    return ids, starts
+
+
+@contextlib.contextmanager
+def _scratch(work_dir: str | os.PathLike[str] | None) -> Iterator[Path]:
+    if work_dir is not None:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="sslsearch-join-", dir=work_dir))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _write_list_order(store: EmbeddingStore, order: np.ndarray, path: Path, dtype: Any, buffer_bytes: int,
+                      chunk_rows: int, progress: bool | None) -> tuple[int, float]:
+    """Write the store's vectors to ``path`` in list order, a buffer-full per pass; (passes, largest row norm)."""
+    n, dim = len(order), store.dim
+    row_bytes = dim * np.dtype(dtype).itemsize
+    per_pass = max(1, buffer_bytes // row_bytes)
+    passes = max(1, -(-n // per_pass))
+    max_norm = 0.0
+    with open(path, "wb") as handle, progress_bar(n * passes, "dedup join: list-order copy", unit="vec",
+                                                    enabled=progress) as bar:
+        for p in range(passes):
+            lo, hi = p * per_pass, min(n, (p + 1) * per_pass)
+            buffer = np.empty((hi - lo, dim), dtype)
+            expected = 0
+            for batch in store.iter_batches(chunk_rows):
+                if not np.array_equal(batch.ids, np.arange(expected, expected + len(batch.ids))):
+                    raise StoreError(f"store {store.uri} ids are not 0..n-1 in store order (row {expected} has id "
+                                     f"{int(batch.ids[0])}); the cell join needs a store written by `sslsearch embed`")
+                expected += len(batch.ids)
+                where = order[batch.ids]
+                mine = (where >= lo) & (where < hi)
+                buffer[where[mine] - lo] = batch.embeddings[mine]
+                if p == 0:
+                    norms = np.linalg.norm(batch.embeddings.astype(np.float32), axis=1)
+                    max_norm = max(max_norm, float(norms.max(initial=0.0)))
+                bar.update(len(batch.ids))
+            handle.write(buffer.tobytes())
+            del buffer
+    return passes, max_norm
+
+
+def _centroid_graph(ivf: Any, cell_neighbors: int) -> np.ndarray:
+    """(nlist, m) the nearest other centroids of each centroid by inner product (-1 where fewer)."""
+    import faiss
+
+    nlist = int(ivf.nlist)
+    m = min(cell_neighbors, nlist - 1)
+    if m <= 0:
+        return np.zeros((nlist, 0), np.int64)
+    centroids = np.ascontiguousarray(ivf.quantizer.reconstruct_n(0, nlist), dtype=np.float32)
+    flat = faiss.IndexFlatIP(centroids.shape[1])
+    flat.add(centroids)
+    _, found = flat.search(centroids, m + 1)
+    graph = np.full((nlist, m), -1, np.int64)
+    for c in range(nlist):  # drop the centroid itself (usually first; not always with duplicate centroids)
+        others = found[c][(found[c] != c) & (found[c] >= 0)][:m]
+        graph[c, :len(others)] = others
+    return graph
+
+
+def _join(vectors: np.ndarray, ids: np.ndarray, starts: np.ndarray, graph: np.ndarray, centroids: np.ndarray,
+          floor: float, neighbors: int, max_norm: float, progress: bool | None
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float, int]:
+    nlist = len(starts) - 1
+    small = len(ids) < 2**31
+    id_type = np.int32 if small else np.int64
+    buckets = _Buckets(len(ids), id_type)
+    flops = 0.0
+    tests = skipped = 0
+    with progress_bar(len(ids), "dedup join: lists", unit="vec", enabled=progress) as bar:
+        for c in range(nlist):
+            lo, hi = int(starts[c]), int(starts[c + 1])
+            if hi == lo:
+                continue
+            x = np.asarray(vectors[lo:hi], dtype=np.float32)
+            near = [int(o) for o in graph[c] if o >= 0 and starts[o + 1] > starts[o]]
+            # rows of c that lie close enough to the boundary with each nearby list to have a partner there
+            if near:
+                normal = centroids[c][None, :] - centroids[near]
+                length = np.linalg.norm(normal, axis=1)
+                margin = (x @ normal.T) / np.maximum(length, 1e-12)[None, :]
+                radius = np.sqrt(np.maximum(np.einsum("ij,ij->i", x, x) + max_norm**2 - 2 * floor, 0.0)) + SLACK
+                needs = (margin <= radius[:, None]) | (length[None, :] <= 1e-12)
+                tests += needs.size
+                skipped += int(needs.size - needs.sum())
+            rows: list[np.ndarray] = []
+            partners: list[np.ndarray] = []
+            scores: list[np.ndarray] = []
+            blocks = [(np.arange(hi - lo), lo, hi, True)]
+            for j, o in enumerate(near):
+                which = np.flatnonzero(needs[:, j])
+                if len(which):
+                    blocks.append((which, int(starts[o]), int(starts[o + 1]), False))
+            for which, first, last, own in blocks:
+                y = x if own else np.asarray(vectors[first:last], dtype=np.float32)
+                step = max(1, BLOCK_BYTES // (4 * max(1, len(y))))
+                for s in range(0, len(which), step):
+                    part = which[s:s + step]
+                    sim = (x[part] if not own or len(part) != len(x) else x) @ y.T
+                    flops += 2.0 * sim.size * x.shape[1]
+                    if own:  # a row is not its own partner
+                        sim[np.arange(len(part)), part] = -np.inf
+                    r, col = np.nonzero(sim >= floor)
+                    if len(r):
+                        rows.append(part[r])
+                        partners.append(ids[first + col])
+                        scores.append(sim[r, col])
+            if rows:
+                r = np.concatenate(rows)
+                p, s = np.concatenate(partners), np.concatenate(scores).astype(np.float32)
+                keep = _top_per_row(r, s, neighbors)
+                buckets.add(ids[lo + r[keep]], p[keep], s[keep])
+            bar.update(hi - lo)
+    first, second, similarity = buckets.unique()
+    return first, second, similarity, flops, (skipped / tests if tests else 0.0), buckets.count
+
+
+def _top_per_row(rows: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of each row's k highest scores (ties: the order found)."""
+    order = np.lexsort((-scores, rows))
+    sorted_rows = rows[order]
+    first_of_row = np.searchsorted(sorted_rows, sorted_rows, side="left")
+    return order[np.arange(len(order)) - first_of_row < k]
+
+
+class _Buckets:
+    """Candidate pairs as (low, high) ids, kept in id-range buckets so that removing repeats sorts one at a time."""
+
+    def __init__(self, n: int, id_type: Any, count: int = 64) -> None:
+        self.size = max(1, -(-n // count))
+        self.id_type = id_type
+        self.parts: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in range(-(-n // self.size) or 1)]
+        self.count = 0
+
+    def add(self, a: np.ndarray, b: np.ndarray, similarity: np.ndarray) -> None:
+        low, high = np.minimum(a, b), np.maximum(a, b)
+        bucket = low // self.size
+        for g in np.unique(bucket):
+            mine = bucket == g
+            self.parts[int(g)].append((low[mine].astype(self.id_type), high[mine].astype(self.id_type),
+                                       similarity[mine]))
+        self.count += len(low)
+
+    def unique(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        for g, parts in enumerate(self.parts):
+            if not parts:
+                continue
+            low = np.concatenate([p[0] for p in parts]).astype(np.int64)
+            high = np.concatenate([p[1] for p in parts]).astype(np.int64)
+            similarity = np.concatenate([p[2] for p in parts])
+            self.parts[g] = []
+            order = np.lexsort((high, low))
+            low, high, similarity = low[order], high[order], similarity[order]
+            keep = np.ones(len(low), bool)
+            keep[1:] = (low[1:] != low[:-1]) | (high[1:] != high[:-1])
+            out.append((low[keep], high[keep], similarity[keep]))
+        if not out:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return tuple(np.concatenate([p[i] for p in out]) for i in range(3))  # type: ignore[return-value]
