@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work-dir", type=Path, default=None, help="keep the store and index here (default: temp)")
     parser.add_argument("--delete-after", action="store_true", help="delete --work-dir's store and index when done")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--build-only", action="store_true",
+                        help="write the store and build the index; skip the held-out search measurements")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
     n = args.n or (100_000 if args.quick else 2_000_000)
@@ -167,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
                            "train_size": card.build_params["train_size"],
                            "index_faiss_bytes": card.size_bytes, "ivfdata_bytes": card.build_params["ivfdata_bytes"]}
 
+        if args.build_only:
+            return finish(record, work, args)
         log("exact ground truth of the held-out queries (the reference: exact search of the same batch) ...")
         cached = work / f"queries-{args.queries}-seed{args.seed}.npy"
         if cached.exists():
@@ -198,10 +202,20 @@ def main(argv: list[str] | None = None) -> None:
                             "single_query_ms": round(1000 * latency, 3),
                             "exact_qps_batch": round(len(queries) / exact_seconds, 2),
                             "speedup_vs_exact": round(tuned["qps"] * exact_seconds / len(queries), 1)}
-    finally:
-        record["machine"]["load_1min_at_end"] = os.getloadavg()[0]
-        if args.work_dir is None or args.delete_after:
-            shutil.rmtree(work, ignore_errors=True)
+    except BaseException:
+        cleanup(work, args)
+        raise
+    finish(record, work, args)
+
+
+def cleanup(work: Path, args: argparse.Namespace) -> None:
+    if args.work_dir is None or args.delete_after:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def finish(record: dict[str, Any], work: Path, args: argparse.Namespace) -> None:
+    record["machine"]["load_1min_at_end"] = os.getloadavg()[0]
+    cleanup(work, args)
     report(record)
     if not args.no_save:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -211,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def report(record: dict[str, Any]) -> None:
-    build, search = record["build"], record["search"]
+    build, search = record["build"], record.get("search")
     gib = 2**30
     print(f"\non-disk {build['factory']} over {record['n']:,} × {record['dim']} (float16 store, "
           f"{record['store_bytes'] / gib:.2f} GiB in {record['store_shards']} shards), budget {record['memory_budget']}, "
@@ -222,6 +236,10 @@ def report(record: dict[str, Any]) -> None:
           f"{build['part_rows_per_second']:,.0f} rows/s per worker")
     print(f"  on disk      index.faiss {build['index_faiss_bytes'] / 2**20:.1f} MiB + index.ivfdata "
           f"{build['ivfdata_bytes'] / gib:.2f} GiB")
+    if search is None:
+        print(f"  recall@10    {build['card_recall_at_10']} at nprobe {build['nprobe']} (the card's; --build-only: no "
+              "held-out search measured)")
+        return
     print(f"  recall@10    {search['tuned_recall_at_10']:.4f} at nprobe {search['tuned_nprobe']} (held-out queries; "
           f"card: {build['card_recall_at_10']})")
     print(f"  QPS          {search['tuned_qps_batch']:,.0f} (batch of {record['queries']}) = "

@@ -41,7 +41,6 @@ from ..progress import progress_bar
 from ..store import EmbeddingStore
 
 DEFAULT_CELL_NEIGHBORS = 32  # nearby lists a list is joined with (pruned per row by the boundary test)
-BLOCK_BYTES = 128 * 2**20  # the largest similarity block computed at once
 SLACK = 1e-3  # added to the boundary radius: float32 rounding in faiss's assignment and here
 SCRATCH_NAME = "list-order.vectors"
 
@@ -88,7 +87,7 @@ def cell_join_pairs(store: EmbeddingStore, ivf: Any, min_similarity: float, *, n
         cell_neighbors: nearby lists joined with each list (>= 0; 0 joins each list with itself).
         memory_budget_bytes: bounds the buffer of the list-order copy (half of it; more passes
             over the store when the copy does not fit) — the join itself holds one list and its
-            neighbours and one ``BLOCK_BYTES`` block of similarities at a time.
+            neighbours and each row's best partners.
         work_dir: where the scratch copy goes (default: the system temp folder); removed at the end.
         chunk_rows: store rows read at once.
         progress: progress bars on stderr.
@@ -216,21 +215,28 @@ def _centroid_graph(ivf: Any, cell_neighbors: int) -> np.ndarray:
 def _join(vectors: np.ndarray, ids: np.ndarray, starts: np.ndarray, graph: np.ndarray, centroids: np.ndarray,
           floor: float, neighbors: int, max_norm: float, progress: bool | None
           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float, int]:
+    """Each list's rows: their ``neighbors`` best partners in the list and in the nearby lists they need (faiss blocks)."""
+    import faiss
+
     nlist = len(starts) - 1
-    small = len(ids) < 2**31
-    id_type = np.int32 if small else np.int64
-    buckets = _Buckets(len(ids), id_type)
+    buckets = _Buckets(len(ids), np.int32 if len(ids) < 2**31 else np.int64)
     flops = 0.0
     tests = skipped = 0
+    k = neighbors
     with progress_bar(len(ids), "dedup join: lists", unit="vec", enabled=progress) as bar:
         for c in range(nlist):
             lo, hi = int(starts[c]), int(starts[c + 1])
             if hi == lo:
                 continue
-            x = np.asarray(vectors[lo:hi], dtype=np.float32)
+            x = np.ascontiguousarray(vectors[lo:hi], dtype=np.float32)
+            # own list: k + 1 nearest, the row itself dropped
+            scores, found = faiss.knn(x, x, min(k + 1, len(x)), faiss.METRIC_INNER_PRODUCT)
+            flops += 2.0 * len(x) * len(x) * x.shape[1]
+            found = np.where(found == np.arange(len(x))[:, None], -1, found)
+            best_scores, best_ids = [_pad(scores, found >= 0, k + 1)], [_pad(np.where(found >= 0, ids[lo + found], -1),
+                                                                             found >= 0, k + 1, fill=-1)]
             near = [int(o) for o in graph[c] if o >= 0 and starts[o + 1] > starts[o]]
-            # rows of c that lie close enough to the boundary with each nearby list to have a partner there
-            if near:
+            if near:  # the rows of c close enough to the boundary with each nearby list to have a partner there
                 normal = centroids[c][None, :] - centroids[near]
                 length = np.linalg.norm(normal, axis=1)
                 margin = (x @ normal.T) / np.maximum(length, 1e-12)[None, :]
@@ -238,44 +244,37 @@ def _join(vectors: np.ndarray, ids: np.ndarray, starts: np.ndarray, graph: np.nd
                 needs = (margin <= radius[:, None]) | (length[None, :] <= 1e-12)
                 tests += needs.size
                 skipped += int(needs.size - needs.sum())
-            rows: list[np.ndarray] = []
-            partners: list[np.ndarray] = []
-            scores: list[np.ndarray] = []
-            blocks = [(np.arange(hi - lo), lo, hi, True)]
-            for j, o in enumerate(near):
-                which = np.flatnonzero(needs[:, j])
-                if len(which):
-                    blocks.append((which, int(starts[o]), int(starts[o + 1]), False))
-            for which, first, last, own in blocks:
-                y = x if own else np.asarray(vectors[first:last], dtype=np.float32)
-                step = max(1, BLOCK_BYTES // (4 * max(1, len(y))))
-                for s in range(0, len(which), step):
-                    part = which[s:s + step]
-                    sim = (x[part] if not own or len(part) != len(x) else x) @ y.T
-                    flops += 2.0 * sim.size * x.shape[1]
-                    if own:  # a row is not its own partner
-                        sim[np.arange(len(part)), part] = -np.inf
-                    r, col = np.nonzero(sim >= floor)
-                    if len(r):
-                        rows.append(part[r])
-                        partners.append(ids[first + col])
-                        scores.append(sim[r, col])
-            if rows:
-                r = np.concatenate(rows)
-                p, s = np.concatenate(partners), np.concatenate(scores).astype(np.float32)
-                keep = _top_per_row(r, s, neighbors)
-                buckets.add(ids[lo + r[keep]], p[keep], s[keep])
+                for j, o in enumerate(near):
+                    which = np.flatnonzero(needs[:, j])
+                    if not len(which):
+                        continue
+                    first, last = int(starts[o]), int(starts[o + 1])
+                    y = np.ascontiguousarray(vectors[first:last], dtype=np.float32)
+                    scores, found = faiss.knn(x[which], y, min(k, len(y)), faiss.METRIC_INNER_PRODUCT)
+                    flops += 2.0 * len(which) * len(y) * x.shape[1]
+                    block_scores = np.full((len(x), k + 1), -np.inf, np.float32)
+                    block_ids = np.full((len(x), k + 1), -1, np.int64)
+                    block_scores[which, :found.shape[1]] = np.where(found >= 0, scores, -np.inf)
+                    block_ids[which, :found.shape[1]] = np.where(found >= 0, ids[first + np.maximum(found, 0)], -1)
+                    best_scores.append(block_scores)
+                    best_ids.append(block_ids)
+            scores, partners = np.concatenate(best_scores, axis=1), np.concatenate(best_ids, axis=1)
+            if scores.shape[1] > k:  # each row's k best over its blocks
+                top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+                scores, partners = np.take_along_axis(scores, top, 1), np.take_along_axis(partners, top, 1)
+            rows, cols = np.nonzero((scores >= floor) & (partners >= 0))
+            if len(rows):
+                buckets.add(ids[lo + rows], partners[rows, cols], scores[rows, cols])
             bar.update(hi - lo)
     first, second, similarity = buckets.unique()
     return first, second, similarity, flops, (skipped / tests if tests else 0.0), buckets.count
 
 
-def _top_per_row(rows: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
-    """Positions of each row's k highest scores (ties: the order found)."""
-    order = np.lexsort((-scores, rows))
-    sorted_rows = rows[order]
-    first_of_row = np.searchsorted(sorted_rows, sorted_rows, side="left")
-    return order[np.arange(len(order)) - first_of_row < k]
+def _pad(values: np.ndarray, valid: np.ndarray, width: int, fill: float = -np.inf) -> np.ndarray:
+    """(rows, width): ``values`` where ``valid``, ``fill`` elsewhere and in the columns beyond theirs."""
+    out = np.full((values.shape[0], width), fill, np.float32 if fill == -np.inf else np.int64)
+    out[:, :values.shape[1]] = np.where(valid, values, fill)
+    return out
 
 
 class _Buckets:
