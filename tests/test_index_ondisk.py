@@ -62,6 +62,18 @@ def test_ondisk_spec_is_ivf_only():
             ondisk_spec(N, DIM, kind)
 
 
+def test_ondisk_spec_takes_an_nlist_and_its_training_sample_follows():
+    spec = ondisk_spec(10_000_000, 384, "auto", nlist=4096)
+    assert spec.factory == "IVF4096,SQ8" and spec.train_size == 40 * 4096 and "nlist 4096" in spec.reason
+    assert ondisk_spec(10_000_000, 384, "auto").factory == "IVF16384,SQ8"  # the automatic choice is unchanged
+    assert ondisk_spec(N, DIM, "ivfpq", nlist=64).factory.startswith("IVF64,PQ")
+    for bad in (0, N // 39 + 1):
+        with pytest.raises(InvalidArgumentError, match="nlist must be between 1 and"):
+            ondisk_spec(N, DIM, "auto", nlist=bad)
+    with pytest.raises(InvalidArgumentError, match="add on_disk=True"):
+        build_index("unused", "unused", nlist=64)
+
+
 # --------------------------------------------------------------------------- the build
 
 

@@ -19,8 +19,7 @@ the index's inverted lists are used as a partition of the store instead:
 
 What is missed: partners in lists outside a list's ``cell_neighbors`` nearest (a row close to a
 far boundary). Memory: the list of ids (8 bytes a row), the row → list-order map (8 bytes a row),
-one list and its neighbours at a time (the scratch file is memory-mapped and read one slice at a
-time), the candidate pairs (12 bytes each, at most ``neighbors`` per row); never all vectors.
+one list and its neighbours at a time (read from the scratch file, which is not memory-mapped), the candidate pairs (12 bytes each, at most ``neighbors`` per row); never all vectors.
 Disk: the scratch copy, rows × dim × the store's bytes per value, deleted at the end.
 """
 from __future__ import annotations
@@ -41,6 +40,7 @@ from ..progress import progress_bar
 from ..store import EmbeddingStore
 
 DEFAULT_CELL_NEIGHBORS = 32  # nearby lists a list is joined with (pruned per row by the boundary test)
+GROUP_ROWS = 1024  # nearby lists smaller than this are multiplied together (a product per list costs overhead)
 SLACK = 1e-3  # added to the boundary radius: float32 rounding in faiss's assignment and here
 SCRATCH_NAME = "list-order.vectors"
 
@@ -123,12 +123,11 @@ def cell_join_pairs(store: EmbeddingStore, ivf: Any, min_similarity: float, *, n
         tick = time.perf_counter()
         passes, max_norm = _write_list_order(store, order, path, dtype, memory_budget_bytes // 2, chunk_rows, progress)
         copy_seconds = time.perf_counter() - tick
-        vectors = np.memmap(path, dtype=dtype, mode="r", shape=(n, dim)) if n else np.zeros((0, dim), dtype)
         tick = time.perf_counter()
         graph = _centroid_graph(ivf, cell_neighbors)
         centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
-        joined = _join(vectors, ids, starts, graph, centroids, min_similarity, neighbors, max_norm, progress)
-        del vectors
+        with _Rows(path, dtype, dim) as vectors:
+            joined = _join(vectors, ids, starts, graph, centroids, min_similarity, neighbors, max_norm, progress)
     first, second, similarity, flops, pruned, candidates = joined
     stats = JoinStats(int(ivf.nlist), int(graph.shape[1]), passes, round(copy_seconds, 3),
                       round(time.perf_counter() - tick, 3), float(flops), round(pruned, 4), int(candidates))
@@ -193,6 +192,26 @@ def _write_list_order(store: EmbeddingStore, order: np.ndarray, path: Path, dtyp
     return passes, max_norm
 
 
+class _Rows:
+    """Rows lo..hi of the list-order copy as float32, read (not memory-mapped: the process maps nothing it has read)."""
+
+    def __init__(self, path: Path, dtype: Any, dim: int) -> None:
+        self.path, self.dtype, self.dim = path, np.dtype(dtype), dim
+        self.row_bytes = self.dtype.itemsize * dim
+
+    def __enter__(self) -> "_Rows":
+        self.handle = open(self.path, "rb")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.close()
+
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        self.handle.seek(lo * self.row_bytes)
+        raw = np.fromfile(self.handle, self.dtype, (hi - lo) * self.dim)
+        return raw.reshape(hi - lo, self.dim).astype(np.float32)
+
+
 def _centroid_graph(ivf: Any, cell_neighbors: int) -> np.ndarray:
     """(nlist, m) the nearest other centroids of each centroid by inner product (-1 where fewer)."""
     import faiss
@@ -212,7 +231,7 @@ def _centroid_graph(ivf: Any, cell_neighbors: int) -> np.ndarray:
     return graph
 
 
-def _join(vectors: np.ndarray, ids: np.ndarray, starts: np.ndarray, graph: np.ndarray, centroids: np.ndarray,
+def _join(vectors: "_Rows", ids: np.ndarray, starts: np.ndarray, graph: np.ndarray, centroids: np.ndarray,
           floor: float, neighbors: int, max_norm: float, progress: bool | None
           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float, int]:
     """Each list's rows: their ``neighbors`` best partners in the list and in the nearby lists they need (faiss blocks)."""
@@ -228,7 +247,7 @@ def _join(vectors: np.ndarray, ids: np.ndarray, starts: np.ndarray, graph: np.nd
             lo, hi = int(starts[c]), int(starts[c + 1])
             if hi == lo:
                 continue
-            x = np.ascontiguousarray(vectors[lo:hi], dtype=np.float32)
+            x = vectors.read(lo, hi)
             # own list: k + 1 nearest, the row itself dropped
             scores, found = faiss.knn(x, x, min(k + 1, len(x)), faiss.METRIC_INNER_PRODUCT)
             flops += 2.0 * len(x) * len(x) * x.shape[1]
@@ -244,18 +263,18 @@ def _join(vectors: np.ndarray, ids: np.ndarray, starts: np.ndarray, graph: np.nd
                 needs = (margin <= radius[:, None]) | (length[None, :] <= 1e-12)
                 tests += needs.size
                 skipped += int(needs.size - needs.sum())
-                for j, o in enumerate(near):
-                    which = np.flatnonzero(needs[:, j])
+                for group in _groups(near, starts):  # small lists go together: fewer, larger products
+                    which = np.flatnonzero(needs[:, [near.index(o) for o in group]].any(axis=1))
                     if not len(which):
                         continue
-                    first, last = int(starts[o]), int(starts[o + 1])
-                    y = np.ascontiguousarray(vectors[first:last], dtype=np.float32)
+                    y = np.concatenate([vectors.read(int(starts[o]), int(starts[o + 1])) for o in group])
+                    y_ids = np.concatenate([ids[starts[o]:starts[o + 1]] for o in group])
                     scores, found = faiss.knn(x[which], y, min(k, len(y)), faiss.METRIC_INNER_PRODUCT)
                     flops += 2.0 * len(which) * len(y) * x.shape[1]
                     block_scores = np.full((len(x), k + 1), -np.inf, np.float32)
                     block_ids = np.full((len(x), k + 1), -1, np.int64)
                     block_scores[which, :found.shape[1]] = np.where(found >= 0, scores, -np.inf)
-                    block_ids[which, :found.shape[1]] = np.where(found >= 0, ids[first + np.maximum(found, 0)], -1)
+                    block_ids[which, :found.shape[1]] = np.where(found >= 0, y_ids[np.maximum(found, 0)], -1)
                     best_scores.append(block_scores)
                     best_ids.append(block_ids)
             scores, partners = np.concatenate(best_scores, axis=1), np.concatenate(best_ids, axis=1)
@@ -268,6 +287,22 @@ def _join(vectors: np.ndarray, ids: np.ndarray, starts: np.ndarray, graph: np.nd
             bar.update(hi - lo)
     first, second, similarity = buckets.unique()
     return first, second, similarity, flops, (skipped / tests if tests else 0.0), buckets.count
+
+
+def _groups(near: list[int], starts: np.ndarray) -> list[list[int]]:
+    """Consecutive nearby lists in groups of at least ``GROUP_ROWS`` rows (the last may be smaller)."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    rows = 0
+    for o in near:
+        current.append(o)
+        rows += int(starts[o + 1] - starts[o])
+        if rows >= GROUP_ROWS:
+            groups.append(current)
+            current, rows = [], 0
+    if current:
+        groups.append(current)
+    return groups
 
 
 def _pad(values: np.ndarray, valid: np.ndarray, width: int, fill: float = -np.inf) -> np.ndarray:
