@@ -1,13 +1,17 @@
 """Dedup at scale: near-duplicate pairs of a large store through its on-disk IVF index, vs exact search on a sample.
 
     .venv/bin/python benchmarks/bench_scale.py --work-dir /tmp/scale2m        # writes the store + index first
-    .venv/bin/python benchmarks/bench_dedup_scale.py --work-dir /tmp/scale2m --floor 0.9
+    .venv/bin/python benchmarks/bench_dedup_scale.py --work-dir /tmp/scale2m --floor 0.9                 # search
+    .venv/bin/python benchmarks/bench_dedup_scale.py --work-dir /tmp/scale2m --floor 0.9 --method join   # cell join
 
-Runs ``sslsearch.similar_pairs_from_index`` over the store and index that bench_scale.py
-left in --work-dir (``emb/``, ``idx/``): time, rows/s, pairs, the process's peak memory. Reference
-in the same run: for ``--sample`` random rows, exact search (``exact_search`` streaming the store)
-gives every neighbour above the floor among the ``--neighbors`` nearest; the pair recall is the
-share of those the index path found. Appends a JSON line to benchmarks/results/scale.jsonl.
+Runs ``sslsearch.similar_pairs_from_index`` (``--method search``: each row searched in the index,
+candidates re-scored; ``--method join``: each inverted list joined with its ``--cell-neighbors``
+nearest lists, ``dedup.cell_join``) over the store and index that bench_scale.py left in
+--work-dir (``emb/``, ``idx/``): time, rows/s, pairs, the process's peak memory (VmHWM: with the
+pages of memory-mapped files it touched). Reference in the same run: for ``--sample`` random rows,
+exact search (``exact_search`` streaming the store) gives every neighbour above the floor among the
+``--neighbors`` nearest; the pair recall is the share of those the index path found. Appends a
+JSON line to benchmarks/results/scale.jsonl.
 """
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ import numpy as np
 
 from bench_scale import RESULTS, git_commit, log, machine
 from memory import peak_rss_bytes
-from sslsearch import EmbeddingStore, exact_search, similar_pairs_from_index
+from sslsearch import EmbeddingStore, exact_search, load_index, similar_pairs_from_index
+from sslsearch.dedup.cell_join import DEFAULT_CELL_NEIGHBORS, cell_join_pairs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,7 +36,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work-dir", type=Path, required=True, help="where bench_scale.py kept emb/ and idx/")
     parser.add_argument("--floor", type=float, default=0.9, help="minimum cosine similarity of a pair")
     parser.add_argument("--neighbors", type=int, default=16)
-    parser.add_argument("--nprobe", type=int, default=None, help="default: the card's tuned value")
+    parser.add_argument("--nprobe", type=int, default=None, help="search: default the card's tuned value")
+    parser.add_argument("--method", choices=("search", "join"), default="search")
+    parser.add_argument("--cell-neighbors", type=int, default=DEFAULT_CELL_NEIGHBORS, help="join: nearby lists")
+    parser.add_argument("--scratch", type=Path, default=None, help="join: folder of the list-order copy")
     parser.add_argument("--sample", type=int, default=1000, help="rows whose pairs are checked against exact search")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-save", action="store_true")
@@ -45,14 +53,28 @@ def main(argv: list[str] | None = None) -> None:
     record: dict[str, Any] = {"bench": "dedup_scale", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                               "commit": git_commit(), "machine": machine(threads),
                               "argv": sys.argv[1:] if argv is None else argv, "n": n, "dim": store.dim,
-                              "floor": args.floor, "neighbors": args.neighbors, "nprobe": args.nprobe}
-    log(f"pairs ≥ {args.floor} among {args.neighbors} neighbours of {n:,} rows through {index_dir} ...")
+                              "floor": args.floor, "neighbors": args.neighbors, "method": args.method,
+                              "nprobe": args.nprobe if args.method == "search" else None,
+                              "cell_neighbors": args.cell_neighbors if args.method == "join" else None}
+    log(f"pairs ≥ {args.floor} among {args.neighbors} neighbours of {n:,} rows through {index_dir} "
+        f"({args.method}) ...")
     rss_before = peak_rss_bytes()
-    pairs = similar_pairs_from_index(store_dir, index_dir, args.floor, neighbors=args.neighbors, nprobe=args.nprobe,
-                                     progress=False)
-    record["index_path"] = {"seconds": round(pairs.seconds, 1), "rows_per_second": round(n / pairs.seconds, 1),
-                            "pairs": len(pairs), "cells": pairs.cells, "peak_rss_bytes": peak_rss_bytes(),
-                            "rss_before_bytes": rss_before}
+    if args.method == "search":
+        pairs = similar_pairs_from_index(store_dir, index_dir, args.floor, neighbors=args.neighbors,
+                                         nprobe=args.nprobe, progress=False)
+        first, second, seconds, cells, details = pairs.first, pairs.second, pairs.seconds, pairs.cells, {}
+    else:  # the library function similar_pairs_from_index(method="join") calls, for its JoinStats
+        started = time.perf_counter()
+        loaded = load_index(index_dir)
+        ivf = faiss.extract_index_ivf(loaded.faiss_index)
+        first, second, _, stats = cell_join_pairs(store, ivf, args.floor, neighbors=args.neighbors,
+                                                  cell_neighbors=args.cell_neighbors, work_dir=args.scratch)
+        seconds, cells = time.perf_counter() - started, stats.cells
+        details = {**stats.to_dict(), "join_gflops_per_second": round(stats.flops / stats.join_seconds / 1e9, 1)
+                   if stats.join_seconds else None}
+    record["index_path"] = {"seconds": round(seconds, 1), "rows_per_second": round(n / seconds, 1),
+                            "pairs": len(first), "cells": cells, "peak_rss_bytes": peak_rss_bytes(),
+                            "rss_before_bytes": rss_before, **details}
 
     log(f"exact neighbours of {args.sample} sample rows (the reference) ...")
     rng = np.random.default_rng(args.seed)
@@ -61,9 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     scores, ids = exact_search(queries, store, args.neighbors + 1, device="cpu", backend="faiss")
     truth = {(int(r), int(i)) for r, row_ids, row_scores in zip(rows, ids, scores)
              for i, s in zip(row_ids, row_scores) if i != r and s >= args.floor}
-    found_pairs = set(zip(pairs.first.tolist(), pairs.second.tolist()))
-    wanted = set(rows.tolist())
-    found = {(a, b) for a, b in found_pairs if a in wanted} | {(b, a) for a, b in found_pairs if b in wanted}
+    at_a, at_b = np.isin(first, rows), np.isin(second, rows)  # numpy first: 10M rows give ~10⁸ pairs
+    found = (set(zip(first[at_a].tolist(), second[at_a].tolist()))
+             | set(zip(second[at_b].tolist(), first[at_b].tolist())))
     record["sample"] = {"rows": args.sample, "exact_pairs": len(truth),
                         "pair_recall": round(len(found & truth) / len(truth), 4) if truth else None,
                         "found_pairs_not_in_exact_top_k": len(found - truth)}
@@ -77,7 +99,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def report(record: dict[str, Any]) -> None:
     path, sample = record["index_path"], record["sample"]
-    print(f"\ndedup through the index: {record['n']:,} × {record['dim']}, floor {record['floor']}, "
+    how = (f"cell join, {record['cell_neighbors']} nearby lists" if record.get("method") == "join"
+           else f"search, nprobe {record['nprobe'] or 'tuned'}")
+    print(f"\ndedup through the index ({how}): {record['n']:,} × {record['dim']}, floor {record['floor']}, "
           f"{record['neighbors']} neighbours")
     print(f"  time         {path['seconds']:.0f} s ({path['rows_per_second']:,.0f} rows/s), {path['pairs']:,} pairs, "
           f"peak RSS {path['peak_rss_bytes'] / 2**30:.2f} GiB")

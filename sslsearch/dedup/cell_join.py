@@ -13,13 +13,16 @@ the index's inverted lists are used as a partition of the store instead:
    scanning codes). A row x of c can only have a partner y of similarity >= f in c' when x lies
    within ‖x - y‖ <= sqrt(|x|² + max|y|² - 2f) of the boundary between the two cells (y is
    assigned to c', so ⟨y, μc - μc'⟩ <= 0, while ⟨x, μc - μc'⟩ >= 0): a row is multiplied only with
-   the nearby lists whose boundary it is that close to — an exact pruning, no pair is lost by it;
+   the nearby lists whose boundary it is that close to, and with only the rows y of c' that are
+   within reach from their side (‖x - y‖ >= hx + hy, the two distances to the boundary) — an exact
+   pruning, no pair is lost by it;
 4. each row keeps its ``neighbors`` most similar partners at or above the floor, as the search
    path does; similarities are exact (the stored vectors, not the codes), so no re-scoring pass.
 
 What is missed: partners in lists outside a list's ``cell_neighbors`` nearest (a row close to a
 far boundary). Memory: the list of ids (8 bytes a row), the row → list-order map (8 bytes a row),
-one list and its neighbours at a time (read from the scratch file, which is not memory-mapped), the candidate pairs (12 bytes each, at most ``neighbors`` per row); never all vectors.
+one list and its neighbours at a time (read from the scratch file, which is not memory-mapped),
+the candidate pairs (12 bytes each, at most ``neighbors`` per row); never all vectors.
 Disk: the scratch copy, rows × dim × the store's bytes per value, deleted at the end.
 """
 from __future__ import annotations
@@ -40,7 +43,7 @@ from ..progress import progress_bar
 from ..store import EmbeddingStore
 
 DEFAULT_CELL_NEIGHBORS = 32  # nearby lists a list is joined with (pruned per row by the boundary test)
-GROUP_ROWS = 1024  # nearby lists smaller than this are multiplied together (a product per list costs overhead)
+GROUP_ROWS = 1024  # nearby partners fewer than this are multiplied together (a product per list costs overhead)
 SLACK = 1e-3  # added to the boundary radius: float32 rounding in faiss's assignment and here
 SCRATCH_NAME = "list-order.vectors"
 
@@ -57,6 +60,8 @@ class JoinStats:
         join_seconds: time of the products.
         flops: multiply-adds × 2 of the products.
         pruned_share: share of (row, nearby list) products skipped by the boundary test.
+        partner_pruned_share: share of a nearby list's rows left out of its product by the same
+            test from their side (only rows within reach of the boundary can be partners).
         candidates: pairs kept before removing the ones found from both ends.
     """
 
@@ -67,6 +72,7 @@ class JoinStats:
     join_seconds: float
     flops: float
     pruned_share: float
+    partner_pruned_share: float
     candidates: int
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,9 +134,10 @@ def cell_join_pairs(store: EmbeddingStore, ivf: Any, min_similarity: float, *, n
         centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
         with _Rows(path, dtype, dim) as vectors:
             joined = _join(vectors, ids, starts, graph, centroids, min_similarity, neighbors, max_norm, progress)
-    first, second, similarity, flops, pruned, candidates = joined
+    first, second, similarity, flops, pruned, partners_pruned, candidates = joined
     stats = JoinStats(int(ivf.nlist), int(graph.shape[1]), passes, round(copy_seconds, 3),
-                      round(time.perf_counter() - tick, 3), float(flops), round(pruned, 4), int(candidates))
+                      round(time.perf_counter() - tick, 3), float(flops), round(pruned, 4), round(partners_pruned, 4),
+                      int(candidates))
     return first, second, similarity, stats
 
 
@@ -233,14 +240,14 @@ def _centroid_graph(ivf: Any, cell_neighbors: int) -> np.ndarray:
 
 def _join(vectors: "_Rows", ids: np.ndarray, starts: np.ndarray, graph: np.ndarray, centroids: np.ndarray,
           floor: float, neighbors: int, max_norm: float, progress: bool | None
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float, int]:
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float, float, int]:
     """Each list's rows: their ``neighbors`` best partners in the list and in the nearby lists they need (faiss blocks)."""
     import faiss
 
     nlist = len(starts) - 1
     buckets = _Buckets(len(ids), np.int32 if len(ids) < 2**31 else np.int64)
     flops = 0.0
-    tests = skipped = 0
+    tests = skipped = partner_tests = partner_skipped = 0
     k = neighbors
     with progress_bar(len(ids), "dedup join: lists", unit="vec", enabled=progress) as bar:
         for c in range(nlist):
@@ -263,12 +270,25 @@ def _join(vectors: "_Rows", ids: np.ndarray, starts: np.ndarray, graph: np.ndarr
                 needs = (margin <= radius[:, None]) | (length[None, :] <= 1e-12)
                 tests += needs.size
                 skipped += int(needs.size - needs.sum())
-                for group in _groups(near, starts):  # small lists go together: fewer, larger products
-                    which = np.flatnonzero(needs[:, [near.index(o) for o in group]].any(axis=1))
+                pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+                for j, o in enumerate(near):
+                    which = np.flatnonzero(needs[:, j])
                     if not len(which):
                         continue
-                    y = np.concatenate([vectors.read(int(starts[o]), int(starts[o + 1])) for o in group])
-                    y_ids = np.concatenate([ids[starts[o]:starts[o + 1]] for o in group])
+                    y = vectors.read(int(starts[o]), int(starts[o + 1]))
+                    y_ids = ids[starts[o]:starts[o + 1]]
+                    if length[j] > 1e-12:  # and the rows of o close enough to the same boundary: ‖x - y‖ >= hx + hy
+                        reach = float((radius[which] - margin[which, j]).max()) + SLACK
+                        keep = (y @ -normal[j]) / length[j] <= reach
+                        partner_tests += len(y)
+                        partner_skipped += int(len(y) - keep.sum())
+                        y, y_ids = y[keep], y_ids[keep]
+                    if len(y):
+                        pieces.append((which, y, y_ids))
+                for group in _groups(pieces):  # small pieces go together: fewer, larger products
+                    which = np.unique(np.concatenate([p[0] for p in group]))
+                    y = np.concatenate([p[1] for p in group])
+                    y_ids = np.concatenate([p[2] for p in group])
                     scores, found = faiss.knn(x[which], y, min(k, len(y)), faiss.METRIC_INNER_PRODUCT)
                     flops += 2.0 * len(which) * len(y) * x.shape[1]
                     block_scores = np.full((len(x), k + 1), -np.inf, np.float32)
@@ -286,17 +306,19 @@ def _join(vectors: "_Rows", ids: np.ndarray, starts: np.ndarray, graph: np.ndarr
                 buckets.add(ids[lo + rows], partners[rows, cols], scores[rows, cols])
             bar.update(hi - lo)
     first, second, similarity = buckets.unique()
-    return first, second, similarity, flops, (skipped / tests if tests else 0.0), buckets.count
+    return (first, second, similarity, flops, skipped / tests if tests else 0.0,
+            partner_skipped / partner_tests if partner_tests else 0.0, buckets.count)
 
 
-def _groups(near: list[int], starts: np.ndarray) -> list[list[int]]:
-    """Consecutive nearby lists in groups of at least ``GROUP_ROWS`` rows (the last may be smaller)."""
-    groups: list[list[int]] = []
-    current: list[int] = []
+def _groups(pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[list[tuple[np.ndarray, ...]]]:
+    """Consecutive (rows, partners, partner ids) pieces in groups of at least ``GROUP_ROWS`` partners (the last may be
+    smaller)."""
+    groups: list[list[tuple[np.ndarray, ...]]] = []
+    current: list[tuple[np.ndarray, ...]] = []
     rows = 0
-    for o in near:
-        current.append(o)
-        rows += int(starts[o + 1] - starts[o])
+    for piece in pieces:
+        current.append(piece)
+        rows += len(piece[1])
         if rows >= GROUP_ROWS:
             groups.append(current)
             current, rows = [], 0
