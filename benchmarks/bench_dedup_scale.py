@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--method", choices=("search", "join"), default="search")
     parser.add_argument("--cell-neighbors", type=int, default=DEFAULT_CELL_NEIGHBORS, help="join: nearby lists")
     parser.add_argument("--scratch", type=Path, default=None, help="join: folder of the list-order copy")
+    parser.add_argument("--progress", action="store_true", help="progress bars on stderr (e.g. into a log)")
     parser.add_argument("--sample", type=int, default=1000, help="rows whose pairs are checked against exact search")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-save", action="store_true")
@@ -61,14 +62,15 @@ def main(argv: list[str] | None = None) -> None:
     rss_before = peak_rss_bytes()
     if args.method == "search":
         pairs = similar_pairs_from_index(store_dir, index_dir, args.floor, neighbors=args.neighbors,
-                                         nprobe=args.nprobe, progress=False)
+                                         nprobe=args.nprobe, progress=args.progress)
         first, second, seconds, cells, details = pairs.first, pairs.second, pairs.seconds, pairs.cells, {}
     else:  # the library function similar_pairs_from_index(method="join") calls, for its JoinStats
         started = time.perf_counter()
         loaded = load_index(index_dir)
         ivf = faiss.extract_index_ivf(loaded.faiss_index)
         first, second, _, stats = cell_join_pairs(store, ivf, args.floor, neighbors=args.neighbors,
-                                                  cell_neighbors=args.cell_neighbors, work_dir=args.scratch)
+                                                  cell_neighbors=args.cell_neighbors, work_dir=args.scratch,
+                                                  progress=args.progress)
         seconds, cells = time.perf_counter() - started, stats.cells
         details = {**stats.to_dict(), "join_gflops_per_second": round(stats.flops / stats.join_seconds / 1e9, 1)
                    if stats.join_seconds else None}

@@ -94,7 +94,8 @@ def build_in_process(store_dir: Path, index_dir: Path, args: argparse.Namespace)
     code = (f"import json, sys; sys.path.insert(0, {str(BENCHMARKS)!r}); import sslsearch; "
             "from memory import peak_rss_bytes; "
             f"card = sslsearch.build_index({str(store_dir)!r}, {str(index_dir)!r}, kind={args.kind!r}, on_disk=True, "
-            f"memory_budget={args.memory_budget!r}, workers={args.workers}, nlist={args.nlist!r}, overwrite=True, "
+            f"memory_budget={args.memory_budget!r}, workers={args.workers}, nlist={args.nlist!r}, "
+            f"eval_queries={args.eval_queries}, overwrite=True, "
             "progress=False); "
             "print(json.dumps({'card': card.to_dict(), 'peak': peak_rss_bytes()}))")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-budget", default="2GB", help="build budget (training sample, parts at once)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--eval-queries", type=int, default=500,
+                        help="store vectors the build measures recall@10 on and tunes nprobe with (0: skip)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--work-dir", type=Path, default=None, help="keep the store and index here (default: temp)")

@@ -100,3 +100,20 @@ def test_bad_arguments_and_a_flat_index_are_refused(planted, tmp_path):
         similar_pairs_from_index(store, flat, FLOOR, method="join")
     with pytest.raises(InvalidArgumentError, match="cell_neighbors"):
         similar_pairs_from_index(store, index, FLOOR, method="join", cell_neighbors=-1)
+
+
+def test_joining_some_lists_gives_the_pairs_of_their_rows(planted):
+    store, index, _, _ = planted
+    loaded = load_index(index)
+    ivf = faiss.extract_index_ivf(loaded.faiss_index)
+    opened = EmbeddingStore.open(store)
+    every = cell_join_pairs(opened, ivf, FLOOR, neighbors=16, cell_neighbors=4)
+    some = cell_join_pairs(opened, ivf, FLOOR, neighbors=16, cell_neighbors=4, lists=[3, 1, 3])
+    members = np.concatenate([faiss.rev_swig_ptr(ivf.invlists.get_ids(c), ivf.invlists.list_size(c)).copy()
+                              for c in (1, 3)])
+    assert some[3].lists_joined == 2 and some[3].rows_joined == len(members) and every[3].rows_joined == N
+    touching = np.isin(some[0], members) | np.isin(some[1], members)
+    assert touching.all() and 0 < len(some[0]) < len(every[0])
+    assert set(zip(some[0].tolist(), some[1].tolist())) <= set(zip(every[0].tolist(), every[1].tolist()))
+    with pytest.raises(InvalidArgumentError, match="lists must be in"):
+        cell_join_pairs(opened, ivf, FLOOR, neighbors=16, lists=[NLIST])

@@ -34,7 +34,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -63,6 +63,8 @@ class JoinStats:
         partner_pruned_share: share of a nearby list's rows left out of its product by the same
             test from their side (only rows within reach of the boundary can be partners).
         candidates: pairs kept before removing the ones found from both ends.
+        lists_joined: lists whose rows were joined (all, unless ``lists`` chose some).
+        rows_joined: rows in those lists.
     """
 
     cells: int
@@ -74,6 +76,8 @@ class JoinStats:
     pruned_share: float
     partner_pruned_share: float
     candidates: int
+    lists_joined: int
+    rows_joined: int
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -82,7 +86,8 @@ class JoinStats:
 def cell_join_pairs(store: EmbeddingStore, ivf: Any, min_similarity: float, *, neighbors: int,
                     cell_neighbors: int = DEFAULT_CELL_NEIGHBORS, memory_budget_bytes: int = 2 * 2**30,
                     work_dir: str | os.PathLike[str] | None = None, chunk_rows: int = 16_384,
-                    progress: bool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, JoinStats]:
+                    progress: bool | None = None, lists: Sequence[int] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, JoinStats]:
     """(first, second, similarity, stats): each row's ``neighbors`` most similar partners >= the floor, by a cell join.
 
     Args:
@@ -97,14 +102,16 @@ def cell_join_pairs(store: EmbeddingStore, ivf: Any, min_similarity: float, *, n
         work_dir: where the scratch copy goes (default: the system temp folder); removed at the end.
         chunk_rows: store rows read at once.
         progress: progress bars on stderr.
+        lists: join only the rows of these lists (with all their nearby lists): a share of the
+            work, e.g. one machine's part, or a measured sample of the cost. Default: every list.
 
     Returns:
         Unique pairs ``first < second`` (int64 store ids) sorted by (first, second), their exact
         float32 similarities, and ``JoinStats``.
 
     Raises:
-        InvalidArgumentError: a negative ``cell_neighbors``, ``neighbors < 1``, or an index that
-            is not inner product.
+        InvalidArgumentError: a negative ``cell_neighbors``, ``neighbors < 1``, ``lists`` outside
+            0..nlist-1, or an index that is not inner product.
         StoreError: store ids that are not 0..n-1, or an index whose lists do not hold every row once.
     """
     import faiss
@@ -116,8 +123,11 @@ def cell_join_pairs(store: EmbeddingStore, ivf: Any, min_similarity: float, *, n
     if ivf.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise InvalidArgumentError("the cell join needs an inner-product IVF index (what `sslsearch index build` "
                                    "writes); rebuild the index, or use method='search'")
+    chosen = range(int(ivf.nlist)) if lists is None else sorted({int(c) for c in lists})
+    if chosen and (chosen[0] < 0 or chosen[-1] >= ivf.nlist):
+        raise InvalidArgumentError(f"lists must be in 0..{ivf.nlist - 1}, got {chosen[0]}..{chosen[-1]}")
     n, dim = len(store), store.dim
-    ids, starts = _list_ids(ivf)
+    ids, starts = list_ids(ivf)
     if len(ids) != n or (n and (ids.min() < 0 or ids.max() >= n)):
         raise StoreError(f"the index's lists hold {len(ids):,} ids, not the store's {n:,} rows 0..{n - 1}; rebuild "
                          "the index from this store")
@@ -133,15 +143,16 @@ def cell_join_pairs(store: EmbeddingStore, ivf: Any, min_similarity: float, *, n
         graph = _centroid_graph(ivf, cell_neighbors)
         centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
         with _Rows(path, dtype, dim) as vectors:
-            joined = _join(vectors, ids, starts, graph, centroids, min_similarity, neighbors, max_norm, progress)
-    first, second, similarity, flops, pruned, partners_pruned, candidates = joined
+            joined = _join(vectors, ids, starts, graph, centroids, min_similarity, neighbors, max_norm, progress,
+                           chosen)
+    first, second, similarity, flops, pruned, partners_pruned, candidates, rows_joined = joined
     stats = JoinStats(int(ivf.nlist), int(graph.shape[1]), passes, round(copy_seconds, 3),
                       round(time.perf_counter() - tick, 3), float(flops), round(pruned, 4), round(partners_pruned, 4),
-                      int(candidates))
+                      int(candidates), len(chosen), int(rows_joined))
     return first, second, similarity, stats
 
 
-def _list_ids(ivf: Any) -> tuple[np.ndarray, np.ndarray]:
+def list_ids(ivf: Any) -> tuple[np.ndarray, np.ndarray]:
     """The ids of every list, concatenated in list order, and the lists' start offsets (nlist + 1)."""
     import faiss
 
@@ -239,18 +250,18 @@ def _centroid_graph(ivf: Any, cell_neighbors: int) -> np.ndarray:
 
 
 def _join(vectors: "_Rows", ids: np.ndarray, starts: np.ndarray, graph: np.ndarray, centroids: np.ndarray,
-          floor: float, neighbors: int, max_norm: float, progress: bool | None
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float, float, int]:
+          floor: float, neighbors: int, max_norm: float, progress: bool | None, chosen: Sequence[int]
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float, float, int, int]:
     """Each list's rows: their ``neighbors`` best partners in the list and in the nearby lists they need (faiss blocks)."""
     import faiss
 
-    nlist = len(starts) - 1
     buckets = _Buckets(len(ids), np.int32 if len(ids) < 2**31 else np.int64)
     flops = 0.0
     tests = skipped = partner_tests = partner_skipped = 0
     k = neighbors
-    with progress_bar(len(ids), "dedup join: lists", unit="vec", enabled=progress) as bar:
-        for c in range(nlist):
+    total = int(sum(starts[c + 1] - starts[c] for c in chosen))
+    with progress_bar(total, "dedup join: lists", unit="vec", enabled=progress) as bar:
+        for c in chosen:
             lo, hi = int(starts[c]), int(starts[c + 1])
             if hi == lo:
                 continue
@@ -307,7 +318,7 @@ def _join(vectors: "_Rows", ids: np.ndarray, starts: np.ndarray, graph: np.ndarr
             bar.update(hi - lo)
     first, second, similarity = buckets.unique()
     return (first, second, similarity, flops, skipped / tests if tests else 0.0,
-            partner_skipped / partner_tests if partner_tests else 0.0, buckets.count)
+            partner_skipped / partner_tests if partner_tests else 0.0, buckets.count, total)
 
 
 def _groups(pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[list[tuple[np.ndarray, ...]]]:
