@@ -9,6 +9,11 @@ the rows in candidate pairs and recomputes every candidate's similarity exactly,
 returned carry exact similarities. Memory: the index's quantizer, one chunk, the candidate pairs
 and, for re-scoring, the vectors of the rows they touch up to a budget (more passes over the store
 beyond it) — never N×N, never all vectors at once.
+
+``method="join"`` uses the index's lists as a partition instead of searching it row by row: each
+list is joined with its nearest lists by matrix products over a list-order copy of the store
+(``cell_join``), exact similarities, no re-scoring pass — far fewer seconds per row where the lists
+are long (10M rows in 4,096 lists), at the price of a temporary copy of the store on disk.
 """
 from __future__ import annotations
 
