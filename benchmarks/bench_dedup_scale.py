@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lists-share", type=float, default=1.0,
                         help="join: join the rows of this random share of the lists (a measured part of the work; the "
                              "recall sample is drawn from their rows)")
+    parser.add_argument("--search-rate-rows", type=int, default=0,
+                        help="also time the search path's index search alone on this many store rows (its rows/s "
+                             "before re-scoring, at --nprobe or 8), on the same box in the same run")
     parser.add_argument("--progress", action="store_true", help="progress bars on stderr (e.g. into a log)")
     parser.add_argument("--sample", type=int, default=1000, help="rows whose pairs are checked against exact search")
     parser.add_argument("--seed", type=int, default=0)
@@ -92,6 +95,20 @@ def main(argv: list[str] | None = None) -> None:
                             "pairs": len(first), "cells": cells, "peak_rss_bytes": peak_rss_bytes(),
                             "rss_before_bytes": rss_before, **details}
 
+    if args.search_rate_rows:
+        log(f"the search path's index search alone on {args.search_rate_rows:,} rows ...")
+        loaded = load_index(index_dir)
+        nprobe = args.nprobe or 8
+        loaded.set_search_params({"nprobe": nprobe})
+        probe = store.vectors_for(np.sort(np.random.default_rng(args.seed + 2).choice(n, args.search_rate_rows,
+                                                                                       replace=False)))
+        started = time.perf_counter()
+        loaded.faiss_index.search(probe, args.neighbors + 1)
+        took = time.perf_counter() - started
+        record["search_rate"] = {"rows": args.search_rate_rows, "nprobe": nprobe, "seconds": round(took, 2),
+                                 "rows_per_second": round(args.search_rate_rows / took, 1),
+                                 "estimated_full_seconds": round(n * took / args.search_rate_rows, 1)}
+        del loaded
     log(f"exact neighbours of {args.sample} sample rows (the reference) ...")
     rng = np.random.default_rng(args.seed)
     population = population if args.method == "join" and args.lists_share < 1 else n
@@ -130,6 +147,10 @@ def report(record: dict[str, Any]) -> None:
     if "lists_share" in path:
         print(f"  PART ONLY    rows of {path['lists_joined']:,} of {path['cells']:,} lists ({path['rows_joined']:,} rows) "
               f"joined; the whole store at that rate: ~{path['estimated_full_seconds']:,.0f} s (an estimate)")
+    if "search_rate" in record:
+        rate = record["search_rate"]
+        print(f"  search path  its index search alone: {rate['rows_per_second']:,.0f} rows/s at nprobe {rate['nprobe']} "
+              f"({rate['rows']:,} rows; the whole store: ~{rate['estimated_full_seconds']:,.0f} s before re-scoring)")
     recall = "n/a (no pair above the floor in the sample)" if sample["pair_recall"] is None else sample["pair_recall"]
     print(f"  pair recall  {recall} on {sample['rows']} sample rows ({sample['exact_pairs']} exact pairs)")
 
