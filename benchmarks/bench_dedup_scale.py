@@ -140,7 +140,7 @@ def report(record: dict[str, Any]) -> None:
     print(f"  time         {path['seconds']:.0f} s ({path['rows_per_second']:,.0f} rows/s), {path['pairs']:,} pairs, "
           f"peak RSS {path['peak_rss_bytes'] / 2**30:.2f} GiB")
     if "copy_seconds" in path:
-        print(f"  join         list-order copy {path['copy_seconds']:.0f} s ({path['copy_passes']} passes), products "
+        print(f"  join         list-order copy {path['copy_seconds']:.0f} s ({path['copy_buckets']} buckets), products "
               f"{path['join_seconds']:.0f} s at {path['join_gflops_per_second']} GFLOP/s; boundary test skipped "
               f"{path['pruned_share']:.0%} of (row, nearby list) products and {path['partner_pruned_share']:.0%} of "
               "the partners")

@@ -71,20 +71,20 @@ def test_the_boundary_test_prunes_and_the_stats_add_up(planted):
                                                        cell_neighbors=8)
     assert 0 < stats.pruned_share < 1 and 0 < stats.partner_pruned_share < 1
     assert stats.cell_neighbors == 8 and stats.cells == NLIST
-    assert stats.candidates >= len(first) > 0 and stats.flops > 0 and stats.copy_passes == 1
+    assert stats.candidates >= len(first) > 0 and stats.flops > 0 and stats.copy_buckets == 1
     assert len(first) == len(second) == len(similarity)
 
 
-def test_a_small_budget_copies_in_several_passes_with_the_same_pairs(planted, tmp_path):
+def test_a_small_budget_copies_through_bucket_files_with_the_same_pairs(planted, tmp_path):
     store, index, _, _ = planted
     loaded = load_index(index)
     ivf = faiss.extract_index_ivf(loaded.faiss_index)
     opened = EmbeddingStore.open(store)
     one = cell_join_pairs(opened, ivf, FLOOR, neighbors=16, cell_neighbors=4)
-    # half the budget for the copy buffer: 32 kB = 500 float16 rows of 32 dims per pass, 12 passes over the store
+    # half the budget for the copy (32 kB), buckets of half that: 250 float16 rows of 32 dims, 24 bucket files
     many = cell_join_pairs(opened, ivf, FLOOR, neighbors=16, cell_neighbors=4, memory_budget_bytes=64_000,
                            work_dir=tmp_path / "scratch", chunk_rows=500)
-    assert many[3].copy_passes == -(-N // 500) and one[3].copy_passes == 1
+    assert many[3].copy_buckets == -(-N // 250) and one[3].copy_buckets == 1
     for a, b in zip(one[:3], many[:3]):
         np.testing.assert_array_equal(a, b)
     assert os.listdir(tmp_path / "scratch") == []  # the list-order copy is removed

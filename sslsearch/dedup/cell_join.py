@@ -3,8 +3,8 @@
 ``index_pairs`` searches the index once per store row (SQ8 scanning, a few GFLOP/s on a CPU). Here
 the index's inverted lists are used as a partition of the store instead:
 
-1. one pass over the store (or a few, when a copy does not fit the memory budget) writes every
-   vector, exactly as stored, into a scratch file in *list order* (list 0's members, then list
+1. one pass over the store writes every vector, exactly as stored, into a scratch file in *list
+   order* (through bucket files when the copy does not fit the memory budget) (list 0's members, then list
    1's, ...), so that a list's vectors are one contiguous slice read from disk;
 2. a graph of lists: each centroid's ``cell_neighbors`` nearest centroids (the quantizer's own
    metric, inner product);
@@ -55,8 +55,9 @@ class JoinStats:
     Attributes:
         cells: inverted lists (non-empty ones joined).
         cell_neighbors: nearby lists per list.
-        copy_passes: passes over the store to write the list-order copy.
-        copy_seconds: time of those passes.
+        copy_buckets: pieces the list-order copy was assembled in (1: in memory; more: through
+            bucket files on disk, within the memory budget) — one pass over the store either way.
+        copy_seconds: time of the copy.
         join_seconds: time of the products.
         flops: multiply-adds × 2 of the products.
         pruned_share: share of (row, nearby list) products skipped by the boundary test.
@@ -69,7 +70,7 @@ class JoinStats:
 
     cells: int
     cell_neighbors: int
-    copy_passes: int
+    copy_buckets: int
     copy_seconds: float
     join_seconds: float
     flops: float
@@ -96,8 +97,8 @@ def cell_join_pairs(store: EmbeddingStore, ivf: Any, min_similarity: float, *, n
         min_similarity: the floor (cosine similarity for normalised vectors).
         neighbors: partners kept per row (its most similar ones at or above the floor).
         cell_neighbors: nearby lists joined with each list (>= 0; 0 joins each list with itself).
-        memory_budget_bytes: bounds the buffer of the list-order copy (half of it; more passes
-            over the store when the copy does not fit) — the join itself holds one list and its
+        memory_budget_bytes: bounds the buffer of the list-order copy (half of it; assembled
+            through bucket files on disk when the copy does not fit) — the join itself holds one list and its
             neighbours and each row's best partners.
         work_dir: where the scratch copy goes (default: the system temp folder); removed at the end.
         chunk_rows: store rows read at once.
@@ -137,7 +138,7 @@ def cell_join_pairs(store: EmbeddingStore, ivf: Any, min_similarity: float, *, n
     with _scratch(work_dir) as folder:
         path = folder / SCRATCH_NAME
         tick = time.perf_counter()
-        passes, max_norm = _write_list_order(store, order, path, dtype, memory_budget_bytes // 2, chunk_rows, progress)
+        buckets, max_norm = _write_list_order(store, order, path, dtype, memory_budget_bytes // 2, chunk_rows, progress)
         copy_seconds = time.perf_counter() - tick
         tick = time.perf_counter()
         graph = _centroid_graph(ivf, cell_neighbors)
@@ -146,7 +147,7 @@ def cell_join_pairs(store: EmbeddingStore, ivf: Any, min_similarity: float, *, n
             joined = _join(vectors, ids, starts, graph, centroids, min_similarity, neighbors, max_norm, progress,
                            chosen)
     first, second, similarity, flops, pruned, partners_pruned, candidates, rows_joined = joined
-    stats = JoinStats(int(ivf.nlist), int(graph.shape[1]), passes, round(copy_seconds, 3),
+    stats = JoinStats(int(ivf.nlist), int(graph.shape[1]), buckets, round(copy_seconds, 3),
                       round(time.perf_counter() - tick, 3), float(flops), round(pruned, 4), round(partners_pruned, 4),
                       int(candidates), len(chosen), int(rows_joined))
     return first, second, similarity, stats
@@ -181,33 +182,60 @@ def _scratch(work_dir: str | os.PathLike[str] | None) -> Iterator[Path]:
 
 def _write_list_order(store: EmbeddingStore, order: np.ndarray, path: Path, dtype: Any, buffer_bytes: int,
                       chunk_rows: int, progress: bool | None) -> tuple[int, float]:
-    """Write the store's vectors to ``path`` in list order, a buffer-full per pass; (passes, largest row norm)."""
+    """Write the store's vectors to ``path`` in list order in one pass over the store; (buckets, largest row norm).
+
+    When the copy fits ``buffer_bytes`` it is assembled in memory. Otherwise the pass appends each
+    row, with its list-order position, to the bucket file of its position range (buckets of half
+    the buffer: sequential writes), then each bucket is read back, put in order and appended to
+    ``path`` — one read of the store, twice the copy's size in extra disk traffic, memory bounded.
+    """
     n, dim = len(order), store.dim
     row_bytes = dim * np.dtype(dtype).itemsize
-    per_pass = max(1, buffer_bytes // row_bytes)
-    passes = max(1, -(-n // per_pass))
+    per_bucket = n if n * row_bytes <= buffer_bytes else max(1, buffer_bytes // (2 * row_bytes))
+    buckets = max(1, -(-n // per_bucket))
+    single = buckets == 1
     max_norm = 0.0
-    with open(path, "wb") as handle, progress_bar(n * passes, "dedup join: list-order copy", unit="vec",
-                                                    enabled=progress) as bar:
-        for p in range(passes):
-            lo, hi = p * per_pass, min(n, (p + 1) * per_pass)
-            buffer = np.empty((hi - lo, dim), dtype)
-            expected = 0
-            for batch in store.iter_batches(chunk_rows):
-                if not np.array_equal(batch.ids, np.arange(expected, expected + len(batch.ids))):
-                    raise StoreError(f"store {store.uri} ids are not 0..n-1 in store order (row {expected} has id "
-                                     f"{int(batch.ids[0])}); the cell join needs a store written by `sslsearch embed`")
-                expected += len(batch.ids)
-                where = order[batch.ids]
-                mine = (where >= lo) & (where < hi)
-                buffer[where[mine] - lo] = batch.embeddings[mine]
-                if p == 0:
-                    norms = np.linalg.norm(batch.embeddings.astype(np.float32), axis=1)
-                    max_norm = max(max_norm, float(norms.max(initial=0.0)))
-                bar.update(len(batch.ids))
-            handle.write(buffer.tobytes())
-            del buffer
-    return passes, max_norm
+    folder = path.parent / "buckets"
+    folder.mkdir(exist_ok=True)
+    buffer = np.empty((n, dim), dtype) if single else None
+    with contextlib.ExitStack() as files, progress_bar(n, "dedup join: list-order copy", unit="vec",
+                                                       enabled=progress) as bar:
+        parts = [] if single else [(files.enter_context(open(folder / f"{b}.pos", "wb")),
+                                    files.enter_context(open(folder / f"{b}.vec", "wb"))) for b in range(buckets)]
+        expected = 0
+        for batch in store.iter_batches(chunk_rows):
+            if not np.array_equal(batch.ids, np.arange(expected, expected + len(batch.ids))):
+                raise StoreError(f"store {store.uri} ids are not 0..n-1 in store order (row {expected} has id "
+                                 f"{int(batch.ids[0])}); the cell join needs a store written by `sslsearch embed`")
+            expected += len(batch.ids)
+            where = order[batch.ids]
+            vectors = np.asarray(batch.embeddings, dtype)
+            if single:
+                buffer[where] = vectors  # type: ignore[index]
+            else:
+                bucket = where // per_bucket
+                for b in np.unique(bucket):
+                    mine = bucket == b
+                    parts[b][0].write(where[mine].astype(np.int64).tobytes())
+                    parts[b][1].write(vectors[mine].tobytes())
+            norms = np.linalg.norm(vectors.astype(np.float32), axis=1)
+            max_norm = max(max_norm, float(norms.max(initial=0.0)))
+            bar.update(len(batch.ids))
+    with open(path, "wb") as handle:
+        if single:
+            handle.write(buffer.tobytes())  # type: ignore[union-attr]
+        for b in range(0 if single else buckets):
+            lo, hi = b * per_bucket, min(n, (b + 1) * per_bucket)
+            where = np.fromfile(folder / f"{b}.pos", np.int64)
+            rows = np.fromfile(folder / f"{b}.vec", dtype).reshape(-1, dim)
+            ordered = np.empty((hi - lo, dim), dtype)
+            ordered[where - lo] = rows
+            del rows
+            handle.write(ordered.tobytes())
+            (folder / f"{b}.pos").unlink()
+            (folder / f"{b}.vec").unlink()
+    shutil.rmtree(folder, ignore_errors=True)
+    return buckets, max_norm
 
 
 class _Rows:
