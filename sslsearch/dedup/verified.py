@@ -41,7 +41,7 @@ THUMB_SIZE = 16  # px of the greyscale thumbnails that propose pixel candidates
 PIXEL_NEIGHBORS = 48  # pixel candidates per image: verifying costs per image, not per pair, so cast wide
 # probes: the coarse variants cut to a window of 71 % of the area (5 places) or rotated 10 degrees either way
 PROBE_SPECS = tuple(spec for spec in VARIANT_SPECS if not spec.mirror and (
-    (spec.crop is not None and spec.crop[0] == min(CROP_SCALES)) or (abs(spec.degrees) == 10 and not spec.expand)))
+    (spec.crop is not None and spec.crop[:2] == (min(CROP_SCALES),) * 2) or (abs(spec.degrees) == 10 and not spec.expand)))
 PROBE_NEIGHBORS = 8  # nearest thumbnails of each probe taken as candidates
 CANDIDATE_COSINE = 0.0  # embedding neighbours at or above this cosine are candidates (all k nearest, in effect)
 TYPICAL_COPY_QUANTILE = 0.5  # the threshold never exceeds this quantile of the copies' scores
