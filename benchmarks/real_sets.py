@@ -486,8 +486,8 @@ def shifted_duplicates(images: Sequence[Image.Image], order: Sequence[int], min_
     16:9 GRUB background, a theme's wallpaper with and without its logo) are shifted and rescaled crops of each
     other, and two tiles of a smooth stretch of one picture look the same a few pixels apart: the crop edit
     this set plants (70-95 % of the area kept, anywhere) makes each such pair a duplicate already, so the
-    ground truth could not call them distinct. Only the ``neighbors`` nearest windows of each window are
-    compared (exact L2 search), so the cost grows as n log n-ish rather than n²."""
+    ground truth could not call them distinct. Each window's ``neighbors`` nearest other windows come from one
+    exact L2 search (n² window products: 26 s for the 849 wallpaper tiles)."""
     import faiss
 
     order = list(order)
