@@ -1,7 +1,7 @@
-"""Real-image benchmark sets built offline from Debian packages: icons, glyphs and a dedup set.
+"""Real-image benchmark sets built offline from Debian packages: icons, glyphs and two dedup sets.
 
 None of these images were made by sslsearch, so defaults measured on them are not tuned to our own
-generator. Three sets, each a labelled ImageFolder (``images/<label>/<source>__<label>.png``) with a
+generator. Four sets, each a labelled ImageFolder (``images/<label>/<source>__<label>.png``) with a
 ``labels.csv`` (path, label, source) and a ``set.json`` describing how it was built:
 
 * ``icons``  — the same freedesktop icon name drawn by different icon themes (Tango, Oxygen,
@@ -15,6 +15,9 @@ generator. Three sets, each a labelled ImageFolder (``images/<label>/<source>__<
   rescale, watermark, brightness), with ``pairs.csv`` (copy, original, edits) as ground truth.
   The edits here are written independently of ``sslsearch.dedup`` so calibration is not graded on
   its own copies.
+* ``wallpapers-dedup`` — the same with tiles of Debian wallpapers (photographs and artwork) as
+  originals; tiles that are shifted, rescaled or mirrored windows of a kept tile are left out too
+  (``shifted_duplicates``: one wallpaper ships at several framings).
 
 Packages come from the Debian archive with ``apt-get download`` (no root needed once the package
 lists exist) into ``CACHE/debs`` and are unpacked with ``dpkg-deb -x``; after the first run
@@ -453,6 +456,69 @@ def distinct_originals(images: Sequence[Image.Image], min_distance: float = 0.05
     return kept
 
 
+WINDOW_SCALES = (1.0, 0.92, 0.84)  # sides of the windows compared by shifted_duplicates: 0.84² ≈ the crop edit's 70 %
+WINDOW_THUMB = 24  # px of each window's colour thumbnail (as distinct_originals' thumbnails)
+
+
+def _windows(image: Image.Image) -> np.ndarray:
+    """(views, WINDOW_THUMB² · 3) colour thumbnails of the image's windows: the whole image, and at each smaller
+    scale in WINDOW_SCALES the windows at the 3 × 3 grid of places from one corner to the other."""
+    rgb = image.convert("RGB")
+    w, h = rgb.size
+    views = []
+    for scale in WINDOW_SCALES:
+        places = (0.0,) if scale == 1.0 else (0.0, 0.5, 1.0)
+        cw, ch = w * scale, h * scale
+        for fy in places:
+            for fx in places:
+                x, y = fx * (w - cw), fy * (h - ch)
+                window = rgb.resize((WINDOW_THUMB, WINDOW_THUMB), Image.BILINEAR, box=(x, y, x + cw, y + ch))
+                views.append(np.asarray(window, np.float32).ravel() / 255.0)
+    return np.stack(views)
+
+
+def shifted_duplicates(images: Sequence[Image.Image], order: Sequence[int], min_distance: float = 0.05,
+                       neighbors: int = 8) -> list[int]:
+    """``order`` less each image a window of which (a side of 84-100 %, anywhere) is within ``min_distance`` RMS
+    of a window of an earlier kept one, directly or mirrored.
+
+    Tiles of one wallpaper shipped at several framings (12 resolutions of one Plasma wallpaper, a 4:3 and a
+    16:9 GRUB background, a theme's wallpaper with and without its logo) are shifted and rescaled crops of each
+    other, and two tiles of a smooth stretch of one picture look the same a few pixels apart: the crop edit
+    this set plants (70-95 % of the area kept, anywhere) makes each such pair a duplicate already, so the
+    ground truth could not call them distinct. Each window's ``neighbors`` nearest other windows come from one
+    exact L2 search (n² window products: 26 s for the 849 wallpaper tiles)."""
+    import faiss
+
+    order = list(order)
+    if len(order) < 2:
+        return order
+    views = [_windows(images[i]) for i in order]
+    per = views[0].shape[0]
+    base = np.ascontiguousarray(np.concatenate(views), np.float32)
+    mirrored = [_windows(ImageOps.mirror(images[i])) for i in order]
+    queries = np.ascontiguousarray(np.concatenate([base, np.concatenate(mirrored)]), np.float32)
+    index = faiss.IndexFlatL2(base.shape[1])
+    index.add(base)
+    distances, found = index.search(queries, min(neighbors + per, len(base)))
+    owner = np.tile(np.repeat(np.arange(len(order)), per), 2)
+    limit = min_distance ** 2 * base.shape[1]
+    near: dict[int, set[int]] = defaultdict(set)
+    for query, (row_d, row_i) in enumerate(zip(distances, found)):
+        for d, j in zip(row_d.tolist(), row_i.tolist()):
+            if j >= 0 and d <= limit and owner[j] != owner[query]:
+                near[int(owner[query])].add(int(owner[j]))
+                near[int(owner[j])].add(int(owner[query]))
+    kept: list[int] = []
+    dropped: set[int] = set()
+    for position in range(len(order)):
+        if any(other < position and other not in dropped for other in near[position]):
+            dropped.add(position)
+            continue
+        kept.append(order[position])
+    return kept
+
+
 def build_icons_dedup(roots: dict[str, Path], out: Path, *, n_originals: int = 4500, n_copies: int = 1500,
                       seed: int = 0) -> dict[str, object]:
     """The dedup set: distinct icons (any name, any theme) plus edited copies of some of them."""
@@ -565,6 +631,7 @@ def build_wallpapers_dedup(roots: dict[str, Path], out: Path, *, n_copies_fracti
     """The photo dedup set: tiles of wallpapers (photographs and artwork) plus edited copies of some."""
     tiles = wallpaper_tiles(roots)
     kept = distinct_originals([tile for _, _, tile in tiles])
+    kept = shifted_duplicates([tile for _, _, tile in tiles], kept)
     rng = np.random.default_rng(seed)
     chosen = [tiles[i] for i in kept]
     return _write_dedup_set(out, chosen, round(len(chosen) * n_copies_fraction), rng,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import faiss
@@ -141,3 +142,29 @@ def test_a_part_larger_than_any_node_is_refused_instead_of_waiting_forever(store
         fill_parts_ray(ray_cluster, parts, paths, trained, str(store), chunk_rows=1024, workers=1, threads=1,
                        total=N, progress=False)
     assert not any(Path(p).exists() for p in paths)
+
+
+def test_a_part_whose_worker_dies_is_rerun(store, ray_cluster, tmp_path, monkeypatch):
+    """A worker killed mid-part (a node lost, a process killed for memory) is rerun by Ray, ``retries`` times."""
+    from sslsearch.distributed import ray_index
+
+    real_task = ray_index._fill_part_task
+    marker = tmp_path / "died-once"
+
+    def dies_the_first_time(*args):  # a closure: Ray ships it by value to the worker
+        if not marker.exists():
+            marker.touch()
+            os._exit(1)  # the worker process dies, as an OOM kill or a lost node would end it
+        return real_task(*args)
+
+    monkeypatch.setattr(ray_index, "_fill_part_task", dies_the_first_time)
+    trained, parts = _trained(store, tmp_path)
+    paths = [str(tmp_path / f"part-{p.number:05d}.index") for p in parts[:1]]
+    results = ray_index.fill_parts_ray(ray_cluster, parts[:1], paths, trained, str(store), chunk_rows=1024, workers=1,
+                                       threads=1, total=parts[0].rows, progress=False)
+    assert marker.exists() and results[0].rows == parts[0].rows
+    assert faiss.read_index(paths[0]).ntotal == parts[0].rows
+    marker.unlink()
+    with pytest.raises(IndexFileError, match=r"part 0 .* died, retries included: .*lower --memory-budget"):
+        ray_index.fill_parts_ray(ray_cluster, parts[:1], paths, trained, str(store), chunk_rows=1024, workers=1,
+                                 threads=1, total=parts[0].rows, progress=False, retries=0)

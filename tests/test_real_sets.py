@@ -130,6 +130,35 @@ def test_distinct_originals_drops_a_recoloured_or_brightened_render_of_equal_lum
     assert np.sqrt(((thumbs[0] - thumbs[1]) ** 2).mean()) > 0.05
 
 
+def _scene(seed: int, side: int = 192) -> Image.Image:
+    """A wallpaper-like picture: many shapes on a gradient."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 1, side, dtype=np.float32)
+    base = np.stack([np.add.outer(ramp * c[0], ramp * c[1]) * 120 + c[2] for c in rng.uniform(0, 1, (3, 3)) * [1, 1, 60]], -1)
+    image = Image.fromarray(base.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(60):
+        x, y, r = (int(v) for v in rng.integers(0, side, 3) // [1, 1, 12])
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    return image
+
+
+def test_shifted_duplicates_drops_shifted_rescaled_and_mirrored_windows_of_one_picture() -> None:
+    scene = _scene(1)
+    tile = scene.crop((40, 40, 136, 136))
+    shifted = scene.crop((48, 44, 144, 140))  # the window moved by 8 % and 4 % of its side
+    zoomed = scene.crop((34, 34, 142, 142)).resize((96, 96), Image.LANCZOS)  # another framing: 12 % wider
+    mirrored = tile.transpose(Image.FLIP_LEFT_RIGHT)
+    elsewhere = scene.crop((0, 96, 96, 192))  # another part of the same picture: kept
+    other = _scene(2).crop((40, 40, 136, 136))
+    images = [tile, shifted, zoomed, mirrored, elsewhere, other]
+    assert real_sets.shifted_duplicates(images, range(6)) == [0, 4, 5]
+    # an exact-alignment comparison misses them: distinct_originals keeps the shifted and zoomed windows
+    assert {1, 2} <= set(real_sets.distinct_originals(images))
+    # the order decides which of a group is kept, and only ``order`` is considered
+    assert real_sets.shifted_duplicates(images, [2, 0, 5]) == [2, 5]
+
+
 def test_edit_copy_uses_the_named_edits() -> None:
     rng = np.random.default_rng(0)
     image = _flat(_icon(1, 64))

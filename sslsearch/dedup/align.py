@@ -1,6 +1,6 @@
 """Fine alignment of a verified pair, and the score it ends with.
 
-The coarse check (``verify.py``) tries a fixed grid of edits at ``verify.SIZE`` px: the best of 46
+The coarse check (``verify.py``) tries a fixed grid of edits at ``verify.SIZE`` px: the best of 62
 variants lands within a few degrees, a few per cent of scale and a pixel or two of the copy, which
 is enough to find it but not to tell it from a look-alike drawn in the same style. So the pairs
 whose coarse score reaches ``REFINE_FLOOR`` are aligned further and scored again:
@@ -65,7 +65,8 @@ class VariantSpec(NamedTuple):
         mirror: mirrored left to right first.
         degrees: rotation, counter-clockwise (PIL's ``rotate``), 0 for none.
         expand: the rotated canvas grew to hold the corners.
-        crop: (scale, fx, fy) window of ``scale`` times the side at fraction (fx, fy) of the slack, or None.
+        crop: (width, height, fx, fy) window of ``width`` × ``height`` times the side, at fraction (fx, fy) of the
+            slack along each axis, or None.
     """
 
     mirror: bool
@@ -89,9 +90,9 @@ def variant_transform(spec: VariantSpec) -> np.ndarray:
         transform = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0],
                               [0.0, 0.0, 1.0]]) @ np.diag([grow, grow, 1.0])
     if spec.crop is not None:
-        scale, fx, fy = spec.crop
-        slack = 1.0 - scale
-        transform = np.array([[scale, 0.0, (2 * fx - 1) * slack], [0.0, scale, (2 * fy - 1) * slack], [0.0, 0.0, 1.0]])
+        width, height, fx, fy = spec.crop
+        transform = np.array([[width, 0.0, (2 * fx - 1) * (1.0 - width)], [0.0, height, (2 * fy - 1) * (1.0 - height)],
+                              [0.0, 0.0, 1.0]])
     if spec.mirror:
         transform = np.diag([-1.0, 1.0, 1.0]) @ transform
     return transform[:2].astype(np.float32)

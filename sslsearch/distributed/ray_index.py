@@ -27,6 +27,9 @@ from ..progress import progress_bar
 from .index_part import PartResult, add_shards, node_name, peak_rss_bytes
 
 TOKEN_FILE = "ray-driver.token"  # in the build folder: a task that reads the driver's token shares its filesystem
+# times Ray reruns a part whose worker died (a node lost or preempted, a process killed for memory); a task's own
+# error (a store the node cannot read) is not retried: it comes back as text and would fail again
+TASK_RETRIES = 2
 
 
 def ray_part_workers(ray: Any, workers: int | None, threads: int) -> int:
@@ -77,7 +80,7 @@ def _fill_part_task(trained: np.ndarray, store_uri: str, shards: Sequence[str], 
 
 def fill_parts_ray(ray: Any, parts: Sequence[Any], part_paths: Sequence[str], trained_path: str, store_uri: str, *,
                    chunk_rows: int, workers: int, threads: int, total: int, progress: bool | None,
-                   direct_write: bool | None = None) -> list[PartResult]:
+                   direct_write: bool | None = None, retries: int = TASK_RETRIES) -> list[PartResult]:
     """Fill every part (``index.ondisk.PartPlan``) in a Ray task, ``workers`` at a time, inside a Ray session.
 
     Args:
@@ -89,12 +92,13 @@ def fill_parts_ray(ray: Any, parts: Sequence[Any], part_paths: Sequence[str], tr
         workers: tasks in flight at once; total: rows of the store (the progress bar's end).
         direct_write: None detects whether a task shares the build folder; False always ships parts back
             through the object store, True always writes them directly.
+        retries: times Ray reruns a part whose worker died before the build fails (``TASK_RETRIES``).
 
     Returns:
         One PartResult per part, in plan order.
 
     Raises:
-        IndexFileError: a task failed (its error, part, shards and node), or its worker died.
+        IndexFileError: a task failed (its error, part, shards and node), or its worker died ``retries`` + 1 times.
         InvalidArgumentError: a part needs more memory than any node offers (Ray would wait for one forever).
     """
     import faiss
@@ -125,7 +129,7 @@ def fill_parts_ray(ray: Any, parts: Sequence[Any], part_paths: Sequence[str], tr
                             f"{part.shards[-1]}) needs {format_bytes(memory)} of memory but the largest Ray node offers "
                             f"{format_bytes(node_memory)}; write the store with smaller shards (embed --shard-rows) "
                             "or add a node with more memory")
-                    reference = task.options(num_cpus=threads, memory=memory, max_retries=0).remote(
+                    reference = task.options(num_cpus=threads, memory=memory, max_retries=retries).remote(
                         trained, store_uri, list(part.shards), part.number, path, token, chunk_rows, threads,
                         direct_write)
                     running[reference] = (part, path)
@@ -157,7 +161,8 @@ def _get(ray: Any, reference: Any, part: Any) -> dict[str, Any]:
     except ray.exceptions.RayError as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise IndexFileError(f"the Ray task filling index part {part.number} (shards {part.shards[0]}…"
-                             f"{part.shards[-1]}, {part.rows:,} rows) died: {type(error).__name__}: {first}; "
+                             f"{part.shards[-1]}, {part.rows:,} rows) died, retries included: "
+                             f"{type(error).__name__}: {first}; "
                              "lower --memory-budget for smaller parts or give the nodes more memory") from None
 
 
