@@ -1,4 +1,4 @@
-"""Near-duplicate pairs by joining an IVF index's cells: each list against itself and the nearby lists, as matrix products.
+"""Near-duplicate pairs by joining an IVF index's cells: each list with itself and its nearby lists, as GEMMs.
 
 ``index_pairs`` searches the index once per store row (SQ8 scanning, a few GFLOP/s on a CPU). Here
 the index's inverted lists are used as a partition of the store instead:
@@ -191,7 +191,7 @@ def _write_list_order(store: EmbeddingStore, order: np.ndarray, path: Path, dtyp
     """
     n, dim = len(order), store.dim
     row_bytes = dim * np.dtype(dtype).itemsize
-    per_bucket = n if n * row_bytes <= buffer_bytes else max(1, buffer_bytes // (2 * row_bytes))
+    per_bucket = max(1, n) if n * row_bytes <= buffer_bytes else max(1, buffer_bytes // (2 * row_bytes))
     buckets = max(1, -(-n // per_bucket))
     single = buckets == 1
     max_norm = 0.0
