@@ -28,7 +28,6 @@ import numpy as np
 from bench_scale import RESULTS, git_commit, log, machine
 from memory import peak_rss_bytes
 from sslsearch import EmbeddingStore, exact_search, load_index, similar_pairs_from_index
-from sslsearch.dedup.cell_join import DEFAULT_CELL_NEIGHBORS, cell_join_pairs, list_ids
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--neighbors", type=int, default=16)
     parser.add_argument("--nprobe", type=int, default=None, help="search: default the card's tuned value")
     parser.add_argument("--method", choices=("search", "join"), default="search")
-    parser.add_argument("--cell-neighbors", type=int, default=DEFAULT_CELL_NEIGHBORS, help="join: nearby lists")
+    parser.add_argument("--cell-neighbors", type=int, default=32, help="join: nearby lists")
     parser.add_argument("--scratch", type=Path, default=None, help="join: folder of the list-order copy")
     parser.add_argument("--lists-share", type=float, default=1.0,
                         help="join: join the rows of this random share of the lists (a measured part of the work; the "
@@ -70,26 +69,27 @@ def main(argv: list[str] | None = None) -> None:
         pairs = similar_pairs_from_index(store_dir, index_dir, args.floor, neighbors=args.neighbors,
                                          nprobe=args.nprobe, progress=args.progress)
         first, second, seconds, cells, details = pairs.first, pairs.second, pairs.seconds, pairs.cells, {}
-    else:  # the library function similar_pairs_from_index(method="join") calls, for its JoinStats
-        started = time.perf_counter()
-        loaded = load_index(index_dir)
-        ivf = faiss.extract_index_ivf(loaded.faiss_index)
+    else:
         chosen = None
         if args.lists_share < 1:
+            loaded = load_index(index_dir)
+            invlists = faiss.extract_index_ivf(loaded.faiss_index).invlists
             picker = np.random.default_rng(args.seed + 1)
-            chosen = np.sort(picker.choice(ivf.nlist, max(1, round(args.lists_share * ivf.nlist)), replace=False))
-            ids, starts = list_ids(ivf)
-            population = np.concatenate([ids[starts[c]:starts[c + 1]] for c in chosen])
-        first, second, _, stats = cell_join_pairs(store, ivf, args.floor, neighbors=args.neighbors,
-                                                  cell_neighbors=args.cell_neighbors, work_dir=args.scratch,
-                                                  progress=args.progress, lists=chosen)
-        seconds, cells = time.perf_counter() - started, stats.cells
-        details = {**stats.to_dict(), "join_gflops_per_second": round(stats.flops / stats.join_seconds / 1e9, 1)
-                   if stats.join_seconds else None}
+            chosen = np.sort(picker.choice(invlists.nlist, max(1, round(args.lists_share * invlists.nlist)),
+                                           replace=False))
+            population = np.concatenate([faiss.rev_swig_ptr(invlists.get_ids(int(c)), invlists.list_size(int(c)))
+                                         .copy() for c in chosen])
+            del invlists, loaded
+        pairs = similar_pairs_from_index(store_dir, index_dir, args.floor, neighbors=args.neighbors, method="join",
+                                         cell_neighbors=args.cell_neighbors, work_dir=args.scratch,
+                                         progress=args.progress, lists=chosen)
+        first, second, seconds, cells, stats = pairs.first, pairs.second, pairs.seconds, pairs.cells, pairs.details
+        details = {**stats, "join_gflops_per_second": round(stats["flops"] / stats["join_seconds"] / 1e9, 1)
+                   if stats["join_seconds"] else None}
         if chosen is not None:  # a measured share: the whole store's time at the same join rate (an estimate)
             details["lists_share"] = args.lists_share
-            details["estimated_full_seconds"] = round(seconds - stats.join_seconds
-                                                      + stats.join_seconds * n / stats.rows_joined, 1)
+            details["estimated_full_seconds"] = round(seconds - stats["join_seconds"]
+                                                      + stats["join_seconds"] * n / stats["rows_joined"], 1)
     rows_done = details.get("rows_joined", n)
     record["index_path"] = {"seconds": round(seconds, 1), "rows_per_second": round(rows_done / seconds, 1),
                             "pairs": len(first), "cells": cells, "peak_rss_bytes": peak_rss_bytes(),

@@ -46,7 +46,7 @@ def test_joining_every_list_gives_exactly_the_exact_graph(planted):
     exact = similar_pairs(vectors, FLOOR, method="exact", device="cpu")
     # every other list is "nearby": only the boundary test prunes, and it must lose nothing
     found = similar_pairs_from_index(store, index, FLOOR, method="join", cell_neighbors=NLIST - 1)
-    assert found.method == "index-join" and found.cells == NLIST
+    assert found.method == "index-join" and found.cells == NLIST and found.details["lists_joined"] == NLIST
     assert _set(found) == _set(exact) and len(exact) > 1_000
     np.testing.assert_allclose(found.similarity, np.sum(vectors[found.first] * vectors[found.second], axis=1),
                                atol=1e-5)  # exact similarities of the stored (float16) vectors

@@ -18,6 +18,7 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -51,6 +52,8 @@ class SimilarPairs:
         neighbor_similarity: (n, r) float32, each row's similarities to its r nearest other rows in
             the same search, descending (NaN where it had fewer), when ``record_neighbors = r`` was
             asked for (``density.py`` takes backgrounds from it); else None.
+        details: what the method measured about itself, when it does (``index-join``: the
+            ``cell_join.JoinStats`` as a dict); else None.
     """
 
     first: np.ndarray
@@ -63,6 +66,7 @@ class SimilarPairs:
     seconds: float
     cells: int = 0
     neighbor_similarity: np.ndarray | None = None
+    details: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         return int(self.first.shape[0])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Sequence
 
 import numpy as np
 
@@ -42,7 +43,8 @@ def similar_pairs_from_index(store_dir: str | os.PathLike[str], index_dir: str |
                              margin: float = DEFAULT_MARGIN, chunk_rows: int = CHUNK_ROWS,
                              memory_budget: str | int | None = None, progress: bool | None = None,
                              method: str = DEFAULT_METHOD, cell_neighbors: int = DEFAULT_CELL_NEIGHBORS,
-                             work_dir: str | os.PathLike[str] | None = None) -> SimilarPairs:
+                             work_dir: str | os.PathLike[str] | None = None,
+                             lists: Sequence[int] | None = None) -> SimilarPairs:
     """The pairs of store rows with cosine similarity >= ``min_similarity``, found through the store's index.
 
     Args:
@@ -63,9 +65,11 @@ def similar_pairs_from_index(store_dir: str | os.PathLike[str], index_dir: str |
         cell_neighbors: ``join``: nearby lists each list is joined with.
         work_dir: ``join``: where the temporary list-order copy of the store goes (rows × dim × the
             store's bytes per value; default: the system temp folder).
+        lists: ``join``: join only the rows of these inverted lists (one machine's part, or a
+            measured share of the cost); default all.
 
     Returns:
-        ``SimilarPairs`` (method ``"index"``, or ``"index-join"``): row positions = store ids, exact similarities, unique
+        ``SimilarPairs`` (method ``"index"``, or ``"index-join"`` with the join's stats in ``details``): row positions = store ids, exact similarities, unique
         pairs sorted by (first, second); ``cells`` is the index's number of lists (0 if not IVF).
 
     Raises:
@@ -107,11 +111,12 @@ def similar_pairs_from_index(store_dir: str | os.PathLike[str], index_dir: str |
                                        f"{index.card.factory} index — use method='search'") from None
     budget = parse_memory(memory_budget) if memory_budget is not None else RESCORE_BYTES
     if method == "join":
-        first, second, similarity, _ = cell_join_pairs(store, ivf, min_similarity, neighbors=neighbors,
-                                                       cell_neighbors=cell_neighbors, memory_budget_bytes=budget,
-                                                       work_dir=work_dir, chunk_rows=chunk_rows, progress=progress)
+        first, second, similarity, stats = cell_join_pairs(store, ivf, min_similarity, neighbors=neighbors,
+                                                           cell_neighbors=cell_neighbors, memory_budget_bytes=budget,
+                                                           work_dir=work_dir, chunk_rows=chunk_rows,
+                                                           progress=progress, lists=lists)
         return SimilarPairs(first, second, similarity, float(min_similarity), int(neighbors), "index-join", "cpu",
-                            time.perf_counter() - started, cells)
+                            time.perf_counter() - started, cells, details=stats.to_dict())
     k = min(neighbors + 1, len(store))
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     expected = 0
