@@ -46,14 +46,12 @@ PROBE_NEIGHBORS = 8  # nearest thumbnails of each probe taken as candidates
 CANDIDATE_COSINE = 0.0  # embedding neighbours at or above this cosine are candidates (all k nearest, in effect)
 TYPICAL_COPY_QUANTILE = 0.5  # the threshold never exceeds this quantile of the copies' scores
 # A sampled image's 2 best candidates scoring at least its own copy, or this quantile of all copies when its copy is
-# harsher, are duplicates already in the data, not false pairs; below it they count as false, so a store's harsher
-# duplicates make the estimate pessimistic (2-4x the false pairs measured on the real sets at 0.98-0.995). Measured
-# with the aligned score on the rebuilt real sets (pixel candidates, target 0.99; F1 wallpapers-dedup / icons-dedup,
-# precision in brackets): 0.3: 0.830 (0.969) / 0.834 (0.987); 0.2: 0.913 (0.969) / 0.869 (0.984); 0.15: 0.936
-# (0.959) / 0.903 (0.978); 0.1: 0.921 (0.908) on wallpapers: then look-alikes passed as duplicates already there.
-# Once wallpapers-dedup's ground truth stopped calling shifted windows of one wallpaper distinct and crops cut on one
-# side were tried (verify.SIDE_CUTS): 0.15: 0.925 (0.969) / 0.903 (0.975); 0.12: 0.939 (0.970) / 0.921 (0.967);
-# 0.1: 0.939 (0.962) / 0.920 (0.957); sample data (full pipeline) 0.12: 0.980 (1.000).
+# harsher, are duplicates already in the data, not false pairs; below it they count as false. This floor sets the
+# threshold. Measured on the real dedup sets (re-scored candidates, target 0.99; F1 wallpapers-dedup / icons-dedup,
+# precision in brackets): 0.3: 0.830 (0.969) / 0.834 (0.987), too strict (harsher duplicates of the store counted
+# 2-4x too many false pairs); 0.15: 0.925 (0.969) / 0.903 (0.975); 0.12: 0.939 (0.970) / 0.921 (0.967); 0.1: 0.939
+# (0.962) / 0.920 (0.957), and 0.908 precision on wallpapers before its ground truth dropped shifted windows of one
+# wallpaper (below it look-alikes pass for duplicates already there); sample data (full pipeline) 0.12: 0.980 (1.000).
 DUPLICATE_FLOOR_QUANTILE = 0.12
 # store images whose candidate pairs estimate the false-pair rate (all of them in a smaller store): a few hundred
 # sampled images left the estimate in steps of n / 600 false pairs, and the threshold on one side or the other of a
