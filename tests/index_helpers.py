@@ -46,3 +46,14 @@ def brute_force(queries: np.ndarray, database: np.ndarray, k: int) -> np.ndarray
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean |found ∩ truth| / |truth| over rows."""
     return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / len(t) for f, t in zip(found, truth)]))
+
+
+def planted_copies(n: int, dim: int, copies: int, *, seed: int, cluster_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clustered unit vectors whose last ``copies`` rows are noisy copies (noise 0.03) of random earlier rows:
+    (vectors, the row each copy was made from)."""
+    rng = np.random.default_rng(seed)
+    vectors = synthetic_embeddings(n, dim, intrinsic_dim=12, n_clusters=20, seed=cluster_seed)
+    sources = rng.choice(n - copies, copies, replace=False)
+    noisy = vectors[sources] + rng.normal(0, 0.03, (copies, dim)).astype(np.float32)
+    vectors[n - copies:] = noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
+    return vectors, sources

@@ -8,14 +8,13 @@ import faiss
 import numpy as np
 import pytest
 
-from index_helpers import make_store
+from index_helpers import make_store, planted_copies
 from sslsearch.dedup.cell_join import cell_join_pairs
 from sslsearch.dedup.graph import similar_pairs
 from sslsearch.dedup.index_pairs import similar_pairs_from_index
 from sslsearch.errors import InvalidArgumentError, UnknownNameError
 from sslsearch.index.build import build_index
 from sslsearch.index.search import load_index
-from sslsearch.index.synthetic import synthetic_embeddings
 from sslsearch.store import EmbeddingStore
 
 N, DIM, DUPLICATES, NLIST = 6_000, 32, 150, 32
@@ -25,11 +24,7 @@ FLOOR = 0.97
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory) -> tuple[Path, Path, np.ndarray, set[tuple[int, int]]]:
     """A float16 store whose last 150 rows are noisy copies of earlier rows; its on-disk IVF32,SQ8 index."""
-    rng = np.random.default_rng(7)
-    vectors = synthetic_embeddings(N, DIM, intrinsic_dim=12, n_clusters=20, seed=4)
-    sources = rng.choice(N - DUPLICATES, DUPLICATES, replace=False)
-    copies = vectors[sources] + rng.normal(0, 0.03, (DUPLICATES, DIM)).astype(np.float32)
-    vectors[N - DUPLICATES:] = copies / np.linalg.norm(copies, axis=1, keepdims=True)
+    vectors, sources = planted_copies(N, DIM, DUPLICATES, seed=7, cluster_seed=4)
     root = tmp_path_factory.mktemp("cell_join")
     stored = make_store(root / "emb", N, DIM, vectors=vectors, dtype="float16", shard_rows=1_000)
     build_index(root / "emb", root / "idx", on_disk=True, workers=1, nlist=NLIST, progress=False)

@@ -6,12 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index_helpers import make_store
+from index_helpers import make_store, planted_copies
 from sslsearch.dedup.graph import similar_pairs
 from sslsearch.dedup.index_pairs import similar_pairs_from_index
 from sslsearch.errors import InvalidArgumentError, StoreError
 from sslsearch.index.build import build_index
-from sslsearch.index.synthetic import synthetic_embeddings
 
 N, DIM, DUPLICATES = 10_000, 32, 200
 FLOOR = 0.97
@@ -20,11 +19,7 @@ FLOOR = 0.97
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory) -> tuple[Path, Path, np.ndarray, np.ndarray]:
     """A store whose last 200 rows are noisy copies of 200 random earlier rows; its on-disk IVF-SQ8 index."""
-    rng = np.random.default_rng(5)
-    vectors = synthetic_embeddings(N, DIM, intrinsic_dim=12, n_clusters=20, seed=3)
-    sources = rng.choice(N - DUPLICATES, DUPLICATES, replace=False)
-    copies = vectors[sources] + rng.normal(0, 0.03, (DUPLICATES, DIM)).astype(np.float32)
-    vectors[N - DUPLICATES:] = copies / np.linalg.norm(copies, axis=1, keepdims=True)
+    vectors, sources = planted_copies(N, DIM, DUPLICATES, seed=5, cluster_seed=3)
     root = tmp_path_factory.mktemp("dedup_index")
     stored = make_store(root / "emb", N, DIM, vectors=vectors, shard_rows=2_000)
     build_index(root / "emb", root / "idx", on_disk=True, workers=2, progress=False)
