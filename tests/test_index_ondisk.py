@@ -70,8 +70,18 @@ def test_ondisk_spec_takes_an_nlist_and_its_training_sample_follows():
     for bad in (0, N // 39 + 1):
         with pytest.raises(InvalidArgumentError, match="nlist must be between 1 and"):
             ondisk_spec(N, DIM, "auto", nlist=bad)
-    with pytest.raises(InvalidArgumentError, match="add on_disk=True"):
+    with pytest.raises(InvalidArgumentError, match=r"add --on-disk \(on_disk=True\)"):
         build_index("unused", "unused", nlist=64)
+
+
+def test_cli_nlist_sets_the_on_disk_lists(store, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["index", "build", str(store[0]), "--out", str(tmp_path / "idx"), "--on-disk", "--nlist", "16", "--json"])
+    assert exit_info.value.code in (0, None)
+    assert json.loads(capsys.readouterr().out)["factory"].startswith("IVF16,")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["index", "build", str(store[0]), "--out", str(tmp_path / "flat"), "--nlist", "16"])
+    assert exit_info.value.code == 1 and not (tmp_path / "flat").exists()
 
 
 # --------------------------------------------------------------------------- the build

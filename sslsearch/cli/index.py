@@ -60,13 +60,15 @@ def build_command(
                                help="--on-disk: fill parts in local processes or Ray tasks (ray)."),
     address: Optional[str] = typer.Option(None, "--address",
                                           help="--engine ray: the cluster, auto or ray://host:10001 (default: local)."),
+    nlist: Optional[int] = typer.Option(None, "--nlist", help="--on-disk: inverted lists (default ≈ 4·√n); fewer "
+                                        "train and fill faster, at longer lists per probe."),
     as_json: bool = JsonOption,
 ) -> None:
     from ..index.build import build_index
 
     budget = None if memory_budget.strip().lower() in ("none", "unlimited") else memory_budget
     card = build_index(store, out, kind=kind, memory_budget=budget, device=device, overwrite=overwrite,
-                       on_disk=on_disk, workers=workers, engine=engine, address=address)
+                       on_disk=on_disk, workers=workers, engine=engine, address=address, nlist=nlist)
     if as_json:
         print_json(card.to_dict())
         return

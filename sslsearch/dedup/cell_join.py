@@ -41,6 +41,7 @@ import numpy as np
 from ..errors import InvalidArgumentError, StoreError
 from ..progress import progress_bar
 from ..store import EmbeddingStore
+from .graph import _canonical, _concat
 
 DEFAULT_CELL_NEIGHBORS = 32  # nearby lists a list is joined with (pruned per row by the boundary test)
 GROUP_ROWS = 1024  # nearby partners fewer than this are multiplied together (a product per list costs overhead)
@@ -141,8 +142,8 @@ def cell_join_pairs(store: EmbeddingStore, ivf: Any, min_similarity: float, *, n
         buckets, max_norm = _write_list_order(store, order, path, dtype, memory_budget_bytes // 2, chunk_rows, progress)
         copy_seconds = time.perf_counter() - tick
         tick = time.perf_counter()
-        graph = _centroid_graph(ivf, cell_neighbors)
-        centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+        centroids = np.ascontiguousarray(ivf.quantizer.reconstruct_n(0, ivf.nlist), dtype=np.float32)
+        graph = _centroid_graph(centroids, cell_neighbors)
         with _Rows(path, dtype, dim) as vectors:
             joined = _join(vectors, ids, starts, graph, centroids, min_similarity, neighbors, max_norm, progress,
                            chosen)
@@ -258,15 +259,15 @@ class _Rows:
         return raw.reshape(hi - lo, self.dim).astype(np.float32)
 
 
-def _centroid_graph(ivf: Any, cell_neighbors: int) -> np.ndarray:
-    """(nlist, m) the nearest other centroids of each centroid by inner product (-1 where fewer)."""
+def _centroid_graph(centroids: np.ndarray, cell_neighbors: int) -> np.ndarray:
+    """(nlist, m) the nearest other centroids of each centroid (rows of ``centroids``) by inner product (-1 where
+    fewer)."""
     import faiss
 
-    nlist = int(ivf.nlist)
+    nlist = len(centroids)
     m = min(cell_neighbors, nlist - 1)
     if m <= 0:
         return np.zeros((nlist, 0), np.int64)
-    centroids = np.ascontiguousarray(ivf.quantizer.reconstruct_n(0, nlist), dtype=np.float32)
     flat = faiss.IndexFlatIP(centroids.shape[1])
     flat.add(centroids)
     _, found = flat.search(centroids, m + 1)
@@ -393,18 +394,9 @@ class _Buckets:
 
     def unique(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        for g, parts in enumerate(self.parts):
-            if not parts:
-                continue
-            low = np.concatenate([p[0] for p in parts]).astype(np.int64)
-            high = np.concatenate([p[1] for p in parts]).astype(np.int64)
-            similarity = np.concatenate([p[2] for p in parts])
-            self.parts[g] = []
-            order = np.lexsort((high, low))
-            low, high, similarity = low[order], high[order], similarity[order]
-            keep = np.ones(len(low), bool)
-            keep[1:] = (low[1:] != low[:-1]) | (high[1:] != high[:-1])
-            out.append((low[keep], high[keep], similarity[keep]))
-        if not out:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-        return tuple(np.concatenate([p[i] for p in out]) for i in range(3))  # type: ignore[return-value]
+        for g, parts in enumerate(self.parts):  # one bucket sorted at a time (``graph._canonical``)
+            if parts:
+                out.append(_canonical(*(np.concatenate([p[i] for p in parts]).astype(np.int64 if i < 2 else np.float32)
+                                        for i in range(3))))
+                self.parts[g] = []
+        return _concat(out)

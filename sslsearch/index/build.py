@@ -221,7 +221,7 @@ def build_index(store_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
     if engine != "local" and not on_disk:
         raise InvalidArgumentError(f"--engine {engine} fills the parts of an on-disk index; add --on-disk")
     if nlist is not None and not on_disk:
-        raise InvalidArgumentError(f"nlist {nlist} sets the lists of an on-disk IVF index; add on_disk=True "
+        raise InvalidArgumentError(f"nlist {nlist} sets the lists of an on-disk IVF index; add --on-disk (on_disk=True) "
                                    "(in-memory builds choose their index from the budget)")
     if on_disk:
         from .ondisk import build_ondisk_index
