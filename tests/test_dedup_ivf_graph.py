@@ -1,4 +1,5 @@
-"""deduplicate() with the ivf graph (through an IVF index of the store): forced, chosen by --memory-budget, refused."""
+"""deduplicate() with the index graphs (ivf: search an IVF index of the store; join: join its lists): forced, chosen by
+--memory-budget, refused."""
 from __future__ import annotations
 
 import json
@@ -56,6 +57,24 @@ def test_forced_ivf_graph_finds_the_planted_pairs(planted, tmp_path: Path) -> No
     assert all(m.similarity == pytest.approx(by_id[m.id], abs=1e-6) for c in ivf.clusters for m in c.members)
 
 
+def test_forced_join_graph_finds_the_planted_pairs_and_leaves_no_copy(planted, tmp_path: Path, monkeypatch) -> None:
+    import sslsearch.dedup.graph_cache as graph_cache
+    import sslsearch.index.build as build
+
+    store, truth = planted
+    monkeypatch.setattr(graph_cache, "JOIN_LIST_ROWS", 500)  # six lists of ~500 rows: pairs across lists too
+    lists: list[int | None] = []
+    build_index = build.build_index
+    monkeypatch.setattr(build, "build_index", lambda *a, **kw: (lists.append(kw["nlist"]), build_index(*a, **kw))[1])
+    joined = deduplicate(store, tmp_path / "join", threshold=THRESHOLD, method="join")
+    found = _pairs(tmp_path / "join")
+    assert len(found & truth) / len(truth) >= 0.95 and found <= truth
+    summary = joined.summary["graph"]
+    assert summary["method"] == "join" and summary["cells"] == 6 and lists == [6]
+    assert not any(p.name.startswith(".graph-index") for p in (tmp_path / "join").iterdir())  # index and copy removed
+    assert joined.removed == len(found)
+
+
 def test_memory_budget_picks_the_ivf_graph_for_auto(planted, tmp_path: Path, monkeypatch) -> None:
     import sslsearch.dedup.run as run
 
@@ -80,23 +99,35 @@ def test_memory_budget_picks_the_ivf_graph_for_auto(planted, tmp_path: Path, mon
     ("auto", "adjusted", False, 10**6, "auto"),  # the adjusted score needs the in-memory graph
     ("exact", "cosine", False, 10**6, "exact"),  # an explicit method is kept
     ("ivf", "cosine", True, None, "ivf"),
+    ("join", "cosine", True, None, "join"),
 ])
 def test_choose_graph_method(method, score, needs_all, budget, expected) -> None:
     assert choose_graph_method(method, images=100_000, dim=384, neighbors=16, score=score,
                                needs_all_vectors=needs_all, memory_budget_bytes=budget) == expected
 
 
-def test_ivf_refuses_scores_it_cannot_give(planted, tmp_path: Path) -> None:
+def test_auto_joins_from_millions_of_rows() -> None:
+    from sslsearch.dedup.graph_cache import JOIN_MIN_ROWS
+
+    def pick(images: int) -> str:
+        return choose_graph_method("auto", images=images, dim=384, neighbors=16, score="cosine",
+                                   needs_all_vectors=False, memory_budget_bytes=10**6)
+
+    assert pick(JOIN_MIN_ROWS - 1) == "ivf" and pick(JOIN_MIN_ROWS) == "join"
+
+
+@pytest.mark.parametrize("method", ["ivf", "join"])
+def test_index_graphs_refuse_scores_they_cannot_give(planted, tmp_path: Path, method: str) -> None:
     store, _ = planted
-    with pytest.raises(InvalidArgumentError, match="--score cosine"):
-        deduplicate(store, tmp_path / "a", threshold=THRESHOLD, method="ivf", score="adjusted")
+    with pytest.raises(InvalidArgumentError, match=f"--method {method} .*--score cosine"):
+        deduplicate(store, tmp_path / "a", threshold=THRESHOLD, method=method, score="adjusted")
     with pytest.raises(UnknownNameError, match="ivf"):
         deduplicate(store, tmp_path / "b", threshold=THRESHOLD, method="ivx")
     with pytest.raises(InvalidArgumentError, match="memory size"):
         deduplicate(store, tmp_path / "c", threshold=THRESHOLD, memory_budget="lots")
 
 
-def test_cli_method_ivf_and_memory_budget(planted, tmp_path: Path, capsys) -> None:
+def test_cli_methods_ivf_join_and_memory_budget(planted, tmp_path: Path, capsys) -> None:
     from test_dedup import run_cli
 
     store, truth = planted
@@ -104,6 +135,10 @@ def test_cli_method_ivf_and_memory_budget(planted, tmp_path: Path, capsys) -> No
                             "--memory-budget", "10MB", "--json"], capsys)
     summary = json.loads(out)
     assert code == 0 and summary["graph"]["method"] == "ivf" and summary["removed"] >= 0.95 * len(truth)
+    code, out, _ = run_cli(["dedup", str(store), "--out", str(tmp_path / "j"), "--threshold", str(THRESHOLD),
+                            "--method", "join", "--json"], capsys)
+    summary = json.loads(out)
+    assert code == 0 and summary["graph"]["method"] == "join" and summary["removed"] >= 0.95 * len(truth)
     code, _, err = run_cli(["dedup", str(store), "--out", str(tmp_path / "b"), "--method", "ivf", "--score",
                             "adjusted"], capsys)
     assert code == 1 and "--score cosine" in err and len(err.strip().splitlines()) == 1

@@ -70,12 +70,14 @@ def dedup_command(
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass when embedding (--encoder)."),
     neighbors: int = typer.Option(16, "--neighbors", "-k", help="Neighbours per image in the k-NN graph."),
     method: str = typer.Option("auto", "--method",
-                               help="k-NN graph: auto, exact, partitioned (approximate, CPU scale) or ivf (through an "
-                                    "IVF index of the store built in DUPS and removed after; cosine score only)."),
+                               help="k-NN graph: auto, exact, partitioned (approximate, CPU scale), ivf (each image "
+                                    "searched in an IVF index of the store built in DUPS and removed after) or join "
+                                    "(the index's lists joined by matrix products: faster from millions of images; "
+                                    "a copy of the store in DUPS while it runs). ivf and join: cosine score only."),
     memory_budget: Optional[str] = typer.Option(
         None, "--memory-budget",
         help="Memory for the k-NN graph, e.g. 4GB: with --threshold (cosine), --method auto streams the store through "
-             "an IVF index when the in-memory graph would need more."),
+             "an IVF index (join from 5M images, else ivf) when the in-memory graph would need more."),
     sample: int = typer.Option(300, "--sample", help="Edited copies made to calibrate the threshold."),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration sample and the partitioned graph."),
     report_clusters: int = typer.Option(500, "--report-clusters", help="Clusters shown in report.html (largest first)."),

@@ -53,7 +53,7 @@ class DedupOptions:
     precision: float = DEFAULT_PRECISION  # target precision of the calibrated threshold, in (0, 1)
     keep: str = DEFAULT_KEEP  # keep policy (clusters.KEEP_POLICIES)
     neighbors: int = DEFAULT_NEIGHBORS  # k of the k-NN graph
-    method: str = "auto"  # k-NN graph: auto, exact, partitioned or ivf (graph_cache.DEDUP_GRAPH_METHODS)
+    method: str = "auto"  # k-NN graph: auto, exact, partitioned, ivf or join (graph_cache.DEDUP_GRAPH_METHODS)
     device: str = "auto"  # auto, cpu or cuda: the graph and the calibration encoder
     sample_size: int = DEFAULT_SAMPLE_SIZE  # edited copies made to calibrate
     seed: int = 0  # calibration sample, edits and the partitioned graph's k-means
@@ -64,7 +64,7 @@ class DedupOptions:
     report_max_clusters: int = DEFAULT_REPORT_CLUSTERS  # clusters shown in the report
     overwrite: bool = False  # replace earlier results in the output directory
     progress: bool | None = None  # progress bars on stderr (None: when stderr is a terminal)
-    memory_budget: str | int | None = None  # e.g. "4GB": auto picks the ivf graph when the in-memory one needs more
+    memory_budget: str | int | None = None  # e.g. "4GB": auto picks an index graph when the in-memory one needs more
     edit_names: tuple[str, ...] = field(init=False)  # ``edits`` resolved to edit names
     memory_budget_bytes: int | None = field(init=False)  # ``memory_budget`` in bytes
 

@@ -28,7 +28,7 @@ from .clusters import DEFAULT_KEEP, build_clusters, connected_groups, removed_ro
 from .density import DENSITY_RANK, DensityAdjustment
 from .exact import EXACT_CANDIDATE_SIMILARITY, ContentHasher, chain_pairs, hash_groups, identical_pairs
 from .graph import DEFAULT_NEIGHBORS, SimilarPairs, resolve_method
-from .graph_cache import GraphCache, PairScorer, choose_graph_method
+from .graph_cache import INDEX_GRAPH_METHODS, GraphCache, PairScorer, choose_graph_method
 from .options import DEFAULT_REPORT_CLUSTERS, DedupOptions, check_threshold
 from .outputs import prepare_dedup_dir, write_clusters, write_list
 from .result import DedupResult, DuplicateCluster, ThresholdChoice
@@ -79,8 +79,9 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
         keep: keep policy, one of ``KEEP_POLICIES`` (default: largest resolution, then larger
             file, then smallest id).
         neighbors: k of the k-NN graph.
-        method: "auto", "exact", "partitioned" or "ivf" k-NN graph; "ivf" searches an IVF index of the
-            store that the run builds (cosine score only; ``graph_cache.py``).
+        method: "auto", "exact", "partitioned", "ivf" or "join" k-NN graph; "ivf" searches an IVF index
+            of the store that the run builds, "join" joins its inverted lists by matrix products
+            (faster per row from millions of rows); both cosine score only (``graph_cache.py``).
         device: "auto", "cpu" or "cuda" for the graph and the calibration encoder.
         sample_size: edited copies made for calibration.
         seed: seed of the calibration sample and the partitioned graph's k-means.
@@ -97,8 +98,9 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
         overwrite: replace earlier results in ``out``.
         progress: progress bars on stderr (default: when stderr is a terminal).
         memory_budget: e.g. "4GB": with a given cosine threshold and no ``against``, ``method="auto"``
-            takes the ivf graph (the store streamed, only cluster members' vectors read) when the
-            in-memory graph's estimate exceeds it; also bounds the ivf index build and re-scoring.
+            takes an index graph (the store streamed, only cluster members' vectors read; join from
+            ``JOIN_MIN_ROWS`` rows, else ivf) when the in-memory graph's estimate exceeds it; also bounds
+            the index build, the re-scoring and the join's copy buffer.
 
     Returns:
         A ``DedupResult``; ``result.describe()`` is a one-line report.
@@ -107,7 +109,7 @@ def deduplicate(embeddings: str | os.PathLike[str], out: str | os.PathLike[str],
         InvalidArgumentError: threshold outside (0, 1], precision outside (0, 1), bad neighbors,
             ``score="adjusted"`` with ``against``.
         UnknownNameError: an unknown keep policy, graph method or score.
-        InvalidArgumentError: ``method="ivf"`` with the adjusted or verified score; an unreadable memory budget.
+        InvalidArgumentError: ``method="ivf"`` or ``"join"`` with the adjusted or verified score; an unreadable memory budget.
         InputNotFoundError, StoreError: a missing or empty store.
         OutputExistsError: ``out`` holds files and ``overwrite`` is false.
         EncoderMismatchError: calibration cannot rebuild the store's encoder, or ``against`` was
@@ -144,8 +146,8 @@ def run_dedup(embeddings: str | os.PathLike[str], out: str | os.PathLike[str], o
     graph_method = choose_graph_method(options.method, images=len(store), dim=store.dim, neighbors=options.neighbors,
                                        score=score, needs_all_vectors=options.needs_all_vectors,
                                        memory_budget_bytes=options.memory_budget_bytes)
-    # the ivf graph streams the store: only cluster members' vectors are read, unless something needs them all
-    rows = read_store(store, vectors=graph_method != "ivf" or options.needs_all_vectors)
+    # an index graph streams the store: only cluster members' vectors are read, unless something needs them all
+    rows = read_store(store, vectors=graph_method not in INDEX_GRAPH_METHODS or options.needs_all_vectors)
     directory = prepare_dedup_dir(out, overwrite=options.overwrite, allowed=allowed_in_out)
     with DirectoryLock(directory):
         timings["load"] = time.perf_counter() - started
