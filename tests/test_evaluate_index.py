@@ -46,6 +46,25 @@ def test_recall_matches_faiss_evaluation_and_grows_with_nprobe(indexed, tmp_path
     assert result.queries_from == "150 given query vectors"
 
 
+@pytest.mark.parametrize("given", [False, True])
+def test_a_store_beyond_memory_is_streamed_with_the_same_recalls(indexed, monkeypatch, given):
+    import sslsearch.evaluate.index_sweep as index_sweep
+
+    root, store, _ = indexed
+    queries = np.random.default_rng(2).normal(size=(60, 24)).astype(np.float32) if given else None
+    options = dict(queries=queries, n_queries=120, k=10, values=[1, 4, 10**6], repeats=1, n_single_queries=5,
+                   device="cpu")
+    whole = sweep_index(root / "ivf", store, **options)
+    read_all = []
+    monkeypatch.setattr(index_sweep, "IN_MEMORY_MAX_BYTES", 0)
+    monkeypatch.setattr(index_sweep.EmbeddingStore, "read_all", lambda *a, **kw: read_all.append(1))
+    streamed = sweep_index(root / "ivf", store, **options)
+    assert not read_all  # never all vectors at once
+    assert [s.recall for s in streamed.settings] == [s.recall for s in whole.settings]
+    assert streamed.settings[-1].recall == pytest.approx(1.0) and streamed.queries_from == whole.queries_from
+    assert any("streamed" in note for note in streamed.notes) and not any("streamed" in n for n in whole.notes)
+
+
 def test_operating_point_and_apply(indexed, tmp_path):
     root, store, _ = indexed
     result = sweep_index(root / "ivf", store, target_recall=0.9, n_queries=200, n_single_queries=10, repeats=1,

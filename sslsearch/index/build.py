@@ -69,7 +69,7 @@ def _rss_bytes() -> int:
         return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-def _sample_rows(store: EmbeddingStore, positions: np.ndarray, chunk_rows: int) -> tuple[np.ndarray, np.ndarray, bool]:
+def sample_rows(store: EmbeddingStore, positions: np.ndarray, chunk_rows: int) -> tuple[np.ndarray, np.ndarray, bool]:
     """Rows at sorted stream ``positions``: (ids, vectors), and whether store ids run 0..n-1 in stream order."""
     ids_out, vectors_out = [], []
     dense, offset = True, 0
@@ -249,7 +249,7 @@ def build_index(store_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
         pool = rest if len(rest) >= spec.train_size else np.arange(n)
         train_positions = np.sort(rng.choice(pool, spec.train_size, replace=False)) if spec.train_size else pool[:0]
         wanted = np.union1d(eval_positions, train_positions)
-        sample_ids, sample_vectors, dense = _sample_rows(store, wanted, chunk_rows)
+        sample_ids, sample_vectors, dense = sample_rows(store, wanted, chunk_rows)
         eval_rows = np.searchsorted(wanted, eval_positions)
         query_ids, queries = sample_ids[eval_rows], sample_vectors[eval_rows]
         training = sample_vectors[np.searchsorted(wanted, train_positions)]

@@ -217,7 +217,7 @@ def build_ondisk_index(store_dir: str | os.PathLike[str], out: str | os.PathLike
             eval_positions = np.sort(rng.choice(n, n_eval, replace=False))
             train_positions = np.sort(rng.choice(n, min(train_size, n), replace=False))
             wanted = np.union1d(eval_positions, train_positions)
-            sample_ids, sample_vectors, _ = in_memory._sample_rows(store, wanted, chunk_rows)
+            sample_ids, sample_vectors, _ = in_memory.sample_rows(store, wanted, chunk_rows)
             query_ids = sample_ids[np.searchsorted(wanted, eval_positions)]
             queries = sample_vectors[np.searchsorted(wanted, eval_positions)]
             training = sample_vectors[np.searchsorted(wanted, train_positions)]
