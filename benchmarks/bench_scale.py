@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
                            "nprobe": card.search_params.get("nprobe"),
                            "timings": card.timings, "driver_peak_growth_bytes": card.peak_memory_bytes,
                            "driver_peak_rss_bytes": driver_peak,
+                           "driver_peak_anonymous_growth_bytes": card.build_params.get("peak_anonymous_memory_bytes"),
                            "worker_peak_rss_bytes": card.build_params["worker_peak_memory_bytes"],
                            "parts": card.build_params["parts"],
                            "part_rows_per_second": card.build_params["part_rows_per_second"],
@@ -234,7 +235,9 @@ def report(record: dict[str, Any]) -> None:
           f"{record['store_bytes'] / gib:.2f} GiB in {record['store_shards']} shards), budget {record['memory_budget']}, "
           f"{record['workers']} workers, {record['machine']['threads']} threads")
     print(f"  build        {build['seconds']:.0f} s  ({', '.join(f'{k} {v:.0f} s' for k, v in build['timings'].items())})")
-    print(f"  peak memory  driver {build['driver_peak_rss_bytes'] / gib:.2f} GiB RSS, each worker "
+    anonymous = build.get("driver_peak_anonymous_growth_bytes")
+    own = "" if anonymous is None else f" (its own memory, mapped files left out: +{anonymous / gib:.2f} GiB)"
+    print(f"  peak memory  driver {build['driver_peak_rss_bytes'] / gib:.2f} GiB RSS{own}, each worker "
           f"{build['worker_peak_rss_bytes'] / gib:.2f} GiB; {build['parts']} parts at "
           f"{build['part_rows_per_second']:,.0f} rows/s per worker")
     print(f"  on disk      index.faiss {build['index_faiss_bytes'] / 2**20:.1f} MiB + index.ivfdata "

@@ -94,6 +94,7 @@ def test_card_records_recall_vs_exact_and_the_parts(ondisk_index, store):
     assert params["on_disk"] and params["parts"] >= 2 and params["workers"] == 2
     assert params["ivfdata_bytes"] == (ondisk_index / ONDISK_DATA).stat().st_size
     assert params["worker_peak_memory_bytes"] > 0
+    assert 0 <= params["peak_anonymous_memory_bytes"] <= card["peak_memory_bytes"]
     assert card["recall_at_10"] >= 0.9 and card["n_eval_queries"] == 500
     tuned = [p for p in card["tuning"] if p["search_params"] == card["search_params"]]
     assert len(tuned) == 1 and tuned[0]["qps_batch"] > 0  # the card's QPS at the tuned nprobe
@@ -178,3 +179,21 @@ def test_search_budget_memory_maps_a_large_ivf_and_refuses_a_large_flat(store, t
     assert len(load_index(flat_dir, memory_budget="1GB")) == N
     with pytest.raises(OutputExistsError):
         build_index(store[0], flat_dir, on_disk=True)
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="Linux tells mapped-file pages apart")
+def test_peak_memory_tells_mapped_file_pages_from_own_memory(tmp_path):
+    from sslsearch.index.build import _PeakMemory
+
+    size = 64 * 2**20
+    path = tmp_path / "lists.bin"
+    path.write_bytes(b"\1" * size)
+    with _PeakMemory(interval=0.005) as mapped:
+        pages = np.memmap(path, np.uint8, mode="r")
+        touched = int(pages[::4096].sum())  # every page read in: resident, but file-backed
+    assert touched == size // 4096
+    assert mapped.peak_growth >= size * 0.9 and mapped.anonymous_peak_growth < size * 0.25
+    del pages
+    with _PeakMemory(interval=0.005) as own:
+        block = np.ones(size, np.uint8)  # written: the process's own pages
+    assert own.anonymous_peak_growth >= size * 0.9 and block.sum() == size

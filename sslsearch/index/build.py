@@ -34,17 +34,27 @@ PLATEAU = 0.005  # when the target is out of reach: the smallest setting within 
 
 
 class _PeakMemory:
-    """Samples the resident set size on a thread; ``peak_growth`` is the largest rise over the start."""
+    """Samples the resident set size on a thread; ``peak_growth`` is the largest rise over the start.
+
+    ``anonymous_peak_growth`` is the same for the process's own memory only (resident less the
+    pages of mapped files, which the kernel can drop and re-read: an on-disk index's lists,
+    memory-mapped shards), where Linux tells them apart; else it equals ``peak_growth``.
+    """
 
     def __init__(self, interval: float = 0.02) -> None:
         self.interval = interval
-        self.start = self.peak = _rss_bytes()
+        self.start, self.anonymous_start = _rss_bytes(with_anonymous=True)
+        self.peak, self.anonymous_peak = self.start, self.anonymous_start
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _sample(self) -> None:
+        resident, anonymous = _rss_bytes(with_anonymous=True)
+        self.peak, self.anonymous_peak = max(self.peak, resident), max(self.anonymous_peak, anonymous)
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, _rss_bytes())
+            self._sample()
 
     def __enter__(self) -> "_PeakMemory":
         self._thread.start()
@@ -53,20 +63,29 @@ class _PeakMemory:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _rss_bytes())
+        self._sample()
 
     @property
     def peak_growth(self) -> int:
         return max(0, self.peak - self.start)
 
+    @property
+    def anonymous_peak_growth(self) -> int:
+        return max(0, self.anonymous_peak - self.anonymous_start)
 
-def _rss_bytes() -> int:
+
+def _rss_bytes(with_anonymous: bool = False) -> Any:
+    """Resident bytes; with ``with_anonymous``, (resident, resident less file-backed and shared pages)."""
     try:
         with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            fields = handle.read().split()
+        page = os.sysconf("SC_PAGE_SIZE")
+        resident = int(fields[1]) * page
+        return (resident, resident - int(fields[2]) * page) if with_anonymous else resident
     except (OSError, ValueError, IndexError):  # not Linux: the lifetime peak is the best available
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return int(peak if sys.platform == "darwin" else peak * 1024)
+        resident = int(peak if sys.platform == "darwin" else peak * 1024)
+        return (resident, resident) if with_anonymous else resident
 
 
 def sample_rows(store: EmbeddingStore, positions: np.ndarray, chunk_rows: int) -> tuple[np.ndarray, np.ndarray, bool]:

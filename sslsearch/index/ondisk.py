@@ -299,6 +299,8 @@ def build_ondisk_index(store_dir: str | os.PathLike[str], out: str | os.PathLike
                             "part_timings": [r.to_dict() for r in part_results],
                             "device": "faiss-gpu (training)" if on_gpu else "cpu",
                             "memory_budget_bytes": memory_budget_bytes,
+                            # of peak_memory_bytes, the driver's own (not pages of the mapped lists and shards)
+                            "peak_anonymous_memory_bytes": memory.anonymous_peak_growth,
                             **({"ray_address": address} if engine == "ray" else {})}
 
             def make_card(size_bytes: int) -> IndexCard:
