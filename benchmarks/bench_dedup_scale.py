@@ -86,8 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         first, second, seconds, cells, stats = pairs.first, pairs.second, pairs.seconds, pairs.cells, pairs.details
         details = {**stats, "join_gflops_per_second": round(stats["flops"] / stats["join_seconds"] / 1e9, 1)
                    if stats["join_seconds"] else None}
-        if chosen is not None:  # a measured share: the whole store's time at the same join rate (an estimate, high:
-            # a chosen list multiplies itself with all its nearby lists, which the whole join shares between the two)
+        if chosen is not None:  # a measured share: the whole store's time at the same join rate (an estimate)
             details["lists_share"] = args.lists_share
             details["estimated_full_seconds"] = round(seconds - stats["join_seconds"]
                                                       + stats["join_seconds"] * n / stats["rows_joined"], 1)
@@ -147,8 +146,7 @@ def report(record: dict[str, Any]) -> None:
               "the partners")
     if "lists_share" in path:
         print(f"  PART ONLY    rows of {path['lists_joined']:,} of {path['cells']:,} lists ({path['rows_joined']:,} rows) "
-              f"joined; the whole store at that rate: ~{path['estimated_full_seconds']:,.0f} s (an estimate, high: the whole "
-              "join multiplies each pair of nearby lists once, a share from its side)")
+              f"joined; the whole store at that rate: ~{path['estimated_full_seconds']:,.0f} s (an estimate)")
     if "search_rate" in record:
         rate = record["search_rate"]
         print(f"  search path  its index search alone: {rate['rows_per_second']:,.0f} rows/s at nprobe {rate['nprobe']} "
