@@ -70,22 +70,6 @@ def test_the_boundary_test_prunes_and_the_stats_add_up(planted):
     assert len(first) == len(second) == len(similarity)
 
 
-def test_each_pair_of_nearby_lists_is_multiplied_once(planted, monkeypatch):
-    import sslsearch.dedup.cell_join as cell_join
-
-    store, index, vectors, _ = planted
-    loaded = load_index(index)
-    ivf = faiss.extract_index_ivf(loaded.faiss_index)
-    monkeypatch.setattr(cell_join, "SLACK", 1e9)  # no row pruned: every product whole
-    first, second, _, stats = cell_join_pairs(EmbeddingStore.open(store), ivf, FLOOR, neighbors=16,
-                                              cell_neighbors=NLIST - 1)
-    sizes = np.array([ivf.invlists.list_size(c) for c in range(NLIST)], np.float64)
-    # each list with itself, and each pair of lists once (not once from each side): (N² + Σ size²) / 2 products
-    assert stats.flops == pytest.approx(DIM * (N**2 + np.sum(sizes**2)))
-    exact = similar_pairs(vectors, FLOOR, method="exact", device="cpu")
-    assert set(zip(first.tolist(), second.tolist())) == _set(exact)
-
-
 def test_a_small_budget_copies_through_bucket_files_with_the_same_pairs(planted, tmp_path):
     store, index, _, _ = planted
     loaded = load_index(index)

@@ -7,16 +7,11 @@ the index's inverted lists are used as a partition of the store instead:
    order* (through bucket files when the copy does not fit the memory budget) (list 0's members, then list
    1's, ...), so that a list's vectors are one contiguous slice read from disk;
 2. a graph of lists: each centroid's ``cell_neighbors`` nearest centroids (the quantizer's own
-   metric, inner product), taken either way round (c is near c' when c' is among c's nearest or
-   c among c''s);
+   metric, inner product);
 3. for each list c, its members X are multiplied with its own members and with the members of
    each nearby list c' (dense float32 GEMMs, an order of magnitude more flops per second than
-   scanning codes). Each pair of nearby lists is multiplied once, when the first of the two is
-   joined: the product's rows give c's candidates, its columns c''s, which wait (sparse, only
-   scores at or above the floor, a list's ``neighbors`` best per row and product) for c''s turn —
-   about a third fewer products than one from each side with 32 nearby lists at 10M rows, where
-   two thirds of the nearby links are mutual. A row x of c can only have a partner y of
-   similarity >= f in c' when x lies within ‖x - y‖ <= sqrt(|x|² + max|y|² - 2f) of the boundary between the two cells (y is
+   scanning codes). A row x of c can only have a partner y of similarity >= f in c' when x lies
+   within ‖x - y‖ <= sqrt(|x|² + max|y|² - 2f) of the boundary between the two cells (y is
    assigned to c', so ⟨y, μc - μc'⟩ <= 0, while ⟨x, μc - μc'⟩ >= 0): a row is multiplied only with
    the nearby lists whose boundary it is that close to, and with only the rows y of c' that are
    within reach from their side (‖x - y‖ >= hx + hy, the two distances to the boundary) — an exact
@@ -24,11 +19,10 @@ the index's inverted lists are used as a partition of the store instead:
 4. each row keeps its ``neighbors`` most similar partners at or above the floor, as the search
    path does; similarities are exact (the stored vectors, not the codes), so no re-scoring pass.
 
-What is missed: partners in lists that are not nearby either way (a row close to a far
-boundary). Memory: the list of ids (8 bytes a row), the row → list-order map (8 bytes a row),
+What is missed: partners in lists outside a list's ``cell_neighbors`` nearest (a row close to a
+far boundary). Memory: the list of ids (8 bytes a row), the row → list-order map (8 bytes a row),
 one list and its neighbours at a time (read from the scratch file, which is not memory-mapped),
-the waiting candidates of lists not joined yet and the candidate pairs (12 bytes each, at most
-``neighbors`` per row); never all vectors.
+the candidate pairs (12 bytes each, at most ``neighbors`` per row); never all vectors.
 Disk: the scratch copy, rows × dim × the store's bytes per value, deleted at the end.
 """
 from __future__ import annotations
@@ -51,7 +45,6 @@ from .graph import _canonical, _concat
 
 DEFAULT_CELL_NEIGHBORS = 32  # nearby lists a list is joined with (pruned per row by the boundary test)
 GROUP_ROWS = 1024  # nearby partners fewer than this are multiplied together (a product per list costs overhead)
-BLOCK_ROWS = 4096  # a list's rows multiplied at once (bounds a product's scores: 4,096 × the partners × 4 bytes)
 SLACK = 1e-3  # added to the boundary radius: float32 rounding in faiss's assignment and here
 SCRATCH_NAME = "list-order.vectors"
 
@@ -288,22 +281,13 @@ def _centroid_graph(centroids: np.ndarray, cell_neighbors: int) -> np.ndarray:
 def _join(vectors: "_Rows", ids: np.ndarray, starts: np.ndarray, graph: np.ndarray, centroids: np.ndarray,
           floor: float, neighbors: int, max_norm: float, progress: bool | None, chosen: Sequence[int]
           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float, float, int, int]:
-    """Each list's rows: their ``neighbors`` best partners in the list and in the nearby lists they need.
-
-    A pair of nearby lists is multiplied once, when the first of the two is joined: the product's
-    rows give the first list's candidates and its columns the other's, kept (sparse, at or above
-    the floor) until that list's turn. Nearby is either way round (c among o's nearest lists or o
-    among c's), so a list also meets the lists that count it among their nearest.
-    """
+    """Each list's rows: their ``neighbors`` best partners in the list and in the nearby lists they need (faiss blocks)."""
     import faiss
 
     buckets = _Buckets(len(ids), np.int32 if len(ids) < 2**31 else np.int64)
     flops = 0.0
     tests = skipped = partner_tests = partner_skipped = 0
     k = neighbors
-    nearby = _either_way(graph)
-    turn = {c: i for i, c in enumerate(chosen)}  # lists joined (in this order); others only met as nearby lists
-    waiting: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}  # list → (local row, partner, score)
     total = int(sum(starts[c + 1] - starts[c] for c in chosen))
     with progress_bar(total, "dedup join: lists", unit="vec", enabled=progress) as bar:
         for c in chosen:
@@ -314,10 +298,10 @@ def _join(vectors: "_Rows", ids: np.ndarray, starts: np.ndarray, graph: np.ndarr
             # own list: k + 1 nearest, the row itself dropped
             scores, found = faiss.knn(x, x, min(k + 1, len(x)), faiss.METRIC_INNER_PRODUCT)
             flops += 2.0 * len(x) * len(x) * x.shape[1]
-            rows, cols = np.nonzero((found >= 0) & (found != np.arange(len(x))[:, None]) & (scores >= floor))
-            candidates = [(rows, ids[lo + found[rows, cols]], scores[rows, cols])] + waiting.pop(c, [])
-            # nearby lists not joined yet (a list joined before c already multiplied itself with c)
-            near = [int(o) for o in nearby[c] if starts[o + 1] > starts[o] and turn.get(int(o), len(chosen)) > turn[c]]
+            found = np.where(found == np.arange(len(x))[:, None], -1, found)
+            best_scores, best_ids = [_pad(scores, found >= 0, k + 1)], [_pad(np.where(found >= 0, ids[lo + found], -1),
+                                                                             found >= 0, k + 1, fill=-1)]
+            near = [int(o) for o in graph[c] if o >= 0 and starts[o + 1] > starts[o]]
             if near:  # the rows of c close enough to the boundary with each nearby list to have a partner there
                 normal = centroids[c][None, :] - centroids[near]
                 length = np.linalg.norm(normal, axis=1)
@@ -326,72 +310,48 @@ def _join(vectors: "_Rows", ids: np.ndarray, starts: np.ndarray, graph: np.ndarr
                 needs = (margin <= radius[:, None]) | (length[None, :] <= 1e-12)
                 tests += needs.size
                 skipped += int(needs.size - needs.sum())
-                pieces: list[tuple[np.ndarray, ...]] = []
+                pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
                 for j, o in enumerate(near):
                     which = np.flatnonzero(needs[:, j])
                     if not len(which):
                         continue
                     y = vectors.read(int(starts[o]), int(starts[o + 1]))
-                    local = np.arange(len(y))
+                    y_ids = ids[starts[o]:starts[o + 1]]
                     if length[j] > 1e-12:  # and the rows of o close enough to the same boundary: ‖x - y‖ >= hx + hy
                         reach = float((radius[which] - margin[which, j]).max()) + SLACK
                         keep = (y @ -normal[j]) / length[j] <= reach
                         partner_tests += len(y)
                         partner_skipped += int(len(y) - keep.sum())
-                        y, local = y[keep], local[keep]
+                        y, y_ids = y[keep], y_ids[keep]
                     if len(y):
-                        pieces.append((which, y, local, np.full(len(y), o, np.int64)))
+                        pieces.append((which, y, y_ids))
                 for group in _groups(pieces):  # small pieces go together: fewer, larger products
                     which = np.unique(np.concatenate([p[0] for p in group]))
-                    y, local, owner = (np.concatenate([p[i] for p in group]) for i in (1, 2, 3))
-                    y_ids = ids[starts[owner] + local]
-                    for part in range(0, len(which), BLOCK_ROWS):
-                        rows_here = which[part:part + BLOCK_ROWS]
-                        product = x[rows_here] @ y.T
-                        flops += 2.0 * product.size * x.shape[1]
-                        r, col = np.nonzero(product >= floor)
-                        score = product[r, col]
-                        best = _top_k(r, score, k)  # the rows of c: candidates now
-                        candidates.append((rows_here[r[best]], y_ids[col[best]], score[best]))
-                        best = _top_k(col, score, k)  # the other lists' rows: candidates at their turn
-                        for o in np.unique(owner[col[best]]):
-                            if int(o) in turn:
-                                mine = best[owner[col[best]] == o]
-                                waiting.setdefault(int(o), []).append((local[col[mine]], ids[lo + rows_here[r[mine]]],
-                                                                       score[mine]))
-            rows, partners, scores = (np.concatenate([p[i] for p in candidates]) for i in range(3))
-            best = _top_k(rows, scores, k)  # each row's k best over the list, the nearby lists and the waiting ones
-            if len(best):
-                buckets.add(ids[lo + rows[best]], partners[best], scores[best])
+                    y = np.concatenate([p[1] for p in group])
+                    y_ids = np.concatenate([p[2] for p in group])
+                    scores, found = faiss.knn(x[which], y, min(k, len(y)), faiss.METRIC_INNER_PRODUCT)
+                    flops += 2.0 * len(which) * len(y) * x.shape[1]
+                    block_scores = np.full((len(x), k + 1), -np.inf, np.float32)
+                    block_ids = np.full((len(x), k + 1), -1, np.int64)
+                    block_scores[which, :found.shape[1]] = np.where(found >= 0, scores, -np.inf)
+                    block_ids[which, :found.shape[1]] = np.where(found >= 0, y_ids[np.maximum(found, 0)], -1)
+                    best_scores.append(block_scores)
+                    best_ids.append(block_ids)
+            scores, partners = np.concatenate(best_scores, axis=1), np.concatenate(best_ids, axis=1)
+            if scores.shape[1] > k:  # each row's k best over its blocks
+                top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+                scores, partners = np.take_along_axis(scores, top, 1), np.take_along_axis(partners, top, 1)
+            rows, cols = np.nonzero((scores >= floor) & (partners >= 0))
+            if len(rows):
+                buckets.add(ids[lo + rows], partners[rows, cols], scores[rows, cols])
             bar.update(hi - lo)
     first, second, similarity = buckets.unique()
     return (first, second, similarity, flops, skipped / tests if tests else 0.0,
             partner_skipped / partner_tests if partner_tests else 0.0, buckets.count, total)
 
 
-def _either_way(graph: np.ndarray) -> list[np.ndarray]:
-    """Each list's nearby lists either way round: its own nearest and the lists that count it among theirs."""
-    pairs = [(c, int(o)) for c in range(len(graph)) for o in graph[c] if o >= 0]
-    linked: list[set[int]] = [set() for _ in range(len(graph))]
-    for c, o in pairs:
-        linked[c].add(o)
-        linked[o].add(c)
-    return [np.array(sorted(s), np.int64) for s in linked]
-
-
-def _top_k(group: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the ``k`` highest ``scores`` of each ``group`` value (ties: the earlier position)."""
-    if not len(group):
-        return np.zeros(0, np.int64)
-    order = np.lexsort((-scores, group))
-    sorted_group = group[order]
-    first = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
-    rank = np.arange(len(order)) - np.repeat(first, np.diff(np.r_[first, len(order)]))
-    return order[rank < k]
-
-
-def _groups(pieces: list[tuple[np.ndarray, ...]]) -> list[list[tuple[np.ndarray, ...]]]:
-    """Consecutive (rows, partners, ...) pieces in groups of at least ``GROUP_ROWS`` partners (the last may be
+def _groups(pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[list[tuple[np.ndarray, ...]]]:
+    """Consecutive (rows, partners, partner ids) pieces in groups of at least ``GROUP_ROWS`` partners (the last may be
     smaller)."""
     groups: list[list[tuple[np.ndarray, ...]]] = []
     current: list[tuple[np.ndarray, ...]] = []
@@ -405,6 +365,13 @@ def _groups(pieces: list[tuple[np.ndarray, ...]]) -> list[list[tuple[np.ndarray,
     if current:
         groups.append(current)
     return groups
+
+
+def _pad(values: np.ndarray, valid: np.ndarray, width: int, fill: float = -np.inf) -> np.ndarray:
+    """(rows, width): ``values`` where ``valid``, ``fill`` elsewhere and in the columns beyond theirs."""
+    out = np.full((values.shape[0], width), fill, np.float32 if fill == -np.inf else np.int64)
+    out[:, :values.shape[1]] = np.where(valid, values, fill)
+    return out
 
 
 class _Buckets:
