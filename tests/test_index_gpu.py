@@ -61,3 +61,17 @@ def test_flat_search_falls_back_to_torch_on_cuda_without_faiss_gpu(store, tmp_pa
     index = load_index(tmp_path / "flat", device="cuda")
     queries = held_out_queries(N, 50, DIM)
     assert recall(index.search_arrays(queries, 10)[1], brute_force(queries, vectors, 10)) > 0.99
+
+
+def test_bench_index_exact_section_runs_on_the_gpu(monkeypatch) -> None:
+    """The device check `benchmarks/bench_index.py --no-ann --device cuda` (GEMM ceiling and exact search on the GPU)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_index
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((5_000, DIM)).astype(np.float32)
+    queries = rng.standard_normal((100, DIM)).astype(np.float32)
+    rates = bench_index.bench_exact(vectors, queries, repeats=1, block_size=2_048, device="cuda")
+    assert {"gemm_ceiling", "exact_search_torch_cuda", "exact_search_torch_cuda_from_host",
+            "exact_search_faiss"} <= set(rates)
+    assert all(r["distances_per_s"] > 0 and r["fraction_of_gemm"] > 0 for r in rates.values())
