@@ -75,6 +75,16 @@ def test_forced_join_graph_finds_the_planted_pairs_and_leaves_no_copy(planted, t
     assert joined.removed == len(found)
 
 
+@pytest.mark.parametrize("n", [2, 5, 60])
+def test_join_graph_on_a_tiny_store(tmp_path: Path, n: int) -> None:
+    vectors = np.random.default_rng(n).standard_normal((n, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors[1] = vectors[0]
+    make_store(tmp_path / "emb", n, DIM, vectors=vectors)
+    result = deduplicate(tmp_path / "emb", tmp_path / "dups", threshold=THRESHOLD, method="join")
+    assert result.summary["graph"]["method"] == "join" and result.removed == 1
+
+
 def test_memory_budget_picks_the_ivf_graph_for_auto(planted, tmp_path: Path, monkeypatch) -> None:
     import sslsearch.dedup.run as run
 

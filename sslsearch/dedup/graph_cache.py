@@ -48,6 +48,7 @@ JOIN_LIST_ROWS = 2_500
 # auto's crossover from the search to the join: measured at 1M rows (search 559 s, recall 0.81; join 663-1,254 s) and
 # at 10M (join 5.3x faster per row); the point in between is not measured.
 JOIN_MIN_ROWS = 5_000_000
+MIN_TRAIN_PER_LIST = 39  # faiss k-means's minimum training points per list
 FAISS_TILE_BYTES = 4096 * 1024 * 4  # faiss.knn scores 4,096 queries × 1,024 database rows at a time
 
 
@@ -169,9 +170,11 @@ class GraphCache:
         if self._index_dir is None:  # an IVF index of the store, on disk when a budget bounds memory (or to join)
             self._index_dir = Path(tempfile.mkdtemp(prefix=".graph-index-", dir=self.workdir))
             rows = len(EmbeddingStore.open(self.store_dir)) if join else 0
+            # lists of ~JOIN_LIST_ROWS; under 39 rows (what k-means needs for one list) the automatic single list
+            nlist = max(1, rows // JOIN_LIST_ROWS) if join and rows >= MIN_TRAIN_PER_LIST else None
             build_index(self.store_dir, self._index_dir, kind="ivf", memory_budget=self.memory_budget,
                         on_disk=join or self.memory_budget is not None, overwrite=True, progress=self.progress,
-                        seed=self.seed, nlist=max(1, rows // JOIN_LIST_ROWS) if join else None)
+                        seed=self.seed, nlist=nlist)
         if join:  # the list-order copy goes into the index's temporary folder, removed with it
             found = similar_pairs_from_index(self.store_dir, self._index_dir, floor, neighbors=self.neighbors,
                                              method="join", memory_budget=self.memory_budget,
