@@ -201,7 +201,8 @@ def test_peak_memory_tells_mapped_file_pages_from_own_memory(tmp_path):
     del pages
     with _PeakMemory(interval=60) as memory:  # samples at start, on _sample() and at exit
         own = _rss_bytes(with_anonymous=True)[1]
-        block = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # fresh pages: malloc may reuse resident ones
+        # fresh private pages (np.ones may get heap pages that are already resident)
+        block = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         np.frombuffer(block, np.uint8)[:] = 1  # written: the process's own pages
         own_after = _rss_bytes(with_anonymous=True)[1]
         memory._sample()
