@@ -185,7 +185,7 @@ def test_search_budget_memory_maps_a_large_ivf_and_refuses_a_large_flat(store, t
 def test_peak_memory_tells_mapped_file_pages_from_own_memory(tmp_path):
     import mmap
 
-    from sslsearch.index.build import _PeakMemory, _rss_bytes
+    from sslsearch.index.build import _PeakMemory, _resident_bytes
 
     # readings taken right before and after each step: the rest of the process (other tests' garbage,
     # threads) may free memory at any time, so growth since a sampler's start is not a stable measure here
@@ -193,18 +193,18 @@ def test_peak_memory_tells_mapped_file_pages_from_own_memory(tmp_path):
     path = tmp_path / "lists.bin"
     path.write_bytes(b"\1" * size)
     pages = np.memmap(path, np.uint8, mode="r")
-    resident, own = _rss_bytes(with_anonymous=True)
+    resident, own = _resident_bytes()
     touched = int(pages[::4096].sum())  # every page read in: resident, but file-backed
-    resident_after, own_after = _rss_bytes(with_anonymous=True)
+    resident_after, own_after = _resident_bytes()
     assert touched == size // 4096
     assert resident_after - resident >= size * 0.9 and own_after - own < size * 0.25
     del pages
     with _PeakMemory(interval=60) as memory:  # samples at start, on _sample() and at exit
-        own = _rss_bytes(with_anonymous=True)[1]
+        own = _resident_bytes()[1]
         # fresh private pages (np.ones may get heap pages that are already resident)
         block = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         np.frombuffer(block, np.uint8)[:] = 1  # written: the process's own pages
-        own_after = _rss_bytes(with_anonymous=True)[1]
+        own_after = _resident_bytes()[1]
         memory._sample()
     assert own_after - own >= size * 0.9 and block[size - 1] == 1
     assert memory.anonymous_peak >= own_after - 2**20 and memory.peak >= memory.anonymous_peak

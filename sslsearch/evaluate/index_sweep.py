@@ -14,9 +14,8 @@ from ..devices import faiss_threads
 from ..errors import InvalidArgumentError
 from ..files import atomic_write_json
 from ..index.build import EF_SEARCH_LADDER, NPROBE_LADDER, sample_rows
-from ..index.exact import exact_search, recall_at_k
+from ..index.exact import drop_self_matches, exact_search, recall_at_k
 from ..index.io import CARD_FILE, IndexCard, read_card, read_index_files
-from ..index.exact import drop_self_matches
 from ..index.search import apply_search_params
 from ..store import EmbeddingStore, check_same_encoder
 from .labels import unit_rows

@@ -43,13 +43,13 @@ class _PeakMemory:
 
     def __init__(self, interval: float = 0.02) -> None:
         self.interval = interval
-        self.start, self.anonymous_start = _rss_bytes(with_anonymous=True)
+        self.start, self.anonymous_start = _resident_bytes()
         self.peak, self.anonymous_peak = self.start, self.anonymous_start
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
-        resident, anonymous = _rss_bytes(with_anonymous=True)
+        resident, anonymous = _resident_bytes()
         self.peak, self.anonymous_peak = max(self.peak, resident), max(self.anonymous_peak, anonymous)
 
     def _run(self) -> None:
@@ -74,18 +74,19 @@ class _PeakMemory:
         return max(0, self.anonymous_peak - self.anonymous_start)
 
 
-def _rss_bytes(with_anonymous: bool = False) -> Any:
-    """Resident bytes; with ``with_anonymous``, (resident, resident less file-backed and shared pages)."""
+def _resident_bytes() -> tuple[int, int]:
+    """(resident bytes, the process's own: resident less file-backed and shared pages); Linux's statm, else the
+    lifetime peak twice."""
     try:
         with open("/proc/self/statm") as handle:
             fields = handle.read().split()
         page = os.sysconf("SC_PAGE_SIZE")
         resident = int(fields[1]) * page
-        return (resident, resident - int(fields[2]) * page) if with_anonymous else resident
+        return resident, resident - int(fields[2]) * page
     except (OSError, ValueError, IndexError):  # not Linux: the lifetime peak is the best available
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         resident = int(peak if sys.platform == "darwin" else peak * 1024)
-        return (resident, resident) if with_anonymous else resident
+        return resident, resident
 
 
 def sample_rows(store: EmbeddingStore, positions: np.ndarray, chunk_rows: int) -> tuple[np.ndarray, np.ndarray, bool]:
